@@ -1,0 +1,191 @@
+//! Adding and removing flows: slot allocation, per-port flags, names.
+
+use std::net::SocketAddr;
+
+use gateway_common::{
+    FlowKey, FlowValue, FAMILY_ANY, FLOW_EXPECT_SSRC, FLOW_NAME_LEN, PORT_ANY, PORT_ANY_SSRC,
+    PORT_EXACT, PORT_EXACT_SSRC,
+};
+
+use std::os::fd::AsFd;
+
+use super::{get, key_addr, make_key, put, sys, Error, Maps, Result};
+
+/// What an operator (or the daemon) asks for.
+#[derive(Clone, Debug, Default)]
+pub struct FlowSpec {
+    /// Local address and UDP port; an unspecified address matches any.
+    pub local: Option<SocketAddr>,
+    /// Key the flow by this SSRC (several streams on one port).
+    pub ssrc: Option<u32>,
+    /// A port-level flow that expects this SSRC: other SSRCs are counted as
+    /// mismatches (GB28181 devices that ignore the y= SSRC).
+    pub expect_ssrc: Option<u32>,
+    pub name: String,
+    /// RTP clock rate (Hz) for jitter; default 90 000.
+    pub clock_rate: u32,
+}
+
+/// Display form of a key: `addr:port` or `addr:port/ssrc`.
+pub fn describe(k: &FlowKey) -> String {
+    let a = key_addr(k);
+    if k.by_ssrc != 0 {
+        format!("{a} ssrc {}", k.ssrc)
+    } else {
+        a.to_string()
+    }
+}
+
+pub fn flow_name(v: &FlowValue) -> String {
+    let end = v.name.iter().position(|&b| b == 0).unwrap_or(v.name.len());
+    String::from_utf8_lossy(&v.name[..end]).into_owned()
+}
+
+/// The PORT_* bit a key contributes to its port's flags.
+fn port_bit(k: &FlowKey) -> u32 {
+    match (k.family == FAMILY_ANY, k.by_ssrc != 0) {
+        (false, true) => PORT_EXACT_SSRC,
+        (false, false) => PORT_EXACT,
+        (true, true) => PORT_ANY_SSRC,
+        (true, false) => PORT_ANY,
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Maps {
+    /// Adds a flow: picks the lowest free stream slot, zeroes it, inserts the
+    /// flow and sets its port's flag. The caller serialises writers
+    /// (see `attach::lock`).
+    pub fn add_flow(&mut self, spec: &FlowSpec) -> Result<(FlowKey, FlowValue)> {
+        let local = spec
+            .local
+            .ok_or_else(|| Error::Invalid("a flow needs --local ADDR:PORT".into()))?;
+        if local.port() == 0 {
+            return Err(Error::Invalid("port 0 is not a media port".into()));
+        }
+        if spec.ssrc.is_some() && spec.expect_ssrc.is_some() {
+            return Err(Error::Invalid(
+                "use either --ssrc (key) or --expect-ssrc (port-level), not both".into(),
+            ));
+        }
+        if spec.name.len() >= FLOW_NAME_LEN {
+            return Err(Error::Invalid(format!(
+                "flow name longer than {} bytes",
+                FLOW_NAME_LEN - 1
+            )));
+        }
+        let key = make_key(local, spec.ssrc);
+        let flows = self.flows()?;
+        if flows.iter().any(|(k, _)| *k == key) {
+            return Err(Error::FlowExists(describe(&key)));
+        }
+        let mut used = vec![false; self.max_streams() as usize];
+        for (_, v) in &flows {
+            if let Some(u) = used.get_mut(v.slot as usize) {
+                *u = true;
+            }
+        }
+        let slot = used
+            .iter()
+            .position(|u| !u)
+            .ok_or(Error::TableFull(self.max_streams()))? as u32;
+        if !self.zero_slot(slot) {
+            return Err(Error::Invalid(format!(
+                "stream slot {slot} outside the statistics array"
+            )));
+        }
+        let mut name = [0u8; FLOW_NAME_LEN];
+        name[..spec.name.len()].copy_from_slice(spec.name.as_bytes());
+        let value = FlowValue {
+            slot,
+            clock_rate: spec.clock_rate,
+            expected_ssrc: spec.expect_ssrc.unwrap_or(0),
+            flags: if spec.expect_ssrc.is_some() {
+                FLOW_EXPECT_SSRC
+            } else {
+                0
+            },
+            created_unix: unix_now(),
+            name,
+        };
+        const BPF_NOEXIST: u64 = 1;
+        put(&self.flows, &key, &value, BPF_NOEXIST).map_err(|e| match e.raw_os_error() {
+            Some(libc::E2BIG) | Some(libc::ENOSPC) | Some(libc::ENOMEM) => {
+                Error::TableFull(self.max_streams())
+            }
+            Some(libc::EEXIST) => Error::FlowExists(describe(&key)),
+            _ => Error::io("inserting the flow", e),
+        })?;
+        self.refresh_port(key.port)?;
+        Ok((key, value))
+    }
+
+    /// Removes a flow and recomputes its port's flags.
+    pub fn del_flow(&mut self, key: &FlowKey) -> Result<FlowValue> {
+        let value: FlowValue = get(&self.flows, key)
+            .map_err(|e| Error::io("reading the flow table", e))?
+            .ok_or_else(|| Error::NoSuchFlow(describe(key)))?;
+        if !sys::delete_elem(self.flows.fd().as_fd(), sys::pod_bytes(key))
+            .map_err(|e| Error::io("deleting the flow", e))?
+        {
+            return Err(Error::NoSuchFlow(describe(key)));
+        }
+        self.refresh_port(key.port)?;
+        Ok(value)
+    }
+
+    /// Recomputes `PORT_FLAGS[port]` from the flow table.
+    fn refresh_port(&mut self, port: u16) -> Result<()> {
+        let flags = self
+            .flows()?
+            .iter()
+            .filter(|(k, _)| k.port == port)
+            .fold(0, |acc, (k, _)| acc | port_bit(k));
+        put(&self.port_flags, &(port as u32), &flags, 0)
+            .map_err(|e| Error::io("writing port flags", e))
+    }
+
+    /// The port flags as the kernel sees them (for tests and `status`).
+    pub fn port_flags(&self, port: u16) -> Result<u32> {
+        get(&self.port_flags, &(port as u32))
+            .map(Option::unwrap_or_default)
+            .map_err(|e| Error::io("reading port flags", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_bits_by_key_kind() {
+        let a: SocketAddr = "198.18.0.1:30000".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:30000".parse().unwrap();
+        assert_eq!(port_bit(&make_key(a, Some(1))), PORT_EXACT_SSRC);
+        assert_eq!(port_bit(&make_key(a, None)), PORT_EXACT);
+        assert_eq!(port_bit(&make_key(any, Some(1))), PORT_ANY_SSRC);
+        assert_eq!(port_bit(&make_key(any, None)), PORT_ANY);
+    }
+
+    #[test]
+    fn describe_and_names() {
+        let a: SocketAddr = "198.18.0.1:30000".parse().unwrap();
+        assert_eq!(describe(&make_key(a, Some(42))), "198.18.0.1:30000 ssrc 42");
+        let mut v = FlowValue {
+            slot: 0,
+            clock_rate: 0,
+            expected_ssrc: 0,
+            flags: 0,
+            created_unix: 0,
+            name: [0; FLOW_NAME_LEN],
+        };
+        v.name[..3].copy_from_slice(b"cam");
+        assert_eq!(flow_name(&v), "cam");
+    }
+}

@@ -1,0 +1,428 @@
+//! The kernel data plane seen from user space: loading and attaching the
+//! programs ([`attach`]), the flow table, and reading counters without a
+//! system call per stream ([`Maps`]).
+
+pub mod attach;
+pub mod flows;
+pub mod sys;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsFd,
+};
+
+use aya::maps::MapData;
+use gateway_common::{
+    counter, map_names, stats, Config, EgressKey, EgressStats, FlowKey, FlowValue, StreamStats,
+    FAMILY_ANY, FAMILY_V4, FAMILY_V6,
+};
+pub use stats::StreamSummary;
+use sys::{pod_bytes, read_pod, BatchReader, MmapArray};
+
+/// Errors of the data plane, each naming the problem for a one-line CLI message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("interface {0:?} does not exist")]
+    UnknownInterface(String),
+    #[error("interface {0:?} is already attached (gateway detach --iface {0} first)")]
+    AlreadyAttached(String),
+    #[error("interface {0:?} is not attached (gateway attach --iface {0} first)")]
+    NotAttached(String),
+    #[error(
+        "permission denied: {0} (run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
+    )]
+    Permission(String),
+    #[error("flow table full: {0} streams in use (attach with a larger --max-streams)")]
+    TableFull(u32),
+    #[error("flow {0} already exists")]
+    FlowExists(String),
+    #[error("no flow {0}")]
+    NoSuchFlow(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{context}: {source}")]
+    Bpf {
+        context: String,
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            return Error::Permission(format!("{}: {source}", context.into()));
+        }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn bpf(context: impl Into<String>, source: impl Into<anyhow::Error>) -> Self {
+        let source = source.into();
+        let context = context.into();
+        // aya wraps the syscall error deep inside; look for EPERM anywhere.
+        let text = format!("{source:#}");
+        if text.contains("Operation not permitted") || text.contains("EPERM") {
+            return Error::Permission(format!("{context}: {text}"));
+        }
+        Error::Bpf { context, source }
+    }
+}
+
+/// Number of possible CPUs: the per-CPU value count the kernel uses.
+pub fn possible_cpus() -> Result<u32> {
+    aya::util::nr_cpus()
+        .map(|n| n.get() as u32)
+        .map_err(|(path, e)| Error::io(format!("reading {path}"), e))
+}
+
+/// Turns a flow key back into the socket address it describes.
+pub fn key_addr(k: &FlowKey) -> SocketAddr {
+    let ip = match k.family {
+        FAMILY_V4 => IpAddr::V4(Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3])),
+        FAMILY_V6 => IpAddr::V6(Ipv6Addr::from(k.addr)),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, k.port)
+}
+
+/// Builds a flow key; an unspecified address (0.0.0.0 or ::) means any.
+pub fn make_key(local: SocketAddr, ssrc: Option<u32>) -> FlowKey {
+    let mut k = FlowKey {
+        port: local.port(),
+        ..Default::default()
+    };
+    match local.ip() {
+        ip if ip.is_unspecified() => k.family = FAMILY_ANY,
+        IpAddr::V4(v4) => {
+            k.family = FAMILY_V4;
+            k.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            k.family = FAMILY_V6;
+            k.addr = v6.octets();
+        }
+    }
+    if let Some(s) = ssrc {
+        k.by_ssrc = 1;
+        k.ssrc = s;
+    }
+    k
+}
+
+pub fn addr_of_egress(k: &EgressKey) -> SocketAddr {
+    key_addr(&FlowKey {
+        addr: k.addr,
+        port: k.port,
+        family: k.family,
+        ..Default::default()
+    })
+}
+
+/// Typed BPF_MAP_LOOKUP_ELEM on a non-per-CPU map.
+pub(crate) fn get<K: aya::Pod, V: aya::Pod + Default>(
+    m: &MapData,
+    k: &K,
+) -> std::io::Result<Option<V>> {
+    let mut buf = vec![0u8; size_of::<V>()];
+    Ok(sys::lookup_elem(m.fd().as_fd(), pod_bytes(k), &mut buf)?.then(|| read_pod::<V>(&buf)))
+}
+
+/// Typed BPF_MAP_UPDATE_ELEM on a non-per-CPU map.
+pub(crate) fn put<K: aya::Pod, V: aya::Pod>(
+    m: &MapData,
+    k: &K,
+    v: &V,
+    flags: u64,
+) -> std::io::Result<()> {
+    sys::update_elem(m.fd().as_fd(), pod_bytes(k), pod_bytes(v), flags)
+}
+
+/// A duplicate of a map fd, so a reader owned by `Maps` can use it while
+/// `Maps` is mutably borrowed.
+fn dup(fd: std::os::fd::BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd> {
+    fd.try_clone_to_owned()
+        .map_err(|e| Error::io("dup of a map fd", e))
+}
+
+/// One stream as read from the kernel.
+#[derive(Clone, Debug)]
+pub struct StreamRow {
+    pub key: FlowKey,
+    pub flow: FlowValue,
+    pub stats: StreamSummary,
+}
+
+/// Open handles on the data plane's maps (fresh from a load, or pinned) and
+/// the reusable read-out state.
+pub struct Maps {
+    pub(crate) flows: MapData,
+    pub(crate) stream_stats: MapData,
+    pub(crate) port_flags: MapData,
+    pub(crate) config: MapData,
+    pub(crate) counters: MapData,
+    pub(crate) egress: MapData,
+    mmap: MmapArray,
+    ncpus: u32,
+    max_streams: u32,
+    flow_reader: BatchReader,
+    counter_reader: BatchReader,
+    egress_reader: BatchReader,
+    slot_buf: Vec<u8>,
+}
+
+fn map_data(name: &str, map: aya::maps::Map) -> Result<MapData> {
+    use aya::maps::Map::*;
+    match map {
+        Array(m) | PerCpuArray(m) | HashMap(m) | PerCpuLruHashMap(m) | PerCpuHashMap(m)
+        | LruHashMap(m) => Ok(m),
+        other => Err(Error::Invalid(format!(
+            "map {name} has unexpected type {other:?}"
+        ))),
+    }
+}
+
+impl Maps {
+    /// Takes the maps out of a freshly loaded object, pinning them into
+    /// `pin_dir` if given.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf, pin_dir: Option<&std::path::Path>) -> Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| Error::Invalid(format!("map {name} missing from the object")))
+                .and_then(|m| map_data(name, m))
+                .and_then(|m| {
+                    if let Some(dir) = pin_dir {
+                        m.pin(dir.join(name))
+                            .map_err(|e| Error::bpf(format!("pinning map {name}"), e))?;
+                    }
+                    Ok(m)
+                })
+        };
+        let flows = take(map_names::FLOWS)?;
+        let stream_stats = take(map_names::STREAM_STATS)?;
+        let port_flags = take(map_names::PORT_FLAGS)?;
+        let config = take(map_names::CONFIG)?;
+        let counters = take(map_names::COUNTERS)?;
+        let egress = take(map_names::EGRESS)?;
+        Self::new(flows, stream_stats, port_flags, config, counters, egress)
+    }
+
+    /// Opens the maps pinned in `dir`.
+    pub fn from_pins(dir: &std::path::Path) -> Result<Self> {
+        let open = |name: &str| {
+            MapData::from_pin(dir.join(name))
+                .map_err(|e| Error::bpf(format!("opening pinned map {name}"), e))
+        };
+        Self::new(
+            open(map_names::FLOWS)?,
+            open(map_names::STREAM_STATS)?,
+            open(map_names::PORT_FLAGS)?,
+            open(map_names::CONFIG)?,
+            open(map_names::COUNTERS)?,
+            open(map_names::EGRESS)?,
+        )
+    }
+
+    fn new(
+        flows: MapData,
+        stream_stats: MapData,
+        port_flags: MapData,
+        config: MapData,
+        counters: MapData,
+        egress: MapData,
+    ) -> Result<Self> {
+        let ncpus = possible_cpus()?;
+        let info = stream_stats.info().map_err(|e| Error::bpf("map info", e))?;
+        let slots = info.max_entries();
+        if slots % ncpus != 0 {
+            return Err(Error::Invalid(format!(
+                "stream slot array has {slots} entries, not a multiple of {ncpus} CPUs (attached by another kernel/CPU set?)"
+            )));
+        }
+        let max_streams = slots / ncpus;
+        let mmap = MmapArray::map(
+            stream_stats.fd().as_fd(),
+            slots as usize * size_of::<StreamStats>(),
+        )
+        .map_err(|e| Error::io("mmap of the stream statistics array", e))?;
+        let n = ncpus as usize;
+        Ok(Maps {
+            flow_reader: BatchReader::new(size_of::<FlowKey>(), size_of::<FlowValue>(), None, 256),
+            counter_reader: BatchReader::new(4, 8, Some(n), counter::COUNT as usize),
+            egress_reader: BatchReader::new(
+                size_of::<EgressKey>(),
+                size_of::<EgressStats>(),
+                Some(n),
+                256,
+            ),
+            slot_buf: vec![0; n * size_of::<StreamStats>()],
+            flows,
+            stream_stats,
+            port_flags,
+            config,
+            counters,
+            egress,
+            mmap,
+            ncpus,
+            max_streams,
+        })
+    }
+
+    pub fn ncpus(&self) -> u32 {
+        self.ncpus
+    }
+
+    pub fn max_streams(&self) -> u32 {
+        self.max_streams
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        get(&self.config, &0u32)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| Error::io("reading config", e))
+    }
+
+    pub fn set_config(&mut self, c: &Config) -> Result<()> {
+        put(&self.config, &0u32, c, 0).map_err(|e| Error::io("writing config", e))
+    }
+
+    /// All flows, with one BPF_MAP_LOOKUP_BATCH call per 256 entries.
+    pub fn flows(&mut self) -> Result<Vec<(FlowKey, FlowValue)>> {
+        let mut out = Vec::new();
+        let fd = dup(self.flows.fd().as_fd())?;
+        self.flow_reader
+            .read_all(fd.as_fd(), |k, v| {
+                out.push((read_pod::<FlowKey>(k), read_pod::<FlowValue>(v)));
+            })
+            .map_err(|e| Error::io("reading the flow table", e))?;
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+
+    /// Reads one stream's per-CPU slots through the mmapped array (no syscall).
+    pub fn stream_slots(&mut self, slot: u32) -> &[u8] {
+        let size = size_of::<StreamStats>();
+        let off = slot as usize * self.ncpus as usize * size;
+        if !self.mmap.read(off, &mut self.slot_buf) {
+            self.slot_buf.fill(0);
+        }
+        &self.slot_buf
+    }
+
+    /// Merged statistics of one stream slot.
+    pub fn stream_summary(&mut self, slot: u32) -> StreamSummary {
+        let n = self.ncpus as usize;
+        let bytes = self.stream_slots(slot).to_vec();
+        let slots: Vec<StreamStats> = (0..n)
+            .map(|c| read_pod::<StreamStats>(&bytes[c * size_of::<StreamStats>()..]))
+            .collect();
+        stats::merge(&slots)
+    }
+
+    /// Every stream: the flow table in batches, then each stream's slots
+    /// from the mapping. The cost is one syscall per 256 flows.
+    pub fn streams(&mut self) -> Result<Vec<StreamRow>> {
+        let flows = self.flows()?;
+        let mut rows = Vec::with_capacity(flows.len());
+        let n = self.ncpus as usize;
+        let mut slots = vec![StreamStats::default(); n];
+        for (key, flow) in flows {
+            let bytes = self.stream_slots(flow.slot);
+            for (c, s) in slots.iter_mut().enumerate() {
+                *s = read_pod::<StreamStats>(&bytes[c * size_of::<StreamStats>()..]);
+            }
+            rows.push(StreamRow {
+                key,
+                flow,
+                stats: stats::merge(&slots),
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Zeroes a stream slot (all CPUs) before it is given to a new flow.
+    pub(crate) fn zero_slot(&self, slot: u32) -> bool {
+        let size = self.ncpus as usize * size_of::<StreamStats>();
+        self.mmap.zero(slot as usize * size, size)
+    }
+
+    /// Global counters summed over CPUs, indexed by `gateway_common::counter`.
+    pub fn counters(&mut self) -> Result<[u64; counter::COUNT as usize]> {
+        let mut out = [0u64; counter::COUNT as usize];
+        let fd = dup(self.counters.fd().as_fd())?;
+        self.counter_reader
+            .read_all(fd.as_fd(), |k, v| {
+                let idx = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]) as usize;
+                if let Some(slot) = out.get_mut(idx) {
+                    *slot = v
+                        .chunks_exact(8)
+                        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+                        .sum();
+                }
+            })
+            .map_err(|e| Error::io("reading global counters", e))?;
+        Ok(out)
+    }
+
+    /// Egress counters per destination, summed over CPUs.
+    pub fn egress(&mut self) -> Result<BTreeMap<SocketAddr, EgressStats>> {
+        let mut out = BTreeMap::new();
+        let fd = dup(self.egress.fd().as_fd())?;
+        let stride = sys::value_stride(size_of::<EgressStats>());
+        self.egress_reader
+            .read_all(fd.as_fd(), |k, v| {
+                let key = read_pod::<EgressKey>(k);
+                let mut sum = EgressStats::default();
+                for c in v.chunks_exact(stride) {
+                    let s = read_pod::<EgressStats>(c);
+                    sum.packets += s.packets;
+                    sum.bytes += s.bytes;
+                    sum.last_ns = sum.last_ns.max(s.last_ns);
+                }
+                out.insert(addr_of_egress(&key), sum);
+            })
+            .map_err(|e| Error::io("reading egress counters", e))?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        for (s, ssrc) in [
+            ("198.18.0.1:30000", None),
+            ("[2001:db8::1]:5004", Some(7)),
+            ("0.0.0.0:40000", None),
+        ] {
+            let a: SocketAddr = s.parse().unwrap();
+            let k = make_key(a, ssrc);
+            assert_eq!(k.by_ssrc, ssrc.is_some() as u8);
+            assert_eq!(k.ssrc, ssrc.unwrap_or(0));
+            assert_eq!(key_addr(&k), a);
+        }
+        assert_eq!(make_key("[::]:1".parse().unwrap(), None).family, FAMILY_ANY);
+    }
+
+    #[test]
+    fn read_pod_tolerates_short_input() {
+        let k: FlowKey = read_pod(&[1, 2, 3]);
+        assert_eq!(k, FlowKey::default());
+        let mut b = [0u8; 24];
+        b[16..18].copy_from_slice(&5004u16.to_ne_bytes());
+        assert_eq!(read_pod::<FlowKey>(&b).port, 5004);
+    }
+}

@@ -1,0 +1,11 @@
+//! The gateway daemon and CLI as a library, so integration tests and
+//! benchmarks drive the same code.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+
+/// The compiled kernel programs, embedded at build time.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up of a fresh Debian 12 machine for building and
+# testing the gateway: Debian packages, the pinned Rust toolchain and a
+# bpf-linker built against that toolchain's own LLVM.
+#
+# Usage: scripts/setup.sh            (as root; safe to run again)
+#        SETUP_SKIP_APT=1 scripts/setup.sh   (toolchain only)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/rust-toolchain.toml")
+bpf_linker_version=0.13.0
+llvm_prefix=${GATEWAY_LLVM_PREFIX:-/opt/gateway-llvm}
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- Debian packages ------------------------------------------------------
+apt_pkgs=(
+  iproute2        # ip netns / veth for the namespace tests and the demo
+  bpftool         # inspection in tests (which programs are attached)
+  sip-tester      # sipp: third-party SIP peer
+  ffmpeg          # media tools for the media tests
+  prometheus      # real Prometheus server + promtool
+  openssl         # SM4/SM3 reference implementation
+  python3         # helper scripts
+  jq              # reading --json output in shell tests
+  ca-certificates
+)
+if [ "${SETUP_SKIP_APT:-0}" != 1 ]; then
+  missing=()
+  for p in "${apt_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+# --- Rust toolchain ---------------------------------------------------------
+if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1 \
+   || ! rustup component list --toolchain "$toolchain" --installed 2>/dev/null | grep -q rust-src; then
+  log "installing Rust $toolchain"
+  rustup toolchain install "$toolchain" --profile minimal -c rust-src,clippy,rustfmt
+fi
+
+# --- bpf-linker against the toolchain's LLVM --------------------------------
+sysroot=$(rustup run "$toolchain" rustc --print sysroot)
+so_path=$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -n1 || true)
+[ -n "$so_path" ] || { echo "setup: no libLLVM.so in $sysroot/lib" >&2; exit 1; }
+so=$(basename "$so_path")
+llvm_major=$(echo "$so" | sed -n 's/^libLLVM\.so\.\([0-9]*\).*/\1/p')
+mkdir -p "$llvm_prefix/lib"
+ln -sf "$sysroot/lib/$so" "$llvm_prefix/lib/libLLVM.so"
+ln -sf "$sysroot/lib/$so" "$llvm_prefix/lib/$so"
+
+cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
+if ! "$cargo_bin/bpf-linker" --version 2>/dev/null | grep -q "$bpf_linker_version" \
+   || ! "$cargo_bin/bpf-linker" --help >/dev/null 2>&1; then
+  log "building bpf-linker $bpf_linker_version against LLVM $llvm_major ($so)"
+  LLVM_PREFIX="$llvm_prefix" rustup run "$toolchain" cargo install bpf-linker \
+    --version "$bpf_linker_version" --no-default-features --features "llvm-$llvm_major" --locked
+fi
+log "ready: $(rustup run "$toolchain" rustc --version); $("$cargo_bin/bpf-linker" --version)"
