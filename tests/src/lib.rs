@@ -1,1 +1,35 @@
+//! Helpers for the integration tests and benchmarks: a frame builder for
+//! crafted packets, network-namespace guards, and locating the `gateway`
+//! binary.
+//!
+//! Tests that need root (BPF, namespaces) call [`require_root`] and are
+//! skipped with a printed reason otherwise; CI runs as root.
 
+pub mod frames;
+pub mod netns;
+
+use std::path::PathBuf;
+
+/// True when running as root; otherwise prints why the test is skipped.
+pub fn require_root(test: &str) -> bool {
+    if gateway::dataplane::sys::is_root() {
+        true
+    } else {
+        eprintln!("SKIPPED {test}: needs root (BPF, network namespaces); CI runs it as root");
+        false
+    }
+}
+
+/// Path of the `gateway` binary built alongside the tests
+/// (`target/<profile>/gateway`), or `$GATEWAY_BIN`.
+pub fn gateway_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/gateway
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("gateway");
+    assert!(bin.exists(), "{} not built: run `cargo build -p gateway` (cargo xtask test does)", bin.display());
+    bin
+}
