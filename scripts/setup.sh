@@ -17,7 +17,9 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # --- Debian packages ------------------------------------------------------
 apt_pkgs=(
   iproute2        # ip netns / veth for the namespace tests and the demo
-  bpftool         # inspection in tests (which programs are attached)
+  bpftool         # the namespace test checks that nothing stays attached
+  ca-certificates
+)
   sip-tester      # sipp: third-party SIP peer
   ffmpeg          # media tools for the media tests
   prometheus      # real Prometheus server + promtool

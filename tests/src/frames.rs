@@ -90,7 +90,11 @@ pub struct Frame {
 impl Frame {
     pub fn udp(dst: &str, dport: u16, payload: Vec<u8>) -> Self {
         let dst: IpAddr = dst.parse().expect("address");
-        let src: IpAddr = if dst.is_ipv4() { "198.18.0.2".parse().unwrap() } else { "2001:db8::2".parse().unwrap() };
+        let src: IpAddr = if dst.is_ipv4() {
+            "198.18.0.2".parse().unwrap()
+        } else {
+            "2001:db8::2".parse().unwrap()
+        };
         Frame {
             src,
             dst,
@@ -129,7 +133,8 @@ impl Frame {
                 f.extend_from_slice(&0x0800u16.to_be_bytes());
                 let ihl = 20 + self.ip_options;
                 let total = (ihl + udp.len()) as u16;
-                let frag = (self.frag_offset & 0x1fff) | if self.more_fragments { 0x2000 } else { 0 };
+                let frag =
+                    (self.frag_offset & 0x1fff) | if self.more_fragments { 0x2000 } else { 0 };
                 let mut h = vec![0x40 | (ihl / 4) as u8, 0];
                 h.extend_from_slice(&total.to_be_bytes());
                 h.extend_from_slice(&[0, 1]);
@@ -187,7 +192,10 @@ impl Frame {
 }
 
 fn checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = h.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -209,7 +217,13 @@ mod tests {
 
     #[test]
     fn rtp_bytes_parse_back() {
-        let r = Rtp { csrcs: 2, ext_words: Some(1), padding: 3, marker: true, ..Rtp::new(7, 9) };
+        let r = Rtp {
+            csrcs: 2,
+            ext_words: Some(1),
+            padding: 3,
+            marker: true,
+            ..Rtp::new(7, 9)
+        };
         let b = r.bytes();
         let (h, range) = gateway_common::rtp::parse(&b).unwrap();
         assert_eq!((h.seq, h.ssrc, h.marker), (7, 9, true));

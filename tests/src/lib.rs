@@ -30,6 +30,10 @@ pub fn gateway_bin() -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>/gateway
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("gateway");
-    assert!(bin.exists(), "{} not built: run `cargo build -p gateway` (cargo xtask test does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build -p gateway` (cargo xtask test does)",
+        bin.display()
+    );
     bin
 }

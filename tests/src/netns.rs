@@ -47,9 +47,28 @@ impl NetnsPair {
         // From here on Drop cleans up whatever was created.
         ip(&["netns", "add", &p.a])?;
         ip(&["netns", "add", &p.b])?;
-        ip(&["link", "add", &p.veth_a, "netns", &p.a, "type", "veth", "peer", "name", &p.veth_b, "netns", &p.b])?;
-        ip(&["-n", &p.a, "addr", "add", &format!("{}/24", p.addr_a), "dev", &p.veth_a])?;
-        ip(&["-n", &p.b, "addr", "add", &format!("{}/24", p.addr_b), "dev", &p.veth_b])?;
+        ip(&[
+            "link", "add", &p.veth_a, "netns", &p.a, "type", "veth", "peer", "name", &p.veth_b,
+            "netns", &p.b,
+        ])?;
+        ip(&[
+            "-n",
+            &p.a,
+            "addr",
+            "add",
+            &format!("{}/24", p.addr_a),
+            "dev",
+            &p.veth_a,
+        ])?;
+        ip(&[
+            "-n",
+            &p.b,
+            "addr",
+            "add",
+            &format!("{}/24", p.addr_b),
+            "dev",
+            &p.veth_b,
+        ])?;
         for (ns, dev) in [(&p.a, &p.veth_a), (&p.b, &p.veth_b)] {
             ip(&["-n", ns, "link", "set", dev, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;

@@ -7,29 +7,80 @@ use gateway_tests::{gateway_bin, netns::NetnsPair, require_root};
 
 /// Runs the CLI and returns (exit code, stderr).
 fn run(args: &[&str]) -> (i32, String) {
-    let o = Command::new(gateway_bin()).args(args).output().expect("run gateway");
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+    let o = Command::new(gateway_bin())
+        .args(args)
+        .output()
+        .expect("run gateway");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn fails_with(args: &[&str], needle: &str) {
     let (code, err) = run(args);
     assert_ne!(code, 0, "{args:?} should fail");
-    assert!(err.contains(needle), "{args:?}: stderr {err:?} does not mention {needle:?}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: stderr {err:?} does not mention {needle:?}"
+    );
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
 }
 
 #[test]
 fn malformed_arguments_are_refused_without_root() {
-    fails_with(&["flow", "add", "--iface", "x", "--local", "198.18.0.1"], "not ADDR:PORT");
-    fails_with(&["flow", "add", "--iface", "x", "--local", "198.18.0.1:99999"], "not ADDR:PORT");
-    fails_with(&["flow", "add", "--iface", "x", "--local", "198.18.0.1:1", "--ssrc", "4294967296"], "SSRC must be");
-    fails_with(&["flow", "add", "--iface", "x", "--local", "198.18.0.1:1", "--ssrc", "abc"], "SSRC must be");
-    fails_with(&["attach", "--iface", "x", "--mode", "turbo"], "invalid value");
-    fails_with(&["attach", "--iface", "x", "--media-ports", "2000-1000"], "port range");
+    fails_with(
+        &["flow", "add", "--iface", "x", "--local", "198.18.0.1"],
+        "not ADDR:PORT",
+    );
+    fails_with(
+        &["flow", "add", "--iface", "x", "--local", "198.18.0.1:99999"],
+        "not ADDR:PORT",
+    );
+    fails_with(
+        &[
+            "flow",
+            "add",
+            "--iface",
+            "x",
+            "--local",
+            "198.18.0.1:1",
+            "--ssrc",
+            "4294967296",
+        ],
+        "SSRC must be",
+    );
+    fails_with(
+        &[
+            "flow",
+            "add",
+            "--iface",
+            "x",
+            "--local",
+            "198.18.0.1:1",
+            "--ssrc",
+            "abc",
+        ],
+        "SSRC must be",
+    );
+    fails_with(
+        &["attach", "--iface", "x", "--mode", "turbo"],
+        "invalid value",
+    );
+    fails_with(
+        &["attach", "--iface", "x", "--media-ports", "2000-1000"],
+        "port range",
+    );
     fails_with(&["attach", "--iface", "x", "--dscp", "99"], "DSCP");
-    fails_with(&["attach", "--iface", "x", "--unknown", "maybe"], "pass or drop");
+    fails_with(
+        &["attach", "--iface", "x", "--unknown", "maybe"],
+        "pass or drop",
+    );
     fails_with(&["streams", "--iface", "x/y"], "invalid interface name");
-    fails_with(&["run", "--config", "/nonexistent/gateway.toml"], "reading /nonexistent/gateway.toml");
+    fails_with(
+        &["run", "--config", "/nonexistent/gateway.toml"],
+        "reading /nonexistent/gateway.toml",
+    );
 }
 
 #[test]
@@ -40,22 +91,99 @@ fn attach_state_errors() {
     let net = NetnsPair::new("cli").expect("namespaces");
     let ns = net.a.as_str();
     let iface = net.veth_a.as_str();
-    fails_with(&["--netns", ns, "attach", "--iface", "nosuch0"], "interface \"nosuch0\" does not exist");
-    fails_with(&["--netns", "no-such-ns", "status", "--iface", iface], "entering network namespace");
-    fails_with(&["--netns", ns, "status", "--iface", iface], "is not attached");
-    fails_with(&["--netns", ns, "detach", "--iface", iface], "is not attached");
-    fails_with(&["--netns", ns, "flow", "list", "--iface", iface], "is not attached");
-
-    let (code, err) = run(&["--netns", ns, "attach", "--iface", iface, "--max-streams", "1"]);
-    assert_eq!(code, 0, "{err}");
-    fails_with(&["--netns", ns, "attach", "--iface", iface], "already attached");
-    let add = |port: &str| run(&["--netns", ns, "flow", "add", "--iface", iface, "--local", port]);
-    assert_eq!(add("198.18.0.1:30000").0, 0);
-    fails_with(&["--netns", ns, "flow", "add", "--iface", iface, "--local", "198.18.0.1:30000"], "already exists");
-    fails_with(&["--netns", ns, "flow", "add", "--iface", iface, "--local", "198.18.0.1:30002"], "flow table full");
-    fails_with(&["--netns", ns, "flow", "del", "--iface", iface, "--local", "198.18.0.1:30004"], "no flow");
     fails_with(
-        &["--netns", ns, "flow", "add", "--iface", iface, "--local", "198.18.0.1:30006", "--name", &"n".repeat(40)],
+        &["--netns", ns, "attach", "--iface", "nosuch0"],
+        "interface \"nosuch0\" does not exist",
+    );
+    fails_with(
+        &["--netns", "no-such-ns", "status", "--iface", iface],
+        "entering network namespace",
+    );
+    fails_with(
+        &["--netns", ns, "status", "--iface", iface],
+        "is not attached",
+    );
+    fails_with(
+        &["--netns", ns, "detach", "--iface", iface],
+        "is not attached",
+    );
+    fails_with(
+        &["--netns", ns, "flow", "list", "--iface", iface],
+        "is not attached",
+    );
+
+    let (code, err) = run(&[
+        "--netns",
+        ns,
+        "attach",
+        "--iface",
+        iface,
+        "--max-streams",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    fails_with(
+        &["--netns", ns, "attach", "--iface", iface],
+        "already attached",
+    );
+    let add = |port: &str| {
+        run(&[
+            "--netns", ns, "flow", "add", "--iface", iface, "--local", port,
+        ])
+    };
+    assert_eq!(add("198.18.0.1:30000").0, 0);
+    fails_with(
+        &[
+            "--netns",
+            ns,
+            "flow",
+            "add",
+            "--iface",
+            iface,
+            "--local",
+            "198.18.0.1:30000",
+        ],
+        "already exists",
+    );
+    fails_with(
+        &[
+            "--netns",
+            ns,
+            "flow",
+            "add",
+            "--iface",
+            iface,
+            "--local",
+            "198.18.0.1:30002",
+        ],
+        "flow table full",
+    );
+    fails_with(
+        &[
+            "--netns",
+            ns,
+            "flow",
+            "del",
+            "--iface",
+            iface,
+            "--local",
+            "198.18.0.1:30004",
+        ],
+        "no flow",
+    );
+    fails_with(
+        &[
+            "--netns",
+            ns,
+            "flow",
+            "add",
+            "--iface",
+            iface,
+            "--local",
+            "198.18.0.1:30006",
+            "--name",
+            &"n".repeat(40),
+        ],
         "flow name longer",
     );
     assert_eq!(run(&["--netns", ns, "detach", "--iface", iface]).0, 0);

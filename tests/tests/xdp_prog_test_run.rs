@@ -29,13 +29,23 @@ impl Harness {
         let prog: &mut Xdp = ebpf.program_mut("gateway_xdp").unwrap().try_into().unwrap();
         prog.load().expect("verifier accepts the XDP program");
         let mut cfg = Config::default();
-        Settings { media_ports: (30000, 30999), unknown_drop, dscp: None, egress_ports: (30000, 30999) }
-            .apply(&mut cfg);
+        Settings {
+            media_ports: (30000, 30999),
+            unknown_drop,
+            dscp: None,
+            egress_ports: (30000, 30999),
+        }
+        .apply(&mut cfg);
         maps.set_config(&cfg).unwrap();
         Harness { ebpf, maps }
     }
 
-    fn flow(&mut self, local: &str, ssrc: Option<u32>, expect: Option<u32>) -> (FlowKey, FlowValue) {
+    fn flow(
+        &mut self,
+        local: &str,
+        ssrc: Option<u32>,
+        expect: Option<u32>,
+    ) -> (FlowKey, FlowValue) {
         self.maps
             .add_flow(&FlowSpec {
                 local: Some(local.parse().unwrap()),
@@ -48,9 +58,17 @@ impl Harness {
     }
 
     fn run(&mut self, frame: &[u8]) -> u32 {
-        let prog: &mut Xdp = self.ebpf.program_mut("gateway_xdp").unwrap().try_into().unwrap();
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut("gateway_xdp")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let r = prog
-            .test_run(TestRunOptions { data_in: Some(frame), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         r.return_value
     }
@@ -75,10 +93,21 @@ fn check(h: &mut Harness, name: &str, frame: &[u8], verdict: u32, deltas: &[(u32
     for (i, d) in deltas {
         want[*i as usize] += d;
     }
-    let v = if verdict == XDP_DROP { counter::VERDICT_DROP } else { counter::VERDICT_PASS };
+    let v = if verdict == XDP_DROP {
+        counter::VERDICT_DROP
+    } else {
+        counter::VERDICT_PASS
+    };
     want[v as usize] += 1;
     for i in 0..counter::COUNT as usize {
-        assert_eq!(after[i], want[i], "{name}: counter {} ({} -> {})", counter::NAMES[i], before[i], after[i]);
+        assert_eq!(
+            after[i],
+            want[i],
+            "{name}: counter {} ({} -> {})",
+            counter::NAMES[i],
+            before[i],
+            after[i]
+        );
     }
 }
 
@@ -95,7 +124,13 @@ fn classification_fixtures() {
     let m = |r: &Rtp| vec![(counter::MATCHED, 1), (counter::MATCHED_BYTES, plen(r))];
 
     let r = rtp(1);
-    check(&mut h, "ipv4 rtp", &Frame::rtp(GW, 30000, &r).bytes(), XDP_PASS, &m(&r));
+    check(
+        &mut h,
+        "ipv4 rtp",
+        &Frame::rtp(GW, 30000, &r).bytes(),
+        XDP_PASS,
+        &m(&r),
+    );
     let r = rtp(2);
     let mut f = Frame::rtp(GW, 30000, &r);
     f.ip_options = 8;
@@ -109,51 +144,164 @@ fn classification_fixtures() {
     // Three tags: the third is read as the ethertype (0x8100): not IP.
     let mut f = Frame::rtp(GW, 30000, &rtp(4));
     f.vlans = vec![0x88a8, 0x8100, 0x8100];
-    check(&mut h, "triple vlan", &f.bytes(), XDP_PASS, &[(counter::NOT_IP, 1)]);
+    check(
+        &mut h,
+        "triple vlan",
+        &f.bytes(),
+        XDP_PASS,
+        &[(counter::NOT_IP, 1)],
+    );
     let r = Rtp { csrcs: 3, ..rtp(5) };
-    check(&mut h, "csrc list", &Frame::rtp(GW, 30000, &r).bytes(), XDP_PASS, &m(&r));
-    let r = Rtp { ext_words: Some(2), ..rtp(6) };
-    check(&mut h, "extension", &Frame::rtp(GW, 30000, &r).bytes(), XDP_PASS, &m(&r));
-    let r = Rtp { padding: 4, csrcs: 1, ext_words: Some(1), ..rtp(7) };
-    check(&mut h, "padding", &Frame::rtp(GW, 30000, &r).bytes(), XDP_PASS, &m(&r));
+    check(
+        &mut h,
+        "csrc list",
+        &Frame::rtp(GW, 30000, &r).bytes(),
+        XDP_PASS,
+        &m(&r),
+    );
+    let r = Rtp {
+        ext_words: Some(2),
+        ..rtp(6)
+    };
+    check(
+        &mut h,
+        "extension",
+        &Frame::rtp(GW, 30000, &r).bytes(),
+        XDP_PASS,
+        &m(&r),
+    );
+    let r = Rtp {
+        padding: 4,
+        csrcs: 1,
+        ext_words: Some(1),
+        ..rtp(7)
+    };
+    check(
+        &mut h,
+        "padding",
+        &Frame::rtp(GW, 30000, &r).bytes(),
+        XDP_PASS,
+        &m(&r),
+    );
 
     let r = rtp(1);
-    check(&mut h, "ipv6 rtp", &Frame::rtp(GW6, 30000, &r).bytes(), XDP_PASS, &m(&r));
+    check(
+        &mut h,
+        "ipv6 rtp",
+        &Frame::rtp(GW6, 30000, &r).bytes(),
+        XDP_PASS,
+        &m(&r),
+    );
     let mut f = Frame::rtp(GW6, 30000, &rtp(2));
     f.v6_ext = true;
     f.vlans = vec![0x8100];
-    check(&mut h, "ipv6 ext headers + vlan", &f.bytes(), XDP_PASS, &m(&rtp(2)));
+    check(
+        &mut h,
+        "ipv6 ext headers + vlan",
+        &f.bytes(),
+        XDP_PASS,
+        &m(&rtp(2)),
+    );
 
     // Not RTP on a flow port: counted globally and on the stream.
-    let r = Rtp { version: 1, ..rtp(8) };
-    check(&mut h, "rtp version 1", &Frame::rtp(GW, 30000, &r).bytes(), XDP_PASS, &[(counter::NOT_RTP, 1)]);
-    let mut bad = Rtp { payload: 20, ..rtp(9) }.bytes();
+    let r = Rtp {
+        version: 1,
+        ..rtp(8)
+    };
+    check(
+        &mut h,
+        "rtp version 1",
+        &Frame::rtp(GW, 30000, &r).bytes(),
+        XDP_PASS,
+        &[(counter::NOT_RTP, 1)],
+    );
+    let mut bad = Rtp {
+        payload: 20,
+        ..rtp(9)
+    }
+    .bytes();
     bad[0] |= 0x0f; // 15 CSRCs (60 bytes) announced in a 32-byte packet
-    check(&mut h, "csrc overrun", &Frame::udp(GW, 30000, bad).bytes(), XDP_PASS, &[(counter::NOT_RTP, 1)]);
-    let mut bad = Rtp { padding: 2, ..rtp(9) }.bytes();
+    check(
+        &mut h,
+        "csrc overrun",
+        &Frame::udp(GW, 30000, bad).bytes(),
+        XDP_PASS,
+        &[(counter::NOT_RTP, 1)],
+    );
+    let mut bad = Rtp {
+        padding: 2,
+        ..rtp(9)
+    }
+    .bytes();
     *bad.last_mut().unwrap() = 250; // padding longer than the payload
-    check(&mut h, "bad padding", &Frame::udp(GW, 30000, bad).bytes(), XDP_PASS, &[(counter::NOT_RTP, 1)]);
-    let mut bad = Rtp { ext_words: Some(1), ..rtp(9) }.bytes();
+    check(
+        &mut h,
+        "bad padding",
+        &Frame::udp(GW, 30000, bad).bytes(),
+        XDP_PASS,
+        &[(counter::NOT_RTP, 1)],
+    );
+    let mut bad = Rtp {
+        ext_words: Some(1),
+        ..rtp(9)
+    }
+    .bytes();
     bad[14..16].copy_from_slice(&200u16.to_be_bytes()); // extension past the end
-    check(&mut h, "extension overrun", &Frame::udp(GW, 30000, bad).bytes(), XDP_PASS, &[(counter::NOT_RTP, 1)]);
-    check(&mut h, "short udp payload", &Frame::udp(GW, 30000, vec![0x80; 11]).bytes(), XDP_PASS, &[(counter::NOT_RTP, 1)]);
+    check(
+        &mut h,
+        "extension overrun",
+        &Frame::udp(GW, 30000, bad).bytes(),
+        XDP_PASS,
+        &[(counter::NOT_RTP, 1)],
+    );
+    check(
+        &mut h,
+        "short udp payload",
+        &Frame::udp(GW, 30000, vec![0x80; 11]).bytes(),
+        XDP_PASS,
+        &[(counter::NOT_RTP, 1)],
+    );
     assert_eq!(h.stream(v4.slot).not_rtp, 5);
 
     // Headers that do not add up.
     let mut f = Frame::rtp(GW, 30000, &rtp(10));
     f.udp_len = Some(7);
-    check(&mut h, "udp length < 8", &f.bytes(), XDP_PASS, &[(counter::MALFORMED, 1)]);
+    check(
+        &mut h,
+        "udp length < 8",
+        &f.bytes(),
+        XDP_PASS,
+        &[(counter::MALFORMED, 1)],
+    );
     let mut f = Frame::rtp(GW, 30000, &rtp(10));
     f.udp_len = Some(1000);
-    check(&mut h, "udp length > ip payload", &f.bytes(), XDP_PASS, &[(counter::MALFORMED, 1)]);
+    check(
+        &mut h,
+        "udp length > ip payload",
+        &f.bytes(),
+        XDP_PASS,
+        &[(counter::MALFORMED, 1)],
+    );
 
     // Fragments: non-first ones are not parsed as UDP; a first fragment is.
     let mut f = Frame::rtp(GW, 30000, &rtp(11));
     f.frag_offset = 100;
-    check(&mut h, "ipv4 non-first fragment", &f.bytes(), XDP_PASS, &[(counter::FRAGMENT, 1)]);
+    check(
+        &mut h,
+        "ipv4 non-first fragment",
+        &f.bytes(),
+        XDP_PASS,
+        &[(counter::FRAGMENT, 1)],
+    );
     let mut f = Frame::rtp(GW6, 30000, &rtp(11));
     f.frag_offset = 100;
-    check(&mut h, "ipv6 non-first fragment", &f.bytes(), XDP_PASS, &[(counter::FRAGMENT, 1)]);
+    check(
+        &mut h,
+        "ipv6 non-first fragment",
+        &f.bytes(),
+        XDP_PASS,
+        &[(counter::FRAGMENT, 1)],
+    );
     let r = rtp(12);
     let mut f = Frame::rtp(GW, 30000, &r);
     f.more_fragments = true;
@@ -164,14 +312,38 @@ fn classification_fixtures() {
     check(&mut h, "arp", &arp(), XDP_PASS, &[(counter::NOT_IP, 1)]);
     let mut f = Frame::rtp(GW, 30000, &rtp(13));
     f.proto = 6;
-    check(&mut h, "tcp", &f.bytes(), XDP_PASS, &[(counter::NOT_UDP, 1)]);
-    check(&mut h, "udp elsewhere", &Frame::rtp(GW, 5060, &rtp(13)).bytes(), XDP_PASS, &[(counter::UDP_OTHER, 1)]);
+    check(
+        &mut h,
+        "tcp",
+        &f.bytes(),
+        XDP_PASS,
+        &[(counter::NOT_UDP, 1)],
+    );
+    check(
+        &mut h,
+        "udp elsewhere",
+        &Frame::rtp(GW, 5060, &rtp(13)).bytes(),
+        XDP_PASS,
+        &[(counter::UDP_OTHER, 1)],
+    );
     // RTCP on the port after a flow's port.
     let mut rtcp = vec![0x80, 200, 0, 6];
     rtcp.extend_from_slice(&[0; 24]);
-    check(&mut h, "rtcp", &Frame::udp(GW, 30001, rtcp).bytes(), XDP_PASS, &[(counter::RTCP, 1)]);
+    check(
+        &mut h,
+        "rtcp",
+        &Frame::udp(GW, 30001, rtcp).bytes(),
+        XDP_PASS,
+        &[(counter::RTCP, 1)],
+    );
     // Unknown flow in the media range under the pass policy.
-    check(&mut h, "unknown passed", &Frame::rtp(GW, 30100, &rtp(1)).bytes(), XDP_PASS, &[(counter::UNKNOWN_PASSED, 1)]);
+    check(
+        &mut h,
+        "unknown passed",
+        &Frame::rtp(GW, 30100, &rtp(1)).bytes(),
+        XDP_PASS,
+        &[(counter::UNKNOWN_PASSED, 1)],
+    );
 
     let s4 = h.stream(v4.slot);
     // Sequence numbers 1-7 and 12 were matched: 8 packets, 8-11 lost.
@@ -189,18 +361,48 @@ fn unknown_flows_dropped_under_drop_policy() {
     let mut h = Harness::new(true);
     h.flow("198.18.0.1:30000", Some(7), None);
     let f = Frame::rtp(GW, 30500, &Rtp::new(1, 7)).bytes();
-    check(&mut h, "unknown in range", &f, XDP_DROP, &[(counter::UNKNOWN_DROPPED, 1)]);
+    check(
+        &mut h,
+        "unknown in range",
+        &f,
+        XDP_DROP,
+        &[(counter::UNKNOWN_DROPPED, 1)],
+    );
     // Same port as a flow, other SSRC: unknown too.
     let f = Frame::rtp(GW, 30000, &Rtp::new(1, 8)).bytes();
-    check(&mut h, "unknown ssrc on flow port", &f, XDP_DROP, &[(counter::UNKNOWN_DROPPED, 1)]);
+    check(
+        &mut h,
+        "unknown ssrc on flow port",
+        &f,
+        XDP_DROP,
+        &[(counter::UNKNOWN_DROPPED, 1)],
+    );
     // Garbage to the media range is dropped as well (counted as not RTP).
     let f = Frame::udp(GW, 30500, b"garbage".to_vec()).bytes();
-    check(&mut h, "garbage in range", &f, XDP_DROP, &[(counter::NOT_RTP, 1)]);
+    check(
+        &mut h,
+        "garbage in range",
+        &f,
+        XDP_DROP,
+        &[(counter::NOT_RTP, 1)],
+    );
     // Outside the range the policy does not apply.
     let f = Frame::rtp(GW, 40000, &Rtp::new(1, 7)).bytes();
-    check(&mut h, "outside range", &f, XDP_PASS, &[(counter::UDP_OTHER, 1)]);
+    check(
+        &mut h,
+        "outside range",
+        &f,
+        XDP_PASS,
+        &[(counter::UDP_OTHER, 1)],
+    );
     let f = Frame::rtp(GW, 30000, &Rtp::new(1, 7)).bytes();
-    check(&mut h, "known", &f, XDP_PASS, &[(counter::MATCHED, 1), (counter::MATCHED_BYTES, 112)]);
+    check(
+        &mut h,
+        "known",
+        &f,
+        XDP_PASS,
+        &[(counter::MATCHED, 1), (counter::MATCHED_BYTES, 112)],
+    );
 }
 
 #[test]
@@ -210,13 +412,38 @@ fn truncation_at_every_length() {
     }
     let mut h = Harness::new(true);
     let (_, v) = h.flow("198.18.0.1:30000", None, None);
-    let full = Frame::rtp(GW, 30000, &Rtp { csrcs: 1, ext_words: Some(1), padding: 4, ..Rtp::new(1, 5) }).bytes();
+    let full = Frame::rtp(
+        GW,
+        30000,
+        &Rtp {
+            csrcs: 1,
+            ext_words: Some(1),
+            padding: 4,
+            ..Rtp::new(1, 5)
+        },
+    )
+    .bytes();
     // BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header.
     for len in 14..full.len() {
-        check(&mut h, &format!("truncated to {len}"), &full[..len], XDP_PASS, &[(counter::MALFORMED, 1)]);
+        check(
+            &mut h,
+            &format!("truncated to {len}"),
+            &full[..len],
+            XDP_PASS,
+            &[(counter::MALFORMED, 1)],
+        );
     }
     assert_eq!(h.stream(v.slot).packets, 0);
-    check(&mut h, "full", &full, XDP_PASS, &[(counter::MATCHED, 1), (counter::MATCHED_BYTES, full.len() as u64 - 42)]);
+    check(
+        &mut h,
+        "full",
+        &full,
+        XDP_PASS,
+        &[
+            (counter::MATCHED, 1),
+            (counter::MATCHED_BYTES, full.len() as u64 - 42),
+        ],
+    );
     assert_eq!(h.stream(v.slot).packets, 1);
 }
 
@@ -231,7 +458,10 @@ fn sequence_accounting() {
     let mut seqs: Vec<u16> = (65530..=65535).collect();
     seqs.extend([0, 1, 3, 2, 2, 4, 7, 8, 8, 9]);
     for &q in &seqs {
-        let r = Rtp { marker: q % 5 == 4, ..Rtp::new(q, 0xabc) };
+        let r = Rtp {
+            marker: q % 5 == 4,
+            ..Rtp::new(q, 0xabc)
+        };
         assert_eq!(h.run(&Frame::rtp(GW, 30000, &r).bytes()), XDP_PASS);
     }
     let s = h.stream(v.slot);
@@ -269,5 +499,8 @@ fn ssrc_split_and_mismatch() {
     let (sa, sb, sc) = (h.stream(a.slot), h.stream(b.slot), h.stream(c.slot));
     assert_eq!((sa.packets, sa.ssrc, sa.lost), (5, 100, 0));
     assert_eq!((sb.packets, sb.ssrc, sb.highest_seq), (5, 200, 1004));
-    assert_eq!((sc.packets, sc.ssrc_mismatch, sc.received, sc.lost), (8, 3, 5, 0));
+    assert_eq!(
+        (sc.packets, sc.ssrc_mismatch, sc.received, sc.lost),
+        (8, 3, 5, 0)
+    );
 }

@@ -1,1 +1,225 @@
-fn main() {}
+//! Project tasks: `cargo xtask demo | test | bench`.
+//!
+//! - demo: two namespaces joined by a veth (198.18.0.0/15, no default
+//!   route), the gateway attached to one end, RTP with loss, reordering and
+//!   duplicates sent from the other, the live stream table, then clean-up.
+//! - test: fmt check, clippy -D warnings, every unit and integration test.
+//! - bench: the data-plane benchmarks (release build).
+//!
+//! Run scripts/setup.sh once before (it installs the toolchain and tools).
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the demo (root).
+    Demo {
+        /// Seconds of traffic.
+        #[arg(long, default_value_t = 8)]
+        seconds: u32,
+    },
+    /// fmt, clippy and all tests (root tests need root).
+    Test,
+    /// Data-plane benchmarks (root).
+    Bench {
+        /// Fewer repetitions (CI).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    eprintln!("+ cargo {}", args.join(" "));
+    let st = Command::new(env!("CARGO"))
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !st.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn sh(prog: &str, args: &[&str]) -> Result<()> {
+    let st = Command::new(prog)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {prog}"))?;
+    if !st.success() {
+        bail!("{prog} {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn target_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Test => {
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "gateway-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            cargo(&["build", "-p", "gateway", "--bins"])?;
+            cargo(&["test", "--workspace", "--exclude", "gateway-ebpf"])
+        }
+        Cmd::Bench { quick } => {
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "gateway-tests",
+                "--bin",
+                "gateway-bench",
+            ])?;
+            let bin = target_dir().join("release/gateway-bench");
+            let mut c = Command::new(bin);
+            if quick {
+                c.arg("--quick");
+            }
+            if !c.status()?.success() {
+                bail!("benchmarks failed");
+            }
+            Ok(())
+        }
+        Cmd::Demo { seconds } => demo(seconds.clamp(2, 120)),
+    }
+}
+
+/// Deletes the demo namespaces (and with them the veth pair).
+struct DemoNet;
+
+impl Drop for DemoNet {
+    fn drop(&mut self) {
+        for ns in ["gwdemo-gw", "gwdemo-cam"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn demo(seconds: u32) -> Result<()> {
+    cargo(&["build", "-p", "gateway", "-p", "gateway-tests", "--bins"])?;
+    let gw = target_dir().join("debug/gateway");
+    let gen = target_dir().join("debug/rtpgen");
+    let gw = gw.to_str().context("path")?;
+    drop(DemoNet); // leftovers of an interrupted run
+    let _net = DemoNet;
+    sh("ip", &["netns", "add", "gwdemo-gw"])?;
+    sh("ip", &["netns", "add", "gwdemo-cam"])?;
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            "gw0",
+            "netns",
+            "gwdemo-gw",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "cam0",
+            "netns",
+            "gwdemo-cam",
+        ],
+    )?;
+    sh(
+        "ip",
+        &[
+            "-n",
+            "gwdemo-gw",
+            "addr",
+            "add",
+            "198.18.0.1/24",
+            "dev",
+            "gw0",
+        ],
+    )?;
+    sh(
+        "ip",
+        &[
+            "-n",
+            "gwdemo-cam",
+            "addr",
+            "add",
+            "198.18.0.2/24",
+            "dev",
+            "cam0",
+        ],
+    )?;
+    sh("ip", &["-n", "gwdemo-gw", "link", "set", "gw0", "up"])?;
+    sh("ip", &["-n", "gwdemo-cam", "link", "set", "cam0", "up"])?;
+    let g = |args: &[&str]| -> Result<()> {
+        let mut a = vec!["--netns", "gwdemo-gw"];
+        a.extend_from_slice(args);
+        println!("$ gateway {}", a.join(" "));
+        sh(gw, &a)
+    };
+    g(&[
+        "attach",
+        "--iface",
+        "gw0",
+        "--mode",
+        "native",
+        "--media-ports",
+        "30000-30099",
+        "--unknown",
+        "drop",
+    ])?;
+    let result = (|| -> Result<()> {
+        for (i, name) in ["gate-east", "lobby", "parking"].iter().enumerate() {
+            g(&[
+                "flow",
+                "add",
+                "--iface",
+                "gw0",
+                "--local",
+                &format!("198.18.0.1:{}", 30000 + 2 * i),
+                "--name",
+                name,
+            ])?;
+        }
+        println!("\n# 4 cameras send RTP (the 4th has no flow: dropped in the kernel)\n");
+        let mut sender = Command::new("ip")
+            .args(["netns", "exec", "gwdemo-cam"])
+            .arg(&gen)
+            .args(["198.18.0.1", "30000", "4", "200", &seconds.to_string()])
+            .spawn()
+            .context("starting the RTP sender")?;
+        g(&[
+            "streams",
+            "--iface",
+            "gw0",
+            "--watch",
+            "1",
+            "--count",
+            &seconds.to_string(),
+        ])?;
+        let _ = sender.wait();
+        println!();
+        g(&["status", "--iface", "gw0"])
+    })();
+    g(&["detach", "--iface", "gw0"])?;
+    result
+}

@@ -61,8 +61,63 @@ fn unix_now() -> u64 {
 impl Maps {
     /// Adds a flow: picks the lowest free stream slot, zeroes it, inserts the
     /// flow and sets its port's flag. The caller serialises writers
-    /// (see `attach::lock`).
+    /// (see `attach::Target::lock`).
     pub fn add_flow(&mut self, spec: &FlowSpec) -> Result<(FlowKey, FlowValue)> {
+        let mut v = self.add_flows(std::slice::from_ref(spec))?;
+        v.pop()
+            .ok_or_else(|| Error::Invalid("no flow added".into()))
+    }
+
+    /// Adds several flows with one read of the flow table. Stops at the
+    /// first failure; flows added before it stay.
+    pub fn add_flows(&mut self, specs: &[FlowSpec]) -> Result<Vec<(FlowKey, FlowValue)>> {
+        let mut flows = self.flows()?;
+        let mut used = vec![false; self.max_streams() as usize];
+        for (_, v) in &flows {
+            if let Some(u) = used.get_mut(v.slot as usize) {
+                *u = true;
+            }
+        }
+        let mut existing: std::collections::HashSet<FlowKey> =
+            flows.iter().map(|(k, _)| *k).collect();
+        let mut added = Vec::with_capacity(specs.len());
+        let mut next_free = 0usize;
+        let mut result = Ok(());
+        for spec in specs {
+            match self.insert_one(spec, &mut used, &mut next_free, &existing) {
+                Ok((k, v)) => {
+                    existing.insert(k);
+                    flows.push((k, v));
+                    added.push((k, v));
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        // Port flags for every port touched, from the in-memory table.
+        let mut ports: std::collections::BTreeMap<u16, u32> =
+            added.iter().map(|(k, _)| (k.port, 0)).collect();
+        for (k, _) in &flows {
+            if let Some(f) = ports.get_mut(&k.port) {
+                *f |= port_bit(k);
+            }
+        }
+        for (port, flags) in ports {
+            put(&self.port_flags, &(port as u32), &flags, 0)
+                .map_err(|e| Error::io("writing port flags", e))?;
+        }
+        result.map(|()| added)
+    }
+
+    fn insert_one(
+        &mut self,
+        spec: &FlowSpec,
+        used: &mut [bool],
+        next_free: &mut usize,
+        existing: &std::collections::HashSet<FlowKey>,
+    ) -> Result<(FlowKey, FlowValue)> {
         let local = spec
             .local
             .ok_or_else(|| Error::Invalid("a flow needs --local ADDR:PORT".into()))?;
@@ -81,20 +136,16 @@ impl Maps {
             )));
         }
         let key = make_key(local, spec.ssrc);
-        let flows = self.flows()?;
-        if flows.iter().any(|(k, _)| *k == key) {
+        if existing.contains(&key) {
             return Err(Error::FlowExists(describe(&key)));
         }
-        let mut used = vec![false; self.max_streams() as usize];
-        for (_, v) in &flows {
-            if let Some(u) = used.get_mut(v.slot as usize) {
-                *u = true;
-            }
+        while *next_free < used.len() && used[*next_free] {
+            *next_free += 1;
         }
-        let slot = used
-            .iter()
-            .position(|u| !u)
-            .ok_or(Error::TableFull(self.max_streams()))? as u32;
+        if *next_free >= used.len() {
+            return Err(Error::TableFull(self.max_streams()));
+        }
+        let slot = *next_free as u32;
         if !self.zero_slot(slot) {
             return Err(Error::Invalid(format!(
                 "stream slot {slot} outside the statistics array"
@@ -122,7 +173,7 @@ impl Maps {
             Some(libc::EEXIST) => Error::FlowExists(describe(&key)),
             _ => Error::io("inserting the flow", e),
         })?;
-        self.refresh_port(key.port)?;
+        used[slot as usize] = true;
         Ok((key, value))
     }
 

@@ -83,7 +83,7 @@ impl Error {
 /// Number of possible CPUs: the per-CPU value count the kernel uses.
 pub fn possible_cpus() -> Result<u32> {
     aya::util::nr_cpus()
-        .map(|n| n.get() as u32)
+        .map(|n| n.get())
         .map_err(|(path, e)| Error::io(format!("reading {path}"), e))
 }
 
@@ -283,6 +283,11 @@ impl Maps {
         self.ncpus
     }
 
+    /// The stream statistics array (for per-key baselines in benchmarks).
+    pub fn stream_stats_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream_stats.fd().as_fd()
+    }
+
     pub fn max_streams(&self) -> u32 {
         self.max_streams
     }
@@ -366,8 +371,10 @@ impl Maps {
                 let idx = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]) as usize;
                 if let Some(slot) = out.get_mut(idx) {
                     *slot = v
-                        .chunks_exact(8)
-                        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+                        .as_chunks::<8>()
+                        .0
+                        .iter()
+                        .map(|c| u64::from_ne_bytes(*c))
                         .sum();
                 }
             })

@@ -34,6 +34,8 @@ use std::{
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_CREATE: libc::c_long = 0;
+pub const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// statfs f_type of a bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -104,6 +106,48 @@ pub fn lookup_elem(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Resu
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// `union bpf_attr` for BPF_MAP_CREATE (the fields we use).
+#[repr(C)]
+#[derive(Default)]
+struct CreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// Creates a standalone map (used by the read-out benchmark for the
+/// per-CPU hash baseline, which aya cannot create on its own).
+pub fn create_map(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    let mut attr = CreateAttr {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags: 0,
+    };
+    // SAFETY: as in sys_bpf; BPF_MAP_CREATE returns a new fd we take ownership of.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &mut attr as *mut CreateAttr,
+            size_of::<CreateAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: r is a fresh file descriptor owned by nobody else.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
 }
 
 /// One BPF_MAP_UPDATE_ELEM (`flags`: BPF_ANY 0, BPF_NOEXIST 1, BPF_EXIST 2).
@@ -291,7 +335,7 @@ impl MmapArray {
     }
 
     fn word(&self, off: usize) -> Option<&AtomicU64> {
-        if off % 8 != 0 || off + 8 > self.len {
+        if !off.is_multiple_of(8) || off + 8 > self.len {
             return None;
         }
         // SAFETY: in bounds and 8-byte aligned (the mapping is page aligned);
@@ -302,12 +346,12 @@ impl MmapArray {
     /// Copies `out.len()` bytes (a multiple of 8) at `off` with one relaxed
     /// atomic load per word. Returns false if out of range.
     pub fn read(&self, off: usize, out: &mut [u8]) -> bool {
-        if out.len() % 8 != 0 || off.checked_add(out.len()).is_none_or(|e| e > self.len) {
+        if !out.len().is_multiple_of(8) || off.checked_add(out.len()).is_none_or(|e| e > self.len) {
             return false;
         }
-        for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+        for (i, chunk) in out.as_chunks_mut::<8>().0.iter_mut().enumerate() {
             match self.word(off + i * 8) {
-                Some(w) => chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes()),
+                Some(w) => *chunk = w.load(Ordering::Relaxed).to_ne_bytes(),
                 None => return false,
             }
         }
@@ -316,7 +360,7 @@ impl MmapArray {
 
     /// Zeroes `len` bytes (a multiple of 8) at `off` with atomic stores.
     pub fn zero(&self, off: usize, len: usize) -> bool {
-        if len % 8 != 0 || off.checked_add(len).is_none_or(|e| e > self.len) {
+        if !len.is_multiple_of(8) || off.checked_add(len).is_none_or(|e| e > self.len) {
             return false;
         }
         for i in (0..len).step_by(8) {
