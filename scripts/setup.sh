@@ -20,14 +20,6 @@ apt_pkgs=(
   bpftool         # the namespace test checks that nothing stays attached
   ca-certificates
 )
-  sip-tester      # sipp: third-party SIP peer
-  ffmpeg          # media tools for the media tests
-  prometheus      # real Prometheus server + promtool
-  openssl         # SM4/SM3 reference implementation
-  python3         # helper scripts
-  jq              # reading --json output in shell tests
-  ca-certificates
-)
 if [ "${SETUP_SKIP_APT:-0}" != 1 ]; then
   missing=()
   for p in "${apt_pkgs[@]}"; do

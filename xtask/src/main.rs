@@ -49,6 +49,43 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs cargo test, passing its output through, and closes with one line
+/// `tests: N passed, M failed` summed over every test binary.
+fn test_with_summary(args: &[&str]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("+ cargo {}", args.join(" "));
+    let mut child = Command::new(env!("CARGO"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut w = part.split_whitespace();
+                if let (Some(n), Some(kind)) =
+                    (w.next().and_then(|n| n.parse::<u64>().ok()), w.next())
+                {
+                    match kind {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let ok = child.wait()?.success();
+    println!("tests: {passed} passed, {failed} failed");
+    if !ok || failed > 0 {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
 fn sh(prog: &str, args: &[&str]) -> Result<()> {
     let st = Command::new(prog)
         .args(args)
@@ -79,7 +116,7 @@ fn main() -> Result<()> {
                 "warnings",
             ])?;
             cargo(&["build", "-p", "gateway", "--bins"])?;
-            cargo(&["test", "--workspace", "--exclude", "gateway-ebpf"])
+            test_with_summary(&["test", "--workspace", "--exclude", "gateway-ebpf"])
         }
         Cmd::Bench { quick } => {
             cargo(&[
