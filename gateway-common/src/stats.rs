@@ -293,6 +293,8 @@ pub fn merge(slots: &[StreamStats]) -> StreamSummary {
         }
     }
     let Some(r) = reference else {
+        // No RTP yet; non-RTP packets may still have been seen.
+        out.not_rtp = slots.iter().map(|s| s.not_rtp as u64).sum();
         return out;
     };
     out.ssrc = r.ssrc;
@@ -304,6 +306,7 @@ pub fn merge(slots: &[StreamStats]) -> StreamSummary {
     let mut max = 0u64;
     let mut any_seq = false;
     for s in slots {
+        out.not_rtp += s.not_rtp as u64;
         if s.packets == 0 {
             continue;
         }
@@ -313,7 +316,6 @@ pub fn merge(slots: &[StreamStats]) -> StreamSummary {
         out.duplicates += s.duplicates as u64;
         out.frames += s.frames as u64;
         out.ssrc_mismatch += s.ssrc_mismatch as u64;
-        out.not_rtp += s.not_rtp as u64;
         out.restarts += s.restarts as u64;
         out.lost += s.lost_prev;
         out.first_ns = out.first_ns.min(s.first_ns);
@@ -533,6 +535,19 @@ mod tests {
         assert_eq!(m.received, 536 + 199);
         assert_eq!(m.lost, 1);
         assert_eq!(m.highest_seq, 65536 + 199);
+    }
+
+    #[test]
+    fn not_rtp_counted_on_slots_without_rtp() {
+        let a = StreamStats {
+            not_rtp: 2,
+            ..Default::default()
+        };
+        let mut b = StreamStats::default();
+        feed(&mut b, &[1, 2]);
+        b.not_rtp = 1;
+        assert_eq!(merge(&[a, b]).not_rtp, 3);
+        assert_eq!(merge(&[a]).not_rtp, 2);
     }
 
     #[test]

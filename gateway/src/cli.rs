@@ -82,8 +82,8 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "pass|drop", value_parser = parse_policy)]
     pub unknown: Option<bool>,
     /// DSCP for media the gateway sends: off, af41, ef, cs4, or 0-63.
-    #[arg(long, value_name = "DSCP", value_parser = parse_dscp)]
-    pub dscp: Option<Option<u8>>,
+    #[arg(long, value_name = "DSCP", value_parser = parse_dscp_arg)]
+    pub dscp: Option<Dscp>,
     /// Source-port range of media the gateway sends (default: the media ports).
     #[arg(long, value_name = "LO-HI", value_parser = parse_range)]
     pub egress_ports: Option<(u16, u16)>,
@@ -100,7 +100,7 @@ impl SettingsArgs {
         if let Some(u) = self.unknown {
             s.unknown_drop = u;
         }
-        if let Some(d) = self.dscp {
+        if let Some(Dscp(d)) = self.dscp {
             s.dscp = d;
         }
         if let Some(r) = self.egress_ports {
@@ -218,6 +218,14 @@ fn parse_policy(s: &str) -> Result<bool, String> {
         "pass" => Ok(false),
         _ => Err(format!("policy must be pass or drop, not {s:?}")),
     }
+}
+
+/// A DSCP setting: a value, or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dscp(pub Option<u8>);
+
+fn parse_dscp_arg(s: &str) -> Result<Dscp, String> {
+    parse_dscp(s).map(Dscp)
 }
 
 pub fn parse_dscp(s: &str) -> Result<Option<u8>, String> {

@@ -77,6 +77,27 @@ fn malformed_arguments_are_refused_without_root() {
         "pass or drop",
     );
     fails_with(&["streams", "--iface", "x/y"], "invalid interface name");
+    // Valid values of every setting parse (and the bad name is still caught).
+    fails_with(
+        &[
+            "attach",
+            "--iface",
+            "x/y",
+            "--dscp",
+            "af41",
+            "--media-ports",
+            "40000-40010",
+            "--unknown",
+            "drop",
+            "--egress-ports",
+            "40000",
+        ],
+        "invalid interface name",
+    );
+    fails_with(
+        &["set", "--iface", "x/y", "--dscp", "off"],
+        "invalid interface name",
+    );
     fails_with(
         &["run", "--config", "/nonexistent/gateway.toml"],
         "reading /nonexistent/gateway.toml",

@@ -146,6 +146,8 @@ struct DemoNet;
 
 impl Drop for DemoNet {
     fn drop(&mut self) {
+        // Pins of an interrupted run (the programs detached with their interface).
+        let _ = std::fs::remove_dir_all("/sys/fs/bpf/gateway/gwdemo-gw");
         for ns in ["gwdemo-gw", "gwdemo-cam"] {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
