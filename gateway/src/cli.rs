@@ -196,7 +196,7 @@ pub struct RunArgs {
     pub config: PathBuf,
 }
 
-fn parse_range(s: &str) -> Result<(u16, u16), String> {
+pub fn parse_range(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
     let lo: u16 = a
         .trim()

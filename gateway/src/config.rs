@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use serde::Deserialize;
 
 use crate::{
-    cli::parse_dscp,
+    cli::{parse_dscp, parse_range},
     dataplane::{
         attach::{Mode, Settings},
         flows::FlowSpec,
@@ -78,20 +78,7 @@ fn default_clock() -> u32 {
 }
 
 fn range(s: &str) -> Result<(u16, u16)> {
-    let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let lo: u16 = a
-        .trim()
-        .parse()
-        .with_context(|| format!("bad port range {s:?}"))?;
-    let hi: u16 = b
-        .trim()
-        .parse()
-        .with_context(|| format!("bad port range {s:?}"))?;
-    anyhow::ensure!(
-        lo >= 1 && lo <= hi,
-        "port range {s:?} must be LO-HI with 1 <= LO <= HI"
-    );
-    Ok((lo, hi))
+    parse_range(s).map_err(anyhow::Error::msg)
 }
 
 impl Config {
