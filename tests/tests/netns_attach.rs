@@ -175,6 +175,32 @@ fn veth_attach_counts_a_known_pattern_and_detaches_cleanly() {
     );
     assert_eq!(status["flows"], 2);
 
+    // Egress: media the gateway sends from a media port is counted per
+    // destination by the TC program, and DSCP-marked once asked to.
+    ok(ns, &["set", "--iface", iface, "--dscp", "af41"]);
+    let gw_ns = ns.to_string();
+    std::thread::spawn(move || {
+        sys::enter_netns(&gw_ns).expect("enter gateway namespace");
+        let s = UdpSocket::bind("198.18.0.1:30010").unwrap();
+        for q in 0..25 {
+            s.send_to(&Rtp::new(q, 9).bytes(), "198.18.0.2:5004")
+                .unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let status: Value =
+        serde_json::from_str(&ok(ns, &["status", "--iface", iface, "--json"])).unwrap();
+    let egress = status["egress"].as_array().unwrap();
+    let dest = egress
+        .iter()
+        .find(|e| e["destination"] == "198.18.0.2:5004")
+        .expect("egress destination");
+    assert_eq!(dest["packets"], 25);
+    assert_eq!(dest["bytes"], 25 * 112);
+    assert_eq!(status["counters"]["egress_marked"], 25);
+    assert_eq!(status["dscp"], 34);
+
     // Flow removal and listing.
     ok(
         ns,
