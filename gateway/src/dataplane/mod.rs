@@ -327,12 +327,18 @@ impl Maps {
 
     /// Merged statistics of one stream slot.
     pub fn stream_summary(&mut self, slot: u32) -> StreamSummary {
-        let n = self.ncpus as usize;
-        let bytes = self.stream_slots(slot).to_vec();
-        let slots: Vec<StreamStats> = (0..n)
-            .map(|c| read_pod::<StreamStats>(&bytes[c * size_of::<StreamStats>()..]))
-            .collect();
-        stats::merge(&slots)
+        let mut slots = vec![StreamStats::default(); self.ncpus as usize];
+        self.merge_slot(slot, &mut slots)
+    }
+
+    /// Decodes a stream's per-CPU slots into `buf` (one entry per CPU) and
+    /// merges them.
+    fn merge_slot(&mut self, slot: u32, buf: &mut [StreamStats]) -> StreamSummary {
+        let bytes = self.stream_slots(slot);
+        for (c, s) in buf.iter_mut().enumerate() {
+            *s = read_pod::<StreamStats>(&bytes[c * size_of::<StreamStats>()..]);
+        }
+        stats::merge(buf)
     }
 
     /// Every stream: the flow table in batches, then each stream's slots
@@ -340,17 +346,12 @@ impl Maps {
     pub fn streams(&mut self) -> Result<Vec<StreamRow>> {
         let flows = self.flows()?;
         let mut rows = Vec::with_capacity(flows.len());
-        let n = self.ncpus as usize;
-        let mut slots = vec![StreamStats::default(); n];
+        let mut slots = vec![StreamStats::default(); self.ncpus as usize];
         for (key, flow) in flows {
-            let bytes = self.stream_slots(flow.slot);
-            for (c, s) in slots.iter_mut().enumerate() {
-                *s = read_pod::<StreamStats>(&bytes[c * size_of::<StreamStats>()..]);
-            }
             rows.push(StreamRow {
                 key,
                 flow,
-                stats: stats::merge(&slots),
+                stats: self.merge_slot(flow.slot, &mut slots),
             });
         }
         Ok(rows)
