@@ -57,6 +57,25 @@ pub enum Command {
     Status(IfaceJson),
     /// Run the daemon.
     Run(RunArgs),
+    /// Devices registered with the running daemon (asks its REST API).
+    Devices(DevicesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DevicesArgs {
+    /// One device: its details and channels.
+    pub id: Option<String>,
+    /// API address of the daemon (default: [api] listen of --config, else 127.0.0.1:7080).
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<String>,
+    /// Read the API address and token from the daemon's configuration.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Bearer token (default: [api] token of --config, or $GATEWAY_API_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -350,7 +369,132 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Streams(a) => streams(&target(&a.iface)?, a)?,
         Command::Status(a) => status(&target(&a.iface)?, a.json)?,
         Command::Run(a) => daemon::run(&a.config, cli.netns.as_deref(), &cli.bpffs)?,
+        Command::Devices(a) => devices(a)?,
     }
+    Ok(())
+}
+
+/// GET on the daemon's API; a non-2xx answer becomes an error carrying
+/// the API's own message.
+fn api_get(base: &str, path: &str, token: Option<&str>) -> Result<serde_json::Value> {
+    let url = format!("http://{base}{path}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut req = agent.get(&url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = req.call().with_context(|| {
+        format!("cannot reach the daemon's API at {base} (is `gateway run` up?)")
+    })?;
+    let code = resp.status().as_u16();
+    let body: serde_json::Value = resp
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("{url}: answer is not JSON (HTTP {code})"))?;
+    if !(200..300).contains(&code) {
+        let msg = body["error"].as_str().unwrap_or("error");
+        bail!("{msg} (HTTP {code})");
+    }
+    Ok(body)
+}
+
+fn devices(a: &DevicesArgs) -> Result<()> {
+    let cfg = a
+        .config
+        .as_deref()
+        .map(crate::config::Config::load)
+        .transpose()?;
+    let base = a
+        .api
+        .clone()
+        .or_else(|| cfg.as_ref().map(|c| c.api.listen.to_string()))
+        .unwrap_or_else(|| crate::config::DEFAULT_API.to_string());
+    let token = a
+        .token
+        .clone()
+        .or_else(|| cfg.as_ref().and_then(|c| c.api.token.clone()))
+        .or_else(|| std::env::var("GATEWAY_API_TOKEN").ok());
+    let token = token.as_deref();
+    if let Some(id) = &a.id {
+        let dev = api_get(&base, &format!("/api/devices/{id}"), token)?;
+        let ch = api_get(&base, &format!("/api/devices/{id}/channels"), token)?;
+        if a.json {
+            return print_json(&serde_json::json!({ "device": dev, "channels": ch["channels"] }));
+        }
+        let s = |k: &str| match &dev[k] {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(x) => x.clone(),
+            v => v.to_string(),
+        };
+        for k in [
+            "id",
+            "online",
+            "registered",
+            "transport",
+            "addr",
+            "contact",
+            "expires",
+            "keepalive_interval",
+            "idle_secs",
+            "offline_reason",
+            "user_agent",
+            "gb_version",
+            "registrations",
+            "keepalives",
+            "charset",
+        ] {
+            println!("{k:<20} {}", s(k));
+        }
+        let cat = &dev["catalog"];
+        println!(
+            "{:<20} {} ({} of {}, SN {})",
+            "catalog", cat["state"], cat["received"], cat["sum_num"], cat["sn"]
+        );
+        println!("\n{:<22} {:<4} NAME", "CHANNEL", "ST");
+        for c in ch["channels"].as_array().into_iter().flatten() {
+            println!(
+                "{:<22} {:<4} {}",
+                c["device_id"].as_str().unwrap_or("-"),
+                c["status"].as_str().unwrap_or("-"),
+                c["name"].as_str().unwrap_or("-")
+            );
+        }
+        return Ok(());
+    }
+    let list = api_get(&base, "/api/devices", token)?;
+    if a.json {
+        return print_json(&list);
+    }
+    println!(
+        "{:<22} {:<7} {:<4} {:<24} {:>8} {:>9} {:>8}  REASON",
+        "DEVICE", "STATE", "TR", "ADDRESS", "CHANNELS", "IDLE(s)", "EXPIRES"
+    );
+    for d in list["devices"].as_array().into_iter().flatten() {
+        println!(
+            "{:<22} {:<7} {:<4} {:<24} {:>8} {:>9.1} {:>8}  {}",
+            d["id"].as_str().unwrap_or("-"),
+            if d["online"].as_bool() == Some(true) {
+                "online"
+            } else {
+                "offline"
+            },
+            d["transport"].as_str().unwrap_or("-"),
+            d["addr"].as_str().unwrap_or("-"),
+            d["channels"].as_u64().unwrap_or(0),
+            d["idle_secs"].as_f64().unwrap_or(0.0),
+            d["expires"].as_u64().unwrap_or(0),
+            d["offline_reason"].as_str().unwrap_or(""),
+        );
+    }
+    println!(
+        "{} devices, {} online",
+        list["count"].as_u64().unwrap_or(0),
+        list["online"].as_u64().unwrap_or(0)
+    );
     Ok(())
 }
 

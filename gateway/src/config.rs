@@ -1,6 +1,9 @@
 //! Daemon configuration file (TOML).
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
@@ -16,9 +19,219 @@ use crate::{
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub dataplane: DataplaneConfig,
+    /// The kernel data plane (XDP/TC on a NIC). Optional: without it the
+    /// daemon serves signalling only.
+    pub dataplane: Option<DataplaneConfig>,
     #[serde(default)]
     pub flows: Vec<FlowConfig>,
+    /// GB/T 28181 signalling (SIP registrar for devices).
+    pub sip: Option<SipConfig>,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[sip]`: the gateway as the platform devices register with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    /// Platform ID, 20 digits (type code 200).
+    pub id: String,
+    /// SIP domain and digest realm; default: the first 10 digits of `id`.
+    pub domain: Option<String>,
+    /// Addresses to listen on, UDP and TCP each (IPv4 and/or IPv6).
+    #[serde(default = "default_sip_listen")]
+    pub listen: Vec<SocketAddr>,
+    #[serde(default = "yes")]
+    pub udp: bool,
+    #[serde(default = "yes")]
+    pub tcp: bool,
+    /// IP put in Via/Contact of requests we send (NAT); default: the
+    /// address the device reached.
+    pub advertise_ip: Option<IpAddr>,
+    /// Password of devices without their own (None: they are refused).
+    pub password: Option<String>,
+    /// Offer qop=auth in challenges (devices without qop still pass).
+    #[serde(default = "yes")]
+    pub qop: bool,
+    #[serde(default = "default_nonce_ttl")]
+    pub nonce_ttl_secs: u64,
+    #[serde(default = "default_min_expires")]
+    pub min_expires: u32,
+    #[serde(default = "default_max_expires")]
+    pub max_expires: u32,
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval_secs: u32,
+    #[serde(default = "default_keepalive_count")]
+    pub keepalive_timeout_count: u32,
+    /// Idle seconds after which a multi-message catalog is kept as partial.
+    #[serde(default = "default_catalog_timeout")]
+    pub catalog_timeout_secs: u64,
+    /// Seconds to wait for a DeviceInfo/DeviceStatus answer.
+    #[serde(default = "default_query_timeout")]
+    pub query_timeout_secs: u64,
+    /// Ask for DeviceInfo after each catalog sync.
+    #[serde(default = "yes")]
+    pub query_info: bool,
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    #[serde(default = "default_tcp_idle")]
+    pub tcp_idle_timeout_secs: u64,
+    #[serde(default = "default_max_tcp")]
+    pub max_tcp_connections: usize,
+    /// Charset of the MANSCDP bodies we send until a device shows its own.
+    #[serde(default = "default_charset")]
+    pub charset: String,
+    /// Seconds between writes of liveness changes to the store.
+    #[serde(default = "default_persist_interval")]
+    pub persist_interval_secs: u64,
+    /// Per-device settings.
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub id: String,
+    pub password: Option<String>,
+    pub keepalive_interval_secs: Option<u32>,
+}
+
+/// `[api]`: the REST API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token required on every request when set.
+    pub token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_api_listen(),
+            token: None,
+        }
+    }
+}
+
+/// `[store]`: where the device registry lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_store_path(),
+        }
+    }
+}
+
+pub const DEFAULT_API: &str = "127.0.0.1:7080";
+
+fn yes() -> bool {
+    true
+}
+fn default_sip_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([0, 0, 0, 0], 5060))]
+}
+fn default_nonce_ttl() -> u64 {
+    300
+}
+fn default_min_expires() -> u32 {
+    60
+}
+fn default_max_expires() -> u32 {
+    86_400
+}
+fn default_keepalive_interval() -> u32 {
+    60
+}
+fn default_keepalive_count() -> u32 {
+    3
+}
+fn default_catalog_timeout() -> u64 {
+    30
+}
+fn default_query_timeout() -> u64 {
+    10
+}
+fn default_max_message() -> usize {
+    gb28181::wire::DEFAULT_MAX_MESSAGE
+}
+fn default_tcp_idle() -> u64 {
+    600
+}
+fn default_max_tcp() -> usize {
+    50_000
+}
+fn default_charset() -> String {
+    "GB2312".into()
+}
+fn default_persist_interval() -> u64 {
+    10
+}
+fn default_api_listen() -> SocketAddr {
+    DEFAULT_API
+        .parse()
+        .unwrap_or_else(|_| unreachable!("constant address"))
+}
+fn default_store_path() -> PathBuf {
+    PathBuf::from("/var/lib/gateway/registry.redb")
+}
+
+impl SipConfig {
+    pub fn domain(&self) -> String {
+        self.domain
+            .clone()
+            .unwrap_or_else(|| self.id.chars().take(10).collect())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.id.len() == 20 && self.id.bytes().all(|b| b.is_ascii_digit()),
+            "sip.id must be 20 digits, not {:?}",
+            self.id
+        );
+        anyhow::ensure!(!self.domain().is_empty(), "sip.domain must not be empty");
+        anyhow::ensure!(!self.listen.is_empty(), "sip.listen needs an address");
+        anyhow::ensure!(self.udp || self.tcp, "enable sip.udp or sip.tcp");
+        anyhow::ensure!(
+            self.min_expires <= self.max_expires && self.max_expires > 0,
+            "sip.min_expires must not exceed sip.max_expires"
+        );
+        anyhow::ensure!(
+            self.keepalive_interval_secs > 0 && self.keepalive_timeout_count > 0,
+            "sip.keepalive_interval_secs and keepalive_timeout_count must be positive"
+        );
+        anyhow::ensure!(
+            (1024..=1 << 20).contains(&self.max_message_bytes),
+            "sip.max_message_bytes must be in 1024..=1048576"
+        );
+        anyhow::ensure!(
+            self.nonce_ttl_secs >= 10,
+            "sip.nonce_ttl_secs must be >= 10"
+        );
+        crate::sip::core::charset(&self.charset)
+            .ok_or_else(|| anyhow::anyhow!("sip.charset must be GB2312, GB18030 or UTF-8"))?;
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.devices {
+            anyhow::ensure!(
+                !d.id.is_empty() && d.id.len() <= 64,
+                "sip.devices: bad id {:?}",
+                d.id
+            );
+            anyhow::ensure!(seen.insert(&d.id), "sip.devices: {} listed twice", d.id);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,16 +300,42 @@ impl Config {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let c: Config =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        c.settings()?;
+        if let Some(d) = &c.dataplane {
+            d.settings()?;
+            anyhow::ensure!(
+                d.poll_interval_secs > 0.0 && d.poll_interval_secs <= 3600.0,
+                "poll_interval_secs must be in (0, 3600]"
+            );
+        } else {
+            anyhow::ensure!(c.flows.is_empty(), "[[flows]] need a [dataplane] section");
+        }
+        if let Some(s) = &c.sip {
+            s.validate()?;
+        }
         anyhow::ensure!(
-            c.dataplane.poll_interval_secs > 0.0 && c.dataplane.poll_interval_secs <= 3600.0,
-            "poll_interval_secs must be in (0, 3600]"
+            c.dataplane.is_some() || c.sip.is_some(),
+            "nothing to run: configure [dataplane] and/or [sip]"
         );
         Ok(c)
     }
 
+    pub fn flow_specs(&self) -> Vec<FlowSpec> {
+        self.flows
+            .iter()
+            .map(|f| FlowSpec {
+                local: Some(f.local),
+                ssrc: f.ssrc,
+                expect_ssrc: f.expect_ssrc,
+                name: f.name.clone(),
+                clock_rate: f.clock_rate,
+            })
+            .collect()
+    }
+}
+
+impl DataplaneConfig {
     pub fn settings(&self) -> Result<Settings> {
-        let d = &self.dataplane;
+        let d = self;
         let media_ports = range(&d.media_ports)?;
         Ok(Settings {
             media_ports,
@@ -113,19 +352,6 @@ impl Config {
             },
             dscp: parse_dscp(&d.dscp).map_err(anyhow::Error::msg)?,
         })
-    }
-
-    pub fn flow_specs(&self) -> Vec<FlowSpec> {
-        self.flows
-            .iter()
-            .map(|f| FlowSpec {
-                local: Some(f.local),
-                ssrc: f.ssrc,
-                expect_ssrc: f.expect_ssrc,
-                name: f.name.clone(),
-                clock_rate: f.clock_rate,
-            })
-            .collect()
     }
 }
 
@@ -150,7 +376,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let s = c.settings().unwrap();
+        let s = c.dataplane.as_ref().unwrap().settings().unwrap();
         assert_eq!(s.media_ports, (40000, 40100));
         assert_eq!(s.egress_ports, (40000, 40100));
         assert!(!s.unknown_drop);
@@ -163,7 +389,7 @@ mod tests {
         let bad = |t: &str| {
             toml::from_str::<Config>(t)
                 .map_err(anyhow::Error::from)
-                .and_then(|c| c.settings())
+                .and_then(|c| c.dataplane.as_ref().unwrap().settings())
         };
         assert!(bad("[dataplane]\niface='x'\nunknown='maybe'").is_err());
         assert!(bad("[dataplane]\niface='x'\nmedia_ports='9-1'").is_err());

@@ -1,58 +1,66 @@
-//! `gateway run`: the daemon. Attaches (or adopts an existing attachment),
-//! installs the configured flows, reads the kernel counters periodically and
-//! detaches on SIGINT/SIGTERM unless told to keep the attachment. Later
-//! parts (SIP, media, metrics) hang off this loop.
+//! `gateway run`: the daemon. Attaches the data plane (or adopts an
+//! existing attachment) when `[dataplane]` is configured, serves GB/T 28181
+//! signalling when `[sip]` is, and the REST API; detaches on SIGINT/SIGTERM
+//! unless told to keep the attachment, after persisting the registry.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use tracing::{info, warn};
 
 use crate::{
+    api,
     config::Config,
     dataplane::{
         attach::{self, Target},
         flows::describe,
         Error,
     },
+    metrics::SipMetrics,
+    sip, store,
 };
 
 pub fn run(config: &Path, netns: Option<&str>, bpffs: &Path) -> Result<()> {
     let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .try_init();
     let cfg = Config::load(config)?;
-    let target = Target::new(&cfg.dataplane.iface, netns, Some(bpffs))?;
-    let settings = cfg.settings()?;
-    if target.is_attached() {
-        info!(iface = %target.iface, "adopting the existing attachment");
-        attach::set(&target, &settings)?;
-    } else {
-        let a = attach::attach(
-            &target,
-            cfg.dataplane.mode,
-            cfg.dataplane.max_streams,
-            &settings,
-        )?;
-        info!(iface = %a.iface, mode = a.mode, tc = a.tc, pins = %a.pin_dir.display(), "attached");
-    }
+    let target = match &cfg.dataplane {
+        None => None,
+        Some(dp) => {
+            let target = Target::new(&dp.iface, netns, Some(bpffs))?;
+            let settings = dp.settings()?;
+            if target.is_attached() {
+                info!(iface = %target.iface, "adopting the existing attachment");
+                attach::set(&target, &settings)?;
+            } else {
+                let a = attach::attach(&target, dp.mode, dp.max_streams, &settings)?;
+                info!(iface = %a.iface, mode = a.mode, tc = a.tc, pins = %a.pin_dir.display(), "attached");
+            }
+            Some(target)
+        }
+    };
     // From here on, leave nothing half-done: detach on any error too.
-    let result = serve(&cfg, &target);
-    if cfg.dataplane.keep_attached {
-        info!(iface = %target.iface, "leaving the programs attached (keep_attached)");
-    } else {
-        match attach::detach(&target) {
-            Ok(()) => info!(iface = %target.iface, "detached"),
-            Err(e) => warn!(iface = %target.iface, error = %e, "detach failed"),
+    let result = serve(&cfg, target.as_ref());
+    if let (Some(target), Some(dp)) = (&target, &cfg.dataplane) {
+        if dp.keep_attached {
+            info!(iface = %target.iface, "leaving the programs attached (keep_attached)");
+        } else {
+            match attach::detach(target) {
+                Ok(()) => info!(iface = %target.iface, "detached"),
+                Err(e) => warn!(iface = %target.iface, error = %e, "detach failed"),
+            }
         }
     }
     result
 }
 
-fn serve(cfg: &Config, target: &Target) -> Result<()> {
-    {
+fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
+    if let Some(target) = target {
         let _lock = target.lock()?;
         let mut maps = target.open()?;
         for spec in cfg.flow_specs() {
@@ -68,17 +76,36 @@ fn serve(cfg: &Config, target: &Target) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the Tokio runtime")?;
-    let poll = Duration::from_secs_f64(cfg.dataplane.poll_interval_secs);
-    let target = target.clone();
+    let target = target.cloned();
     rt.block_on(async move {
-        let mut maps = target.open()?;
+        let registry = prometheus::Registry::new();
+        let sip_metrics = SipMetrics::new(&registry);
+        let service = match &cfg.sip {
+            Some(sc) => {
+                let st = store::Store::open(&cfg.store.path)?;
+                Some(sip::start(Arc::new(sc.clone()), Some(st), sip_metrics).await?)
+            }
+            None => None,
+        };
+        let state = api::ApiState {
+            sip: service.as_ref().map(|s| s.commands.clone()),
+            token: cfg.api.token.as_deref().map(Arc::from),
+            metrics: registry,
+        };
+        api::serve(cfg.api.listen, state).await?;
+        let mut maps = target.as_ref().map(|t| t.open()).transpose()?;
+        let poll = Duration::from_secs_f64(
+            cfg.dataplane.as_ref().map_or(5.0, |d| d.poll_interval_secs),
+        );
         let mut tick = tokio::time::interval(poll);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         let mut last = None::<(u64, u64)>;
+        info!("ready");
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    let Some(maps) = maps.as_mut() else { continue };
                     let streams = maps.streams()?;
                     let counters = maps.counters()?;
                     let packets: u64 = streams.iter().map(|s| s.stats.packets).sum();
@@ -96,6 +123,15 @@ fn serve(cfg: &Config, target: &Target) -> Result<()> {
                 }
                 _ = tokio::signal::ctrl_c() => { info!("SIGINT"); break; }
                 _ = term.recv() => { info!("SIGTERM"); break; }
+            }
+        }
+        if let Some(s) = &service {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if s.commands.send(sip::core::Command::Flush(tx)).await.is_ok() {
+                match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                    Ok(_) => info!("registry saved"),
+                    Err(_) => warn!("registry save timed out"),
+                }
             }
         }
         Ok::<_, anyhow::Error>(())

@@ -1,10 +1,15 @@
 //! The gateway daemon and CLI as a library, so integration tests and
 //! benchmarks drive the same code.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod metrics;
+pub mod registry;
+pub mod sip;
+pub mod store;
 
 /// The compiled kernel programs, embedded at build time.
 pub static EBPF_OBJECT: &[u8] =

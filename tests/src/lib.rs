@@ -7,6 +7,7 @@
 
 pub mod frames;
 pub mod netns;
+pub mod sipp;
 
 use std::path::PathBuf;
 

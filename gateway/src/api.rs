@@ -1,0 +1,215 @@
+//! The REST API (JSON over HTTP/1.1), 127.0.0.1 by default, with an
+//! optional bearer token. Every error is a 4xx/5xx with
+//! `{"error": "...", "status": N}`.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET | /api/devices | all devices |
+//! | GET | /api/devices/{id} | one device |
+//! | DELETE | /api/devices/{id} | forget a device |
+//! | GET | /api/devices/{id}/channels | its catalog |
+//! | POST | /api/devices/{id}/catalog | ask the device for its catalog again (202) |
+//! | GET | /api/devices/{id}/info | DeviceInfo, asked now |
+//! | GET | /api/devices/{id}/status | DeviceStatus, asked now |
+//! | GET | /api/stats | control-plane counters |
+//! | GET | /api/health | liveness |
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use axum::{
+    extract::{Path, Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tracing::info;
+
+use crate::sip::core::{error_json, ApiError, Command, QueryKind};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub sip: Option<mpsc::Sender<Command>>,
+    pub token: Option<Arc<str>>,
+    pub metrics: prometheus::Registry,
+}
+
+struct Error(ApiError);
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.0 .0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (code, Json(error_json(&self.0))).into_response()
+    }
+}
+
+fn err(code: u16, msg: impl Into<String>) -> Error {
+    Error(ApiError(code, msg.into()))
+}
+
+type ApiResult = Result<Json<Value>, Error>;
+
+impl ApiState {
+    /// Sends a command to the SIP core and waits for its answer.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
+        let sip = self
+            .sip
+            .as_ref()
+            .ok_or_else(|| err(503, "signalling is not configured ([sip] section)"))?;
+        let (tx, rx) = oneshot::channel();
+        sip.send(make(tx))
+            .await
+            .map_err(|_| err(503, "signalling service stopped"))?;
+        rx.await.map_err(|_| err(503, "signalling service stopped"))
+    }
+}
+
+fn check_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(err(400, format!("bad device ID {id:?}")));
+    }
+    Ok(())
+}
+
+async fn devices(State(s): State<ApiState>) -> ApiResult {
+    let list = s.ask(Command::List).await?;
+    let online = list.iter().filter(|d| d.device.online).count();
+    Ok(Json(
+        json!({ "count": list.len(), "online": online, "devices": list }),
+    ))
+}
+
+async fn device(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    check_id(&id)?;
+    match s.ask(|tx| Command::Get(id.clone(), tx)).await? {
+        Some(d) => Ok(Json(json!(d))),
+        None => Err(err(404, format!("no device {id}"))),
+    }
+}
+
+async fn delete_device(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    check_id(&id)?;
+    if s.ask(|tx| Command::Delete(id.clone(), tx)).await? {
+        Ok(Json(json!({ "deleted": id })))
+    } else {
+        Err(err(404, format!("no device {id}")))
+    }
+}
+
+async fn channels(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    check_id(&id)?;
+    match s.ask(|tx| Command::Channels(id.clone(), tx)).await? {
+        Some(c) => Ok(Json(
+            json!({ "device": id, "count": c.len(), "channels": c }),
+        )),
+        None => Err(err(404, format!("no device {id}"))),
+    }
+}
+
+async fn refresh_catalog(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), Error> {
+    check_id(&id)?;
+    let sn = s
+        .ask(|tx| Command::RefreshCatalog(id.clone(), tx))
+        .await?
+        .map_err(Error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "device": id, "sn": sn, "state": "pending" })),
+    ))
+}
+
+async fn query(s: ApiState, id: String, kind: QueryKind) -> ApiResult {
+    check_id(&id)?;
+    let v = s
+        .ask(|tx| Command::Query(id.clone(), kind, tx))
+        .await?
+        .map_err(Error)?;
+    Ok(Json(v))
+}
+
+async fn info_(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    query(s, id, QueryKind::Info).await
+}
+
+async fn status(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    query(s, id, QueryKind::Status).await
+}
+
+async fn stats(State(s): State<ApiState>) -> ApiResult {
+    Ok(Json(crate::metrics::to_json(&s.metrics)))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn not_found() -> Error {
+    err(404, "no such endpoint")
+}
+
+async fn method_not_allowed() -> Error {
+    err(405, "method not allowed on this endpoint")
+}
+
+async fn auth(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.token {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
+        if !ok {
+            let mut r = err(401, "missing or wrong bearer token").into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/stats", get(stats))
+        .route("/api/devices", get(devices))
+        .route("/api/devices/{id}", get(device).delete(delete_device))
+        .route("/api/devices/{id}/channels", get(channels))
+        .route("/api/devices/{id}/catalog", post(refresh_catalog))
+        .route("/api/devices/{id}/info", get(info_))
+        .route("/api/devices/{id}/status", get(status))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state)
+}
+
+/// Binds and serves in the background; returns the bound address.
+pub async fn serve(listen: SocketAddr, state: ApiState) -> Result<SocketAddr> {
+    let l = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the API on {listen}"))?;
+    let addr = l.local_addr()?;
+    info!(%addr, token = state.token.is_some(), "REST API listening");
+    let app = router(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(l, app).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+    Ok(addr)
+}

@@ -1,0 +1,197 @@
+//! Counters of the control plane, in a prometheus registry owned by the
+//! daemon (exposed on `/metrics` by the metrics issue; `/api/stats` shows
+//! them as JSON meanwhile). Updating one is an atomic add.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub struct SipMetrics {
+    /// Requests received, by method.
+    pub requests: IntCounterVec,
+    /// Responses sent, by method and status class ("2xx").
+    pub responses_sent: IntCounterVec,
+    /// Responses received (to our requests), by method and class.
+    pub responses_received: IntCounterVec,
+    /// Messages that could not be parsed, by reason.
+    pub parse_errors: IntCounterVec,
+    /// MANSCDP bodies that could not be parsed, by reason.
+    pub manscdp_errors: IntCounterVec,
+    /// REGISTER outcomes: challenged, ok, unregistered, forbidden, stale,
+    /// bad_request, wrong_domain, interval_too_brief.
+    pub registrations: IntCounterVec,
+    /// Authentication failures by reason.
+    pub auth_failures: IntCounterVec,
+    pub keepalives: IntCounter,
+    /// Client transactions by method and outcome (final, timeout).
+    pub transactions: IntCounterVec,
+    /// Retransmissions we sent, and retransmitted requests absorbed.
+    pub retransmissions: IntCounterVec,
+    /// Messages dropped without an answer, by reason.
+    pub dropped: IntCounterVec,
+    /// Catalog syncs by outcome (complete, partial, failed).
+    pub catalogs: IntCounterVec,
+    /// Device online/offline transitions, by direction and reason.
+    pub transitions: IntCounterVec,
+    pub devices: IntGauge,
+    pub devices_online: IntGauge,
+    pub tcp_connections: IntGauge,
+}
+
+fn vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+    // Registering can only fail on a duplicate name, which would be a bug
+    // here; the counter still works unregistered.
+    let _ = reg.register(Box::new(v.clone()));
+    v
+}
+
+impl SipMetrics {
+    pub fn new(reg: &Registry) -> Self {
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help)
+                .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+            let _ = reg.register(Box::new(c.clone()));
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help)
+                .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+            let _ = reg.register(Box::new(g.clone()));
+            g
+        };
+        SipMetrics {
+            requests: vec(
+                reg,
+                "gateway_sip_requests_total",
+                "SIP requests received",
+                &["method"],
+            ),
+            responses_sent: vec(
+                reg,
+                "gateway_sip_responses_sent_total",
+                "SIP responses sent",
+                &["method", "class"],
+            ),
+            responses_received: vec(
+                reg,
+                "gateway_sip_responses_received_total",
+                "SIP responses received",
+                &["method", "class"],
+            ),
+            parse_errors: vec(
+                reg,
+                "gateway_sip_parse_errors_total",
+                "SIP messages that could not be parsed",
+                &["reason"],
+            ),
+            manscdp_errors: vec(
+                reg,
+                "gateway_manscdp_errors_total",
+                "MANSCDP bodies that could not be parsed",
+                &["reason"],
+            ),
+            registrations: vec(
+                reg,
+                "gateway_sip_registrations_total",
+                "REGISTER requests by outcome",
+                &["result"],
+            ),
+            auth_failures: vec(
+                reg,
+                "gateway_sip_auth_failures_total",
+                "Digest authentication failures",
+                &["reason"],
+            ),
+            keepalives: counter("gateway_sip_keepalives_total", "Keepalives received"),
+            transactions: vec(
+                reg,
+                "gateway_sip_client_transactions_total",
+                "Requests the gateway sent, by outcome",
+                &["method", "outcome"],
+            ),
+            retransmissions: vec(
+                reg,
+                "gateway_sip_retransmissions_total",
+                "Retransmissions sent and absorbed",
+                &["direction"],
+            ),
+            dropped: vec(
+                reg,
+                "gateway_sip_dropped_total",
+                "SIP messages dropped without an answer",
+                &["reason"],
+            ),
+            catalogs: vec(
+                reg,
+                "gateway_catalog_syncs_total",
+                "Catalog synchronisations by outcome",
+                &["outcome"],
+            ),
+            transitions: vec(
+                reg,
+                "gateway_device_transitions_total",
+                "Device online/offline transitions",
+                &["to", "reason"],
+            ),
+            devices: gauge("gateway_devices", "Devices in the registry"),
+            devices_online: gauge("gateway_devices_online", "Devices online"),
+            tcp_connections: gauge("gateway_sip_tcp_connections", "Open SIP TCP connections"),
+        }
+    }
+}
+
+/// Status class label ("1xx".."6xx").
+pub fn class(code: u16) -> &'static str {
+    match code / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "6xx",
+    }
+}
+
+/// All counters of a registry as JSON `{name: {"label=value,...": n}}`.
+pub fn to_json(reg: &Registry) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for fam in reg.gather() {
+        let mut m = serde_json::Map::new();
+        for metric in fam.get_metric() {
+            let key = metric
+                .get_label()
+                .iter()
+                .map(|l| format!("{}={}", l.name(), l.value()))
+                .collect::<Vec<_>>()
+                .join(",");
+            let v = match fam.get_field_type() {
+                prometheus::proto::MetricType::COUNTER => metric.get_counter().get_value(),
+                prometheus::proto::MetricType::GAUGE => metric.get_gauge().get_value(),
+                _ => continue,
+            };
+            m.insert(key, serde_json::json!(v as u64));
+        }
+        out.insert(fam.name().to_string(), serde_json::Value::Object(m));
+    }
+    serde_json::Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_in_json() {
+        let reg = Registry::new();
+        let m = SipMetrics::new(&reg);
+        m.requests.with_label_values(&["REGISTER"]).inc_by(3);
+        m.keepalives.inc();
+        m.devices.set(2);
+        let j = to_json(&reg);
+        assert_eq!(j["gateway_sip_requests_total"]["method=REGISTER"], 3);
+        assert_eq!(j["gateway_sip_keepalives_total"][""], 1);
+        assert_eq!(j["gateway_devices"][""], 2);
+        assert_eq!(class(404), "4xx");
+    }
+}

@@ -1,0 +1,53 @@
+//! GB/T 28181 signalling: the gateway as the platform devices register
+//! with. `transport` moves bytes, `core` holds the state; see
+//! docs/architecture.md ("Signalling").
+
+pub mod core;
+pub mod transport;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Result;
+use tokio::sync::mpsc;
+
+use crate::{config::SipConfig, metrics::SipMetrics, store};
+
+/// A running signalling service.
+pub struct Service {
+    /// Where the API sends its commands.
+    pub commands: mpsc::Sender<core::Command>,
+    /// Bound addresses (with ephemeral ports resolved).
+    pub bound: Vec<SocketAddr>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the sockets and starts the core. Must run inside a Tokio runtime.
+pub async fn start(
+    cfg: Arc<SipConfig>,
+    store: Option<(store::Store, store::Loaded)>,
+    metrics: SipMetrics,
+) -> Result<Service> {
+    let (in_tx, in_rx) = mpsc::channel(16_384);
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let limits = transport::Limits {
+        max_message: cfg.max_message_bytes,
+        tcp_idle: Duration::from_secs(cfg.tcp_idle_timeout_secs),
+        max_tcp: cfg.max_tcp_connections,
+    };
+    let (out, bound) = transport::start(
+        &cfg.listen,
+        cfg.udp,
+        cfg.tcp,
+        limits,
+        in_tx,
+        metrics.clone(),
+    )
+    .await?;
+    let core = core::Core::new(cfg, out, store, metrics);
+    let task = tokio::spawn(core.run(in_rx, cmd_rx));
+    Ok(Service {
+        commands: cmd_tx,
+        bound,
+        task,
+    })
+}

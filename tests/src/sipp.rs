@@ -1,0 +1,407 @@
+//! Running the gateway daemon (signalling only, on loopback) and sipp
+//! against it, for the signalling tests and benchmark.
+
+use std::{
+    fmt::Write as _,
+    net::{SocketAddr, TcpListener, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+pub const PLATFORM: &str = "34020000002000000001";
+pub const DOMAIN: &str = "3402000000";
+
+/// A port free on loopback for both UDP and TCP (at the time of asking).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let u = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+        let port = u.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "gw-{tag}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ (free_port() as u128)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("GW_KEEP_TMP").is_some() {
+            eprintln!("keeping {}", self.0.display());
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `gateway run` with a generated signalling-only config; SIGTERM on drop.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub sip: SocketAddr,
+    pub api: SocketAddr,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// `extra_sip` lines go into the [sip] section.
+    pub fn config(
+        dir: &Path,
+        sip_port: u16,
+        api_port: u16,
+        extra_sip: &str,
+        extra: &str,
+    ) -> PathBuf {
+        let cfg = format!(
+            "[sip]\nid = \"{PLATFORM}\"\nlisten = [\"127.0.0.1:{sip_port}\"]\n{extra_sip}\n\
+             [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+             [store]\npath = \"{}\"\n{extra}\n",
+            dir.join("registry.redb").display()
+        );
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, cfg).expect("write config");
+        path
+    }
+
+    pub fn start(config: &Path, sip_port: u16, api_port: u16) -> Result<Daemon> {
+        let log = config.with_extension("log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(crate::gateway_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .context("starting gateway run")?;
+        let mut d = Daemon {
+            child: Some(child),
+            sip: SocketAddr::from(([127, 0, 0, 1], sip_port)),
+            api: SocketAddr::from(([127, 0, 0, 1], api_port)),
+            config: config.to_path_buf(),
+            log,
+        };
+        d.wait_until(Duration::from_secs(30), "API up", |d| {
+            d.get("/api/health").is_ok()
+        })?;
+        Ok(d)
+    }
+
+    /// GET an API path; Ok only for 2xx, with the JSON body.
+    pub fn get(&self, path: &str) -> Result<Value> {
+        let (code, v) = self.request("GET", path, None)?;
+        if !(200..300).contains(&code) {
+            bail!("GET {path}: HTTP {code}: {v}");
+        }
+        Ok(v)
+    }
+
+    /// Any request; returns the status and the JSON body.
+    pub fn request(&self, method: &str, path: &str, token: Option<&str>) -> Result<(u16, Value)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let url = format!("http://{}{path}", self.api);
+        let mut resp = match (method, token) {
+            ("GET", Some(t)) => agent
+                .get(&url)
+                .header("Authorization", &format!("Bearer {t}"))
+                .call(),
+            ("GET", None) => agent.get(&url).call(),
+            ("POST", Some(t)) => agent
+                .post(&url)
+                .header("Authorization", &format!("Bearer {t}"))
+                .send_empty(),
+            ("POST", None) => agent.post(&url).send_empty(),
+            ("DELETE", None) => agent.delete(&url).call(),
+            ("PUT", None) => agent.put(&url).send_empty(),
+            _ => bail!("unsupported {method}"),
+        }?;
+        let code = resp.status().as_u16();
+        let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+        Ok((code, v))
+    }
+
+    /// Polls `f` every 100 ms until true; fails after `limit` (a bound on
+    /// the wait, not a performance assertion).
+    pub fn wait_until(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        f: impl Fn(&Daemon) -> bool,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        loop {
+            if f(self) {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    bail!(
+                        "gateway exited ({st}) while waiting for {what}; log:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            if t0.elapsed() > limit {
+                bail!(
+                    "{what}: not reached after {limit:?}; log tail:\n{}",
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        let t = self.log_text();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    pub fn device(&self, id: &str) -> Result<Value> {
+        self.get(&format!("/api/devices/{id}"))
+    }
+
+    /// Counter value from /api/stats (0 when absent).
+    pub fn stat(&self, family: &str, labels: &str) -> u64 {
+        self.get("/api/stats")
+            .ok()
+            .and_then(|v| v[family][labels].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM and wait; true if it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.success();
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A sipp run.
+pub struct Sipp {
+    pub args: Vec<String>,
+    pub dir: PathBuf,
+}
+
+/// Result of a finished sipp.
+pub struct SippResult {
+    pub code: i32,
+    pub errors: String,
+    pub stdout: String,
+}
+
+impl SippResult {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+}
+
+impl Sipp {
+    /// sipp against `gw` with scenario `sf`, local port `port`, transport
+    /// "u1" or "t1".
+    pub fn new(dir: &Path, gw: SocketAddr, sf: &Path, port: u16, transport: &str) -> Sipp {
+        let args = vec![
+            gw.to_string(),
+            "-sf".into(),
+            sf.display().to_string(),
+            "-i".into(),
+            gw.ip().to_string(),
+            "-p".into(),
+            port.to_string(),
+            "-t".into(),
+            transport.into(),
+            "-nostdin".into(),
+            "-trace_err".into(),
+            "-error_file".into(),
+            dir.join(format!("sipp-{port}.err")).display().to_string(),
+        ];
+        Sipp {
+            args,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn arg(mut self, a: &str) -> Sipp {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args(mut self, a: &[&str]) -> Sipp {
+        self.args.extend(a.iter().map(|s| s.to_string()));
+        self
+    }
+
+    pub fn spawn(&self) -> Result<Child> {
+        Command::new("sipp")
+            .args(&self.args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting sipp (Debian package sip-tester)")
+    }
+
+    pub fn run(&self) -> Result<SippResult> {
+        let out = self.spawn()?.wait_with_output()?;
+        Ok(self.result(out))
+    }
+
+    pub fn result(&self, out: std::process::Output) -> SippResult {
+        let err_file = self
+            .args
+            .iter()
+            .skip_while(|a| *a != "-error_file")
+            .nth(1)
+            .cloned()
+            .unwrap_or_default();
+        let mut errors = std::fs::read_to_string(&err_file).unwrap_or_default();
+        errors.push_str(&String::from_utf8_lossy(&out.stderr));
+        SippResult {
+            code: out.status.code().unwrap_or(-1),
+            errors,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        }
+    }
+}
+
+/// The scenario directory of the repo (tests/sipp).
+pub fn scenarios() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sipp")
+}
+
+/// Writes the CSV for register.xml & co: `device;platform;domain;[authentication ...]`.
+pub fn write_csv(path: &Path, devices: &[(String, String)]) {
+    let mut s = String::from("SEQUENTIAL\n");
+    for (id, pw) in devices {
+        let _ = writeln!(
+            s,
+            "{id};{PLATFORM};{DOMAIN};[authentication username={id} password={pw}]"
+        );
+    }
+    std::fs::write(path, s).expect("write csv");
+}
+
+/// Channels every simulated device reports: (channel ID, name, status).
+pub const CHANNELS: &[(&str, &str, &str)] = &[
+    ("34020000001310000001", "前门摄像机", "ON"),
+    ("34020000001310000002", "后院通道一", "ON"),
+    ("34020000001310000003", "仓库&车库", "OFF"),
+];
+
+fn item_xml(id: &str, name: &str, status: &str) -> String {
+    format!(
+        "<Item>\r\n<DeviceID>{id}</DeviceID>\r\n<Name>{}</Name>\r\n<Manufacturer>测试厂商</Manufacturer>\r\n<Model>IPC-1</Model>\r\n<Owner>Owner</Owner>\r\n<CivilCode>340200</CivilCode>\r\n<Address>一号楼</Address>\r\n<Parental>0</Parental>\r\n<ParentID>[$dev]</ParentID>\r\n<SafetyWay>0</SafetyWay>\r\n<RegisterWay>1</RegisterWay>\r\n<Secrecy>0</Secrecy>\r\n<Status>{status}</Status>\r\n</Item>\r\n",
+        name.replace('&', "&amp;")
+    )
+}
+
+fn message(body_gb: &[u8]) -> Vec<u8> {
+    let mut m = b"    <send retrans=\"500\">\n      <![CDATA[\n\n      MESSAGE sip:34020000002000000001@[remote_ip]:[remote_port] SIP/2.0\n      Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]\n      From: <sip:[$dev]@3402000000>;tag=[pid]m[call_number]\n      To: <sip:34020000002000000001@3402000000>\n      Call-ID: [call_id]\n      CSeq: [cseq] MESSAGE\n      Max-Forwards: 70\n      Content-Type: Application/MANSCDP+xml\n      Content-Length: [len]\n\n".to_vec();
+    m.extend_from_slice(body_gb);
+    m.extend_from_slice(b"\n      ]]>\n    </send>\n    <recv response=\"200\"/>\n");
+    m
+}
+
+/// The out-of-call scenario (`-oocsf`) with which a sipp device answers
+/// the gateway's queries: Catalog in `parts` MESSAGEs (GB2312, same SN,
+/// SumNum = all channels), DeviceInfo and DeviceStatus.
+pub fn write_answer_scenario(path: &Path, parts: usize) {
+    let gb = |s: &str| encoding_rs::GBK.encode(s).0.into_owned();
+    let mut x: Vec<u8> = Vec::new();
+    x.extend_from_slice(
+        b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\" ?>\n<!DOCTYPE scenario SYSTEM \"sipp.dtd\">\n\
+<!-- Generated by tests/src/sipp.rs: a device answering the gateway's MANSCDP queries. -->\n\
+<scenario name=\"gb28181 device answers queries\">\n\
+  <recv request=\"MESSAGE\">\n    <action>\n\
+      <ereg regexp=\"&lt;SN&gt;([0-9]+)&lt;/SN&gt;\" search_in=\"body\" check_it=\"true\" assign_to=\"d1,sn\"/>\n\
+      <ereg regexp=\"&lt;CmdType&gt;([A-Za-z]+)&lt;/CmdType&gt;\" search_in=\"body\" check_it=\"true\" assign_to=\"d2,cmd\"/>\n\
+      <ereg regexp=\"sip:([0-9]+)@\" search_in=\"hdr\" header=\"To:\" check_it=\"true\" assign_to=\"d3,dev\"/>\n\
+      <strcmp assign_to=\"c_info\" variable=\"cmd\" value=\"DeviceInfo\"/>\n\
+      <test assign_to=\"is_info\" variable=\"c_info\" compare=\"equal\" value=\"0\"/>\n\
+      <strcmp assign_to=\"c_status\" variable=\"cmd\" value=\"DeviceStatus\"/>\n\
+      <test assign_to=\"is_status\" variable=\"c_status\" compare=\"equal\" value=\"0\"/>\n\
+    </action>\n  </recv>\n\
+  <Reference variables=\"d1,d2,d3\"/>\n\
+  <send>\n    <![CDATA[\n\n      SIP/2.0 200 OK\n      [last_Via:]\n      [last_From:]\n      [last_To:];tag=[pid]a[call_number]\n      [last_Call-ID:]\n      [last_CSeq:]\n      Content-Length: 0\n\n    ]]>\n  </send>\n\
+  <nop next=\"info\" test=\"is_info\"/>\n  <nop next=\"status\" test=\"is_status\"/>\n",
+    );
+    let per = CHANNELS.len().div_ceil(parts.max(1));
+    for chunk in CHANNELS.chunks(per) {
+        let mut body = format!(
+            "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>Catalog</CmdType>\r\n<SN>[$sn]</SN>\r\n<DeviceID>[$dev]</DeviceID>\r\n<SumNum>{}</SumNum>\r\n<DeviceList Num=\"{}\">\r\n",
+            CHANNELS.len(),
+            chunk.len()
+        );
+        for (id, name, st) in chunk {
+            body.push_str(&item_xml(id, name, st));
+        }
+        body.push_str("</DeviceList>\r\n</Response>\r\n");
+        x.extend(message(&gb(&body)));
+    }
+    x.extend_from_slice(b"  <nop next=\"end\"/>\n  <label id=\"info\"/>\n");
+    x.extend(message(&gb(
+        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>DeviceInfo</CmdType>\r\n<SN>[$sn]</SN>\r\n<DeviceID>[$dev]</DeviceID>\r\n<Result>OK</Result>\r\n<DeviceName>测试摄像机</DeviceName>\r\n<Manufacturer>SIPp</Manufacturer>\r\n<Model>GB-SIM</Model>\r\n<Firmware>V1.0</Firmware>\r\n<Channel>3</Channel>\r\n</Response>\r\n",
+    )));
+    x.extend_from_slice(b"  <nop next=\"end\"/>\n  <label id=\"status\"/>\n");
+    x.extend(message(&gb(
+        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>DeviceStatus</CmdType>\r\n<SN>[$sn]</SN>\r\n<DeviceID>[$dev]</DeviceID>\r\n<Result>OK</Result>\r\n<Online>ONLINE</Online>\r\n<Status>OK</Status>\r\n<Encode>ON</Encode>\r\n<Record>OFF</Record>\r\n</Response>\r\n",
+    )));
+    x.extend_from_slice(b"  <label id=\"end\"/>\n</scenario>\n");
+    std::fs::write(path, x).expect("write scenario");
+}
