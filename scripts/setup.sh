@@ -19,6 +19,7 @@ apt_pkgs=(
   iproute2        # ip netns / veth for the namespace tests and the demo
   bpftool         # the namespace test checks that nothing stays attached
   ca-certificates
+  sip-tester      # sipp: the third-party SIP peer of the signalling tests and benchmark
 )
 if [ "${SETUP_SKIP_APT:-0}" != 1 ]; then
   missing=()
@@ -57,4 +58,10 @@ if ! "$cargo_bin/bpf-linker" --version 2>/dev/null | grep -q "$bpf_linker_versio
   LLVM_PREFIX="$llvm_prefix" rustup run "$toolchain" cargo install bpf-linker \
     --version "$bpf_linker_version" --no-default-features --features "llvm-$llvm_major" --locked
 fi
-log "ready: $(rustup run "$toolchain" rustc --version); $("$cargo_bin/bpf-linker" --version)"
+# --- cargo-fuzz for the parser fuzz targets (cargo xtask fuzz) ---------------
+cargo_fuzz_version=0.13.2
+if ! "$cargo_bin/cargo-fuzz" --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
+  log "installing cargo-fuzz $cargo_fuzz_version"
+  rustup run "$toolchain" cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked
+fi
+log "ready: $(rustup run "$toolchain" rustc --version); $("$cargo_bin/bpf-linker" --version); $(sipp -v 2>/dev/null | grep -o 'SIPp v[0-9.]*' | head -1)"

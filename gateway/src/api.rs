@@ -4,7 +4,7 @@
 //!
 //! | method | path | |
 //! |---|---|---|
-//! | GET | /api/devices | all devices |
+//! | GET | /api/devices | devices (`?state=online\|offline&offset=&limit=`) |
 //! | GET | /api/devices/{id} | one device |
 //! | DELETE | /api/devices/{id} | forget a device |
 //! | GET | /api/devices/{id}/channels | its catalog |
@@ -12,13 +12,13 @@
 //! | GET | /api/devices/{id}/info | DeviceInfo, asked now |
 //! | GET | /api/devices/{id}/status | DeviceStatus, asked now |
 //! | GET | /api/stats | control-plane counters |
-//! | GET | /api/health | liveness |
+//! | GET | /api/health | liveness (no token needed) |
 
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use axum::{
-    extract::{Path, Request, State},
+    extract::{rejection::QueryRejection, Path, Query, Request, State},
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -75,11 +75,42 @@ fn check_id(id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-async fn devices(State(s): State<ApiState>) -> ApiResult {
+/// `?state=online|offline&offset=N&limit=N` (devices sorted by ID;
+/// `count` and `online` are always totals, `limit=0` returns only them).
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+async fn devices(
+    State(s): State<ApiState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| err(400, e.body_text()))?;
+    let want = match q.state.as_deref() {
+        None => None,
+        Some("online") => Some(true),
+        Some("offline") => Some(false),
+        Some(other) => {
+            return Err(err(
+                400,
+                format!("state must be online or offline, not {other:?}"),
+            ))
+        }
+    };
     let list = s.ask(Command::List).await?;
-    let online = list.iter().filter(|d| d.device.online).count();
+    let (count, online) = (list.len(), list.iter().filter(|d| d.device.online).count());
+    let page: Vec<_> = list
+        .into_iter()
+        .filter(|d| want.is_none_or(|w| d.device.online == w))
+        .skip(q.offset)
+        .take(q.limit.unwrap_or(usize::MAX))
+        .collect();
     Ok(Json(
-        json!({ "count": list.len(), "online": online, "devices": list }),
+        json!({ "count": count, "online": online, "devices": page }),
     ))
 }
 
@@ -159,7 +190,8 @@ async fn method_not_allowed() -> Error {
 }
 
 async fn auth(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &s.token {
+    // Liveness probes need no token.
+    if let (Some(token), false) = (&s.token, req.uri().path() == "/api/health") {
         let ok = req
             .headers()
             .get(header::AUTHORIZATION)

@@ -254,11 +254,8 @@ pub fn normalize(raw: &[u8], max: usize) -> Result<Normalized, WireError> {
 /// Parses a datagram or framed message into an rsip message.
 pub fn parse(raw: &[u8], max: usize) -> Result<rsip::SipMessage, WireError> {
     let n = normalize(raw, max)?;
-    rsip::SipMessage::try_from(&n.bytes[..]).map_err(|e| {
-        let mut s = e.to_string();
-        s.truncate(160);
-        WireError::Parse(s)
-    })
+    rsip::SipMessage::try_from(&n.bytes[..])
+        .map_err(|e| WireError::Parse(e.to_string().chars().take(160).collect()))
 }
 
 /// TCP framing (RFC 3261 18.3): how many bytes of `buf` make the first
@@ -445,6 +442,39 @@ mod tests {
                 .0,
             513
         );
+    }
+
+    #[test]
+    fn long_rsip_errors_with_multibyte_text_are_cut_safely() {
+        // Found by the sip_message fuzz target: the error text was cut at
+        // a byte index inside a UTF-8 character.
+        let raw = format!(
+            "REGISTER sip:a@b SIP/2.0\r\nVia: {}\r\n\r\n",
+            "é".repeat(200)
+        );
+        let _ = parse(raw.as_bytes(), DEFAULT_MAX_MESSAGE);
+        let raw = format!(
+            "REGISTER sip:{}@b SIP/2.0\r\nVia: x\r\n\r\n",
+            "中".repeat(100)
+        );
+        let _ = parse(raw.as_bytes(), DEFAULT_MAX_MESSAGE);
+    }
+
+    #[test]
+    fn fuzz_regressions_replay() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/regressions/sip_message"
+        );
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let data = std::fs::read(e.path()).unwrap();
+            let _ = parse(&data, DEFAULT_MAX_MESSAGE);
+            let _ = frame_len(&data, DEFAULT_MAX_MESSAGE);
+            let _ = raw_response(&data, 400, "Bad Request");
+            n += 1;
+        }
+        assert!(n >= 2, "regression inputs missing from {dir}");
     }
 
     #[test]

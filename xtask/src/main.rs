@@ -29,11 +29,17 @@ enum Cmd {
     },
     /// fmt, clippy and all tests (root tests need root).
     Test,
-    /// Data-plane benchmarks (root).
+    /// Data-plane (root) and signalling benchmarks.
     Bench {
         /// Fewer repetitions (CI).
         #[arg(long)]
         quick: bool,
+    },
+    /// Run every cargo-fuzz target for a while (corpus + past crashes).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
     },
 }
 
@@ -123,22 +129,59 @@ fn main() -> Result<()> {
                 "build",
                 "--release",
                 "-p",
+                "gateway",
+                "-p",
                 "gateway-tests",
-                "--bin",
-                "gateway-bench",
+                "--bins",
             ])?;
-            let bin = target_dir().join("release/gateway-bench");
-            let mut c = Command::new(bin);
-            if quick {
-                c.arg("--quick");
-            }
-            if !c.status()?.success() {
-                bail!("benchmarks failed");
+            for b in ["gateway-bench", "sip-bench"] {
+                let mut c = Command::new(target_dir().join("release").join(b));
+                if quick {
+                    c.arg("--quick");
+                }
+                if !c.status()?.success() {
+                    bail!("{b} failed");
+                }
             }
             Ok(())
         }
+        Cmd::Fuzz { seconds } => fuzz(seconds.clamp(1, 3600)),
         Cmd::Demo { seconds } => demo(seconds.clamp(2, 120)),
     }
+}
+
+/// Each fuzz target for `seconds`, starting from the seeds (fuzz/seeds)
+/// and the inputs that once crashed it (fuzz/regressions); what it learns
+/// goes to fuzz/corpus (not committed). cargo-fuzz needs
+/// unstable flags: RUSTC_BOOTSTRAP=1 for this process tree only.
+fn fuzz(seconds: u32) -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    for t in ["sip_message", "manscdp", "digest"] {
+        let corpus = dir.join("corpus").join(t);
+        let regress = dir.join("regressions").join(t);
+        let seeds = dir.join("seeds").join(t);
+        std::fs::create_dir_all(&corpus)?;
+        std::fs::create_dir_all(&regress)?;
+        eprintln!("+ cargo fuzz run {t} ({seconds} s)");
+        let st = Command::new(env!("CARGO"))
+            .current_dir(&dir)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", t])
+            .arg(&corpus)
+            .arg(&seeds)
+            .arg(&regress)
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-print_final_stats=1",
+            ])
+            .status()
+            .context("running cargo fuzz (scripts/setup.sh installs it)")?;
+        if !st.success() {
+            bail!("fuzz target {t} failed: the crashing input is in fuzz/artifacts/{t}");
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the demo namespaces (and with them the veth pair).

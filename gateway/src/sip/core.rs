@@ -517,8 +517,6 @@ impl Core {
                 .trim_matches(['[', ']'])
                 .parse::<std::net::IpAddr>()
                 .is_ok()
-            || na.user == self.cfg.id
-            || na.user == self.domain
     }
 
     fn password_of(&self, id: &str) -> Option<&str> {
@@ -769,7 +767,17 @@ impl Core {
                 &[("Accept", "Application/MANSCDP+xml")],
             );
         }
-        let msg = match manscdp::parse(&h.body) {
+        // Fuzzed, must not panic; if it did, it must not take the core down.
+        let parsed = std::panic::catch_unwind(|| manscdp::parse(&h.body));
+        let Ok(parsed) = parsed else {
+            self.metrics
+                .manscdp_errors
+                .with_label_values(&["panic"])
+                .inc();
+            tracing::error!(device = %id, "MANSCDP parser panicked; message refused (please report)");
+            return self.reply(m, 500, "Server Internal Error", &[]);
+        };
+        let msg = match parsed {
             Ok(x) => x,
             Err(e) => {
                 self.metrics

@@ -207,15 +207,21 @@ pub async fn start(
 /// Parses one message; answers what cannot be parsed (400/501/513) where
 /// there is something to answer to, and counts it.
 fn parse(raw: &[u8], max: usize, metrics: &SipMetrics) -> Result<Head, Option<Vec<u8>>> {
-    match wire::parse(raw, max) {
-        Ok(m) => match Head::parse(&m) {
-            Ok(h) => Ok(h),
-            Err(e) => {
-                metrics.parse_errors.with_label_values(&["header"]).inc();
-                debug!(error = %e, "SIP message with bad headers");
-                Err(wire::raw_response(raw, 400, &format!("Bad Request ({e})")))
-            }
-        },
+    // The parsers are fuzzed and must not panic; should one still do, it
+    // costs this message, not the receive task (and every later message).
+    let parsed = std::panic::catch_unwind(|| wire::parse(raw, max).map(|m| Head::parse(&m)));
+    let Ok(parsed) = parsed else {
+        metrics.parse_errors.with_label_values(&["panic"]).inc();
+        tracing::error!("SIP parser panicked on a message; dropped (please report)");
+        return Err(None);
+    };
+    match parsed {
+        Ok(Ok(h)) => Ok(h),
+        Ok(Err(e)) => {
+            metrics.parse_errors.with_label_values(&["header"]).inc();
+            debug!(error = %e, "SIP message with bad headers");
+            Err(wire::raw_response(raw, 400, &format!("Bad Request ({e})")))
+        }
         Err(e) => {
             metrics.parse_errors.with_label_values(&[e.reason()]).inc();
             let (code, reason) = e.status();

@@ -1,0 +1,304 @@
+//! Signalling benchmark: sipp drives REGISTER + digest auth and keepalives
+//! against the gateway daemon on loopback; the baseline is sipp itself as
+//! the server (uas_register.xml / uas_message.xml: the same messages on the
+//! wire, no authentication, no state), measured in the same run at the same
+//! rates. Prints, per step: sipp's successful and failed calls, the rate
+//! achieved, and server CPU per 1 000 requests for both, with the ratio.
+//!
+//! `sip-bench [--quick]`. Needs sipp; no root.
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use gateway_tests::sipp::{
+    free_port, scenarios, write_answer_scenario, write_csv, Daemon, Sipp, TempDir,
+};
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds (user + system) used so far by a process.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let rest = s.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat: 11 and 12 after ") ".
+    (ticks(11) + ticks(12)) / clk_tck()
+}
+
+struct Step {
+    ok: u64,
+    failed: u64,
+    secs: f64,
+    cpu: f64,
+}
+
+/// Reads sipp's own counters from its -stf statistics file.
+fn sipp_counts(stat: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let (Some(header), Some(last)) = (lines.first(), lines.get(1..).and_then(|l| l.last())) else {
+        return (0, 0);
+    };
+    let cols: Vec<&str> = header.split(';').collect();
+    let vals: Vec<&str> = last.split(';').collect();
+    let get = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .and_then(|i| vals.get(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
+}
+
+/// Runs sipp as the client at `rate` for `calls` calls against `target`
+/// while measuring the CPU of `server_pid`.
+#[allow(clippy::too_many_arguments)]
+fn drive(
+    dir: &Path,
+    target: std::net::SocketAddr,
+    scenario: &str,
+    csv: &Path,
+    rate: u32,
+    calls: u32,
+    server_pid: u32,
+    ooc: Option<&Path>,
+) -> Result<Step> {
+    let stat = dir.join(format!("stat-{scenario}-{rate}-{}.csv", free_port()));
+    let mut s = Sipp::new(dir, target, &scenarios().join(scenario), free_port(), "u1").args(&[
+        "-inf",
+        csv.to_str().unwrap_or_default(),
+        "-r",
+        &rate.to_string(),
+        "-m",
+        &calls.to_string(),
+        "-l",
+        "20000",
+        "-timeout",
+        "120s",
+        "-trace_stat",
+        "-stf",
+        stat.to_str().unwrap_or_default(),
+        "-fd",
+        "1",
+    ]);
+    if let Some(o) = ooc {
+        s = s.args(&["-oocsf", o.to_str().unwrap_or_default()]);
+    }
+    let c0 = cpu_secs(server_pid);
+    let t0 = Instant::now();
+    let r = s.run()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_secs(server_pid) - c0;
+    let (ok, failed) = sipp_counts(&stat);
+    if ok == 0 {
+        bail!("sipp made no successful call: {}\n{}", r.errors, r.stdout);
+    }
+    Ok(Step {
+        ok,
+        failed,
+        secs,
+        cpu,
+    })
+}
+
+fn ids(from: usize, n: usize, pw: &str) -> Vec<(String, String)> {
+    (from..from + n)
+        .map(|i| (format!("3402000000132{:07}", i + 1), pw.to_string()))
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let dir = TempDir::new("sipbench");
+    let (sip_port, api_port) = (free_port(), free_port());
+    let cfg = Daemon::config(
+        dir.path(),
+        sip_port,
+        api_port,
+        "password = \"bench\"\nquery_info = false\npersist_interval_secs = 10\n",
+        "",
+    );
+    let mut gw = Daemon::start(&cfg, sip_port, api_port).context("starting the gateway")?;
+    let gw_pid = gw.pid().context("gateway pid")?;
+    let answer = dir.path().join("answer.xml");
+    write_answer_scenario(&answer, 1);
+
+    // The baseline server: sipp as a stateless registrar / responder.
+    let base_port = free_port();
+    let start_uas = |sf: &str| -> Result<std::process::Child> {
+        Command::new("sipp")
+            .args(["-sf"])
+            .arg(scenarios().join(sf))
+            .args(["-i", "127.0.0.1", "-p", &base_port.to_string(), "-nostdin"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting baseline sipp")
+    };
+    let base_addr: std::net::SocketAddr = ([127, 0, 0, 1], base_port).into();
+
+    println!("signalling benchmark (sipp on loopback, 2 cores shared by sipp and the server)");
+    println!(
+        "{:<28} {:>7} {:>9} {:>7} {:>9} {:>13} {:>13} {:>7}",
+        "step", "rate", "achieved", "failed", "calls", "gw ms/1000", "base ms/1000", "ratio"
+    );
+    let rates: &[u32] = if quick {
+        &[500, 2000]
+    } else {
+        &[500, 1000, 2000, 4000]
+    };
+    let secs_per_step = if quick { 3 } else { 5 };
+    let mut next_id = 0usize;
+    let mut base = start_uas("uas_register.xml")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let bpid = base.id();
+    for &rate in rates {
+        let n = rate * secs_per_step;
+        let csv = dir.path().join(format!("reg-{rate}.csv"));
+        write_csv(&csv, &ids(next_id, n as usize, "bench"));
+        next_id += n as usize;
+        let g = drive(
+            dir.path(),
+            gw.sip,
+            "register_bench.xml",
+            &csv,
+            rate,
+            n,
+            gw_pid,
+            Some(&answer),
+        )?;
+        let b = drive(
+            dir.path(),
+            base_addr,
+            "register_bench.xml",
+            &csv,
+            rate,
+            n,
+            bpid,
+            None,
+        )?;
+        let (gms, bms) = (g.cpu * 1e6 / g.ok as f64, b.cpu * 1e6 / b.ok.max(1) as f64);
+        println!(
+            "{:<28} {:>7} {:>9.0} {:>7} {:>9} {:>13.1} {:>13.1} {:>7.2}",
+            "REGISTER+auth (+catalog)",
+            rate,
+            g.ok as f64 / g.secs,
+            g.failed,
+            g.ok,
+            gms,
+            bms,
+            gms / bms.max(1e-9)
+        );
+    }
+    let _ = base.kill();
+    let _ = base.wait();
+
+    // Fill up to 20 000 registered devices, then keepalives.
+    let target = 20_000usize;
+    if next_id < target {
+        let n = (target - next_id) as u32;
+        let csv = dir.path().join("fill.csv");
+        write_csv(&csv, &ids(next_id, n as usize, "bench"));
+        let f = drive(
+            dir.path(),
+            gw.sip,
+            "register_bench.xml",
+            &csv,
+            2000,
+            n,
+            gw_pid,
+            Some(&answer),
+        )?;
+        next_id += n as usize;
+        if f.failed > 0 {
+            println!("(fill: {} registrations failed)", f.failed);
+        }
+    }
+    gw.wait_until(Duration::from_secs(60), "all devices registered", |d| {
+        d.get("/api/devices?limit=0")
+            .is_ok_and(|v| v["online"].as_u64() >= Some(target as u64))
+    })?;
+    let registered = gw.get("/api/devices?limit=0")?["online"]
+        .as_u64()
+        .unwrap_or(0);
+    // Idle: the liveness sweep and timers over all devices, no traffic.
+    let idle_secs = if quick { 3.0 } else { 5.0 };
+    let c0 = cpu_secs(gw_pid);
+    std::thread::sleep(Duration::from_secs_f64(idle_secs));
+    let idle = (cpu_secs(gw_pid) - c0) / idle_secs;
+
+    let ka_rate = 1000u32;
+    let ka_n = ka_rate * if quick { 4 } else { 10 };
+    let csv = dir.path().join("ka.csv");
+    write_csv(&csv, &ids(0, next_id.min(target), "bench"));
+    let mut base = start_uas("uas_message.xml")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let bpid = base.id();
+    let g = drive(
+        dir.path(),
+        gw.sip,
+        "keepalive_once.xml",
+        &csv,
+        ka_rate,
+        ka_n,
+        gw_pid,
+        None,
+    )?;
+    let b = drive(
+        dir.path(),
+        base_addr,
+        "keepalive_once.xml",
+        &csv,
+        ka_rate,
+        ka_n,
+        bpid,
+        None,
+    )?;
+    let _ = base.kill();
+    let _ = base.wait();
+    let (gms, bms) = (g.cpu * 1e6 / g.ok as f64, b.cpu * 1e6 / b.ok.max(1) as f64);
+    println!(
+        "{:<28} {:>7} {:>9.0} {:>7} {:>9} {:>13.1} {:>13.1} {:>7.2}",
+        "keepalive MESSAGE",
+        ka_rate,
+        g.ok as f64 / g.secs,
+        g.failed,
+        g.ok,
+        gms,
+        bms,
+        gms / bms.max(1e-9)
+    );
+    // CPU share of one core per 1 000 keepalives/s = ms per 1 000 / 1 000 ms.
+    let per_1000 = gms / 1000.0;
+    let need = target as f64 / 60.0;
+    let share = idle + per_1000 * need / 1000.0;
+    println!(
+        "gateway: {registered} devices registered; idle {:.2}% of a core; {:.1}% of a core per 1000 keepalives/s",
+        idle * 100.0,
+        per_1000 * 100.0
+    );
+    println!(
+        "goal: 20000 devices, 60 s keepalives ({need:.0}/s) under 10% of one core: {:.2}% ({})",
+        share * 100.0,
+        if share < 0.10 { "met" } else { "NOT met" }
+    );
+    if !gw.stop() {
+        bail!("gateway did not stop cleanly");
+    }
+    Ok(())
+}
