@@ -232,7 +232,9 @@ mod tests {
     fn offline_after_min_of_keepalive_and_expiry() {
         let t0 = Instant::now();
         let mut r = Registry::default();
-        r.devices.insert("a".into(), dev(t0));
+        let mut a = dev(t0);
+        a.id = "a".into();
+        r.devices.insert("a".into(), a);
         let mut short = dev(t0);
         short.id = "b".into();
         short.expires_at = t0 + Duration::from_secs(100);

@@ -362,6 +362,12 @@ fn message(body_gb: &[u8]) -> Vec<u8> {
 /// the gateway's queries: Catalog in `parts` MESSAGEs (GB2312, same SN,
 /// SumNum = all channels), DeviceInfo and DeviceStatus.
 pub fn write_answer_scenario(path: &Path, parts: usize) {
+    write_answer_scenario_with(path, parts, false)
+}
+
+/// As [`write_answer_scenario`]; with `drop_last` the last catalog part is
+/// never sent (a device whose large catalog is cut off).
+pub fn write_answer_scenario_with(path: &Path, parts: usize, drop_last: bool) {
     let gb = |s: &str| encoding_rs::GBK.encode(s).0.into_owned();
     let mut x: Vec<u8> = Vec::new();
     x.extend_from_slice(
@@ -382,13 +388,19 @@ pub fn write_answer_scenario(path: &Path, parts: usize) {
   <nop next=\"info\" test=\"is_info\"/>\n  <nop next=\"status\" test=\"is_status\"/>\n",
     );
     let per = CHANNELS.len().div_ceil(parts.max(1));
-    for chunk in CHANNELS.chunks(per) {
+    let chunks: Vec<_> = CHANNELS.chunks(per).collect();
+    let send = if drop_last {
+        chunks.len() - 1
+    } else {
+        chunks.len()
+    };
+    for chunk in &chunks[..send] {
         let mut body = format!(
             "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>Catalog</CmdType>\r\n<SN>[$sn]</SN>\r\n<DeviceID>[$dev]</DeviceID>\r\n<SumNum>{}</SumNum>\r\n<DeviceList Num=\"{}\">\r\n",
             CHANNELS.len(),
             chunk.len()
         );
-        for (id, name, st) in chunk {
+        for (id, name, st) in chunk.iter() {
             body.push_str(&item_xml(id, name, st));
         }
         body.push_str("</DeviceList>\r\n</Response>\r\n");

@@ -374,3 +374,40 @@ fn api_errors_are_json_and_token_protected() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bearer token"));
     assert!(d.stop());
 }
+
+/// IPv6: a device registers over UDP to [::1] and is answered there.
+#[test]
+fn registration_over_ipv6() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED registration_over_ipv6: no IPv6 loopback on this machine");
+        return;
+    }
+    let dir = TempDir::new("v6");
+    let (sip_port, api_port) = (free_port(), free_port());
+    let cfg = Daemon::config(
+        dir.path(),
+        sip_port,
+        api_port,
+        "password = \"pw\"\nquery_info = false\n",
+        "",
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("listen = [\"127.0.0.1:{sip_port}\"]"),
+        &format!("listen = [\"127.0.0.1:{sip_port}\", \"[::1]:{sip_port}\"]"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::start(&cfg, sip_port, api_port).unwrap();
+    let gw6: SocketAddr = format!("[::1]:{sip_port}").parse().unwrap();
+    let sock = UdpSocket::bind("[::1]:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let c = Client {
+        sock,
+        gw: gw6,
+        cseq: std::cell::Cell::new(0),
+    };
+    assert_eq!(c.login(GOOD, "pw"), 200);
+    let v = d.device(GOOD).unwrap();
+    assert_eq!(v["online"], true);
+    assert_eq!(v["addr"], c.local().to_string());
+    assert!(v["local"].as_str().unwrap().starts_with("[::1]:"));
+}

@@ -6,7 +6,8 @@
 use std::{process::Command, time::Duration};
 
 use gateway_tests::sipp::{
-    free_port, scenarios, write_answer_scenario, write_csv, Daemon, Sipp, TempDir, CHANNELS,
+    free_port, scenarios, write_answer_scenario, write_answer_scenario_with, write_csv, Daemon,
+    Sipp, TempDir, CHANNELS,
 };
 
 const DEV: &str = "34020000001320000001";
@@ -421,4 +422,62 @@ fn registry_survives_restart() {
     assert_eq!(after["online"], true);
     assert_eq!(channel_names(&d, DEV), expected_channels());
     assert!(d.log_text().contains("registry loaded"));
+}
+
+/// A catalog whose last message never comes is kept as partial after the
+/// configured idle time: the items that came are stored, the state says so.
+#[test]
+fn sipp_cut_off_catalog_is_kept_as_partial() {
+    assert!(
+        sipp_available(),
+        "sipp is not installed (Debian package sip-tester)"
+    );
+    let dir = TempDir::new("partial");
+    let (sip_port, api_port) = (free_port(), free_port());
+    let cfg = Daemon::config(
+        dir.path(),
+        sip_port,
+        api_port,
+        "password = \"pw\"\ncatalog_timeout_secs = 2\nquery_info = false\n",
+        "",
+    );
+    let mut d = Daemon::start(&cfg, sip_port, api_port).unwrap();
+    let csv = dir.path().join("dev.csv");
+    write_csv(&csv, &[(DEV.into(), "pw".into())]);
+    let answer = dir.path().join("answer.xml");
+    // Three channels in three messages; the third is never sent.
+    write_answer_scenario_with(&answer, 3, true);
+    let sipp = Sipp::new(
+        dir.path(),
+        d.sip,
+        &scenarios().join("register.xml"),
+        free_port(),
+        "u1",
+    )
+    .args(&[
+        "-inf",
+        csv.to_str().unwrap(),
+        "-m",
+        "1",
+        "-d",
+        "1000",
+        "-oocsf",
+        answer.to_str().unwrap(),
+        "-timeout",
+        "30s",
+        "-timeout_error",
+    ]);
+    let r = sipp.run().unwrap();
+    assert!(r.ok(), "sipp failed: {}", r.errors);
+    d.wait_until(Duration::from_secs(30), "catalog partial", |d| {
+        d.device(DEV)
+            .is_ok_and(|v| v["catalog"]["state"] == "partial")
+    })
+    .unwrap();
+    let v = d.device(DEV).unwrap();
+    assert_eq!(v["catalog"]["sum_num"], 3);
+    assert_eq!(v["catalog"]["received"], 2);
+    assert_eq!(channel_names(&d, DEV), expected_channels()[..2].to_vec());
+    assert_eq!(d.stat("gateway_catalog_syncs_total", "outcome=partial"), 1);
+    assert!(d.log_text().contains("catalog incomplete"));
 }
