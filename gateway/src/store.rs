@@ -1,7 +1,7 @@
 //! The device registry on disk: an embedded redb database (ACID,
 //! copy-on-write B-trees, crash-safe: a crash leaves the last committed
-//! state), written by one thread that groups whatever is queued into one
-//! transaction.
+//! state), written by one thread that groups what arrives within 20 ms
+//! into one transaction (one fsync).
 //!
 //! Tables: `devices` (device ID -> JSON of [`crate::registry::Device`]) and
 //! `channels` ((device ID, channel ID) -> JSON of a catalog item).
@@ -19,6 +19,9 @@ use tracing::{error, warn};
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const CHANNELS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("channels");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// How long the writer gathers changes before committing them together.
+const GROUP: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// One change to persist.
 #[derive(Debug)]
@@ -155,11 +158,20 @@ fn delete_channels(t: &mut redb::Table<(&str, &str), &[u8]>, id: &str) -> Result
 
 fn writer(db: Database, rx: mpsc::Receiver<Op>) {
     while let Ok(first) = rx.recv() {
+        // Group commit: gather what arrives within GROUP of the first op
+        // (one fsync per batch instead of per device during a registration
+        // storm); a Sync request commits at once.
+        let deadline = std::time::Instant::now() + GROUP;
+        let mut urgent = matches!(first, Op::Sync(_));
         let mut ops = vec![first];
-        while let Ok(op) = rx.try_recv() {
-            ops.push(op);
-            if ops.len() >= 10_000 {
-                break;
+        while !urgent && ops.len() < 10_000 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(op) => {
+                    urgent = matches!(op, Op::Sync(_));
+                    ops.push(op);
+                }
+                Err(_) => break,
             }
         }
         if let Err(e) = apply(&db, &ops) {
