@@ -11,6 +11,10 @@
 //! | POST | /api/devices/{id}/catalog | ask the device for its catalog again (202) |
 //! | GET | /api/devices/{id}/info | DeviceInfo, asked now |
 //! | GET | /api/devices/{id}/status | DeviceStatus, asked now |
+//! | GET | /api/streams | live streams (`?all=true`: and recently closed) |
+//! | POST | /api/streams | `{device, channel, transport}`: INVITE; 201 when established |
+//! | GET | /api/streams/{id} | one stream |
+//! | DELETE | /api/streams/{id} | BYE |
 //! | GET | /api/stats | control-plane counters |
 //! | GET | /api/health | liveness (no token needed) |
 
@@ -18,7 +22,10 @@ use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use axum::{
-    extract::{rejection::QueryRejection, Path, Query, Request, State},
+    extract::{
+        rejection::{JsonRejection, QueryRejection},
+        Path, Query, Request, State,
+    },
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -29,7 +36,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
-use crate::sip::core::{error_json, ApiError, Command, QueryKind};
+use crate::sip::core::{error_json, ApiError, Command, QueryKind, StreamRequest};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -173,6 +180,55 @@ async fn status(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult 
     query(s, id, QueryKind::Status).await
 }
 
+#[derive(serde::Deserialize)]
+struct StreamsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn streams(
+    State(s): State<ApiState>,
+    q: Result<Query<StreamsQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| err(400, e.body_text()))?;
+    let list = s.ask(|tx| Command::ListStreams(q.all, tx)).await?;
+    let active = list.iter().filter(|x| x.closed_ms.is_none()).count();
+    Ok(Json(json!({ "active": active, "streams": list })))
+}
+
+async fn open_stream(
+    State(s): State<ApiState>,
+    body: Result<Json<StreamRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Error> {
+    let Json(req) = body.map_err(|e| err(400, e.body_text()))?;
+    check_id(&req.device)?;
+    if let Some(c) = &req.channel {
+        check_id(c)?;
+    }
+    let sess = s
+        .ask(|tx| Command::OpenStream(req, tx))
+        .await?
+        .map_err(Error)?;
+    Ok((StatusCode::CREATED, Json(json!(sess))))
+}
+
+async fn stream(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    check_id(&id)?;
+    match s.ask(|tx| Command::GetStream(id.clone(), tx)).await? {
+        Some(x) => Ok(Json(json!(x))),
+        None => Err(err(404, format!("no stream {id}"))),
+    }
+}
+
+async fn close_stream(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    check_id(&id)?;
+    let x = s
+        .ask(|tx| Command::CloseStream(id.clone(), tx))
+        .await?
+        .map_err(Error)?;
+    Ok(Json(json!(x)))
+}
+
 async fn stats(State(s): State<ApiState>) -> ApiResult {
     Ok(Json(crate::metrics::to_json(&s.metrics)))
 }
@@ -224,6 +280,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/devices/{id}/catalog", post(refresh_catalog))
         .route("/api/devices/{id}/info", get(info_))
         .route("/api/devices/{id}/status", get(status))
+        .route("/api/streams", get(streams).post(open_stream))
+        .route("/api/streams/{id}", get(stream).delete(close_stream))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))

@@ -26,6 +26,9 @@ pub struct Config {
     pub flows: Vec<FlowConfig>,
     /// GB/T 28181 signalling (SIP registrar for devices).
     pub sip: Option<SipConfig>,
+    /// Media sessions (INVITE): ports and the advertised address.
+    #[serde(default)]
+    pub media: MediaConfig,
     #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
@@ -97,6 +100,44 @@ pub struct DeviceConfig {
     pub id: String,
     pub password: Option<String>,
     pub keepalive_interval_secs: Option<u32>,
+}
+
+/// `[media]`: where devices send the media of the sessions we open.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// IP put in the SDP offer (NAT); default: the address the device
+    /// reached us on (or the route's source address).
+    pub ip: Option<IpAddr>,
+    /// Port range for media ("LO-HI"); even ports are used. Keep it inside
+    /// `[dataplane] media_ports`.
+    #[serde(default = "default_media_ports")]
+    pub ports: String,
+    /// Seconds to wait for the device's 200 OK (then CANCEL / give up).
+    #[serde(default = "default_open_timeout")]
+    pub open_timeout_secs: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            ip: None,
+            ports: default_media_ports(),
+            open_timeout_secs: default_open_timeout(),
+        }
+    }
+}
+
+impl MediaConfig {
+    pub fn port_range(&self) -> Result<(u16, u16)> {
+        let r = range(&self.ports)?;
+        anyhow::ensure!(r.1 - r.0 >= 1, "media.ports needs at least two ports");
+        Ok(r)
+    }
+}
+
+fn default_open_timeout() -> u64 {
+    10
 }
 
 /// `[api]`: the REST API.
@@ -312,6 +353,11 @@ impl Config {
         if let Some(s) = &c.sip {
             s.validate()?;
         }
+        c.media.port_range()?;
+        anyhow::ensure!(
+            (1..=300).contains(&c.media.open_timeout_secs),
+            "media.open_timeout_secs must be in 1..=300"
+        );
         anyhow::ensure!(
             c.dataplane.is_some() || c.sip.is_some(),
             "nothing to run: configure [dataplane] and/or [sip]"

@@ -83,7 +83,15 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
         let service = match &cfg.sip {
             Some(sc) => {
                 let st = store::Store::open(&cfg.store.path)?;
-                Some(sip::start(Arc::new(sc.clone()), Some(st), sip_metrics).await?)
+                Some(
+                    sip::start(
+                        Arc::new(sc.clone()),
+                        cfg.media.clone(),
+                        Some(st),
+                        sip_metrics,
+                    )
+                    .await?,
+                )
             }
             None => None,
         };

@@ -32,6 +32,11 @@ pub struct SipMetrics {
     pub catalogs: IntCounterVec,
     /// Device online/offline transitions, by direction and reason.
     pub transitions: IntCounterVec,
+    /// Live-view sessions by event (invited, established, failed, closed,
+    /// ssrc_mismatch).
+    pub sessions: IntCounterVec,
+    /// Unusable SDP answers by reason.
+    pub sdp_errors: IntCounterVec,
     pub devices: IntGauge,
     pub devices_online: IntGauge,
     pub tcp_connections: IntGauge,
@@ -133,6 +138,18 @@ impl SipMetrics {
                 "gateway_device_transitions_total",
                 "Device online/offline transitions",
                 &["to", "reason"],
+            ),
+            sessions: vec(
+                reg,
+                "gateway_sip_sessions_total",
+                "Live-view sessions by event",
+                &["event"],
+            ),
+            sdp_errors: vec(
+                reg,
+                "gateway_sdp_errors_total",
+                "Unusable SDP answers",
+                &["reason"],
             ),
             devices: gauge("gateway_devices", "Devices in the registry"),
             devices_online: gauge("gateway_devices_online", "Devices online"),

@@ -6,6 +6,7 @@
 
 pub mod digest;
 pub mod manscdp;
+pub mod sdp;
 pub mod sip;
 pub mod transaction;
 pub mod wire;

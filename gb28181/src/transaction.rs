@@ -223,6 +223,7 @@ pub enum ClientEvent<D> {
     /// Timer B or F: no final response; the request failed (408).
     Timeout {
         branch: String,
+        method: String,
     },
 }
 
@@ -364,9 +365,10 @@ impl<D: Clone> ClientTransactions<D> {
                 let completed = tx.state == ClientState::Completed;
                 self.map.remove(&key);
                 if !completed {
-                    let branch = key.rsplit_once('|').map(|(b, _)| b).unwrap_or(&key);
+                    let (branch, method) = key.rsplit_once('|').unwrap_or((&key, ""));
                     out.push(ClientEvent::Timeout {
                         branch: branch.to_string(),
+                        method: method.to_string(),
                     });
                 }
                 continue;
@@ -460,7 +462,10 @@ mod tests {
                         assert_eq!(d, 7);
                         sent.push(t - t0)
                     }
-                    ClientEvent::Timeout { branch } => timeout = Some(branch),
+                    ClientEvent::Timeout { branch, method } => {
+                        assert_eq!(method, "MESSAGE");
+                        timeout = Some(branch)
+                    }
                 }
             }
         }

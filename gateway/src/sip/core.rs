@@ -20,9 +20,13 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+mod session;
+
+pub use session::{Session, StreamRequest};
+
 use super::transport::{local_ip_for, Dest, Inbound, Outbound};
 use crate::{
-    config::SipConfig,
+    config::{MediaConfig, SipConfig},
     metrics::{class, SipMetrics},
     registry::{wall_ms, CatalogSync, Device, OfflineReason, Registry},
     store::{Op, Store},
@@ -54,6 +58,13 @@ pub enum Command {
     Delete(String, oneshot::Sender<bool>),
     /// Persist everything now (shutdown).
     Flush(oneshot::Sender<()>),
+    /// Open a live stream (INVITE); answered when established or failed.
+    OpenStream(StreamRequest, oneshot::Sender<Result<Session, ApiError>>),
+    /// Active streams (and recently closed ones with `true`).
+    ListStreams(bool, oneshot::Sender<Vec<Session>>),
+    GetStream(String, oneshot::Sender<Option<Session>>),
+    /// BYE and forget.
+    CloseStream(String, oneshot::Sender<Result<Session, ApiError>>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +103,15 @@ enum Purpose {
         cmd: &'static str,
         sn: u32,
     },
+    Invite {
+        session: String,
+    },
+    Bye,
+}
+
+/// Purposes are keyed by branch and method (a CANCEL shares its INVITE's branch).
+fn pkey(branch: &str, method: &str) -> String {
+    format!("{branch}|{method}")
 }
 
 struct Assembly {
@@ -153,15 +173,20 @@ pub struct Core {
     dirty: HashSet<String>,
     metrics: SipMetrics,
     tag: String,
+    media: MediaConfig,
+    media_ports: (u16, u16),
+    sessions: session::Sessions,
 }
 
 impl Core {
     pub fn new(
         cfg: Arc<SipConfig>,
+        media: MediaConfig,
         out: Outbound,
         store: Option<(Store, crate::store::Loaded)>,
         metrics: SipMetrics,
     ) -> Core {
+        let media_ports = media.port_range().unwrap_or((30000, 30999));
         let domain = cfg.domain();
         let mut passwords = HashMap::new();
         let mut intervals = HashMap::new();
@@ -227,6 +252,9 @@ impl Core {
             dirty: HashSet::new(),
             metrics,
             tag: gsip::token(10),
+            media,
+            media_ports,
+            sessions: session::Sessions::default(),
         };
         // UDP devices can be reached again at their last address.
         let ids: Vec<(String, Transport, SocketAddr, SocketAddr)> = core
@@ -396,7 +424,7 @@ impl Core {
             Instant::now(),
         );
         self.purposes.insert(
-            branch,
+            pkey(&branch, "MESSAGE"),
             Purpose::Query {
                 device: device.to_string(),
                 cmd,
@@ -489,6 +517,7 @@ impl Core {
                     "REGISTER, MESSAGE, OPTIONS, ACK, BYE, CANCEL, INFO, NOTIFY",
                 )],
             ),
+            "BYE" if self.on_bye(&m) => {}
             "INVITE" | "SUBSCRIBE" | "PUBLISH" | "REFER" | "UPDATE" | "PRACK" => self.reply(
                 &m,
                 405,
@@ -636,6 +665,7 @@ impl Core {
                 }
                 info!(device = %id, reason = "unregistered", "device offline");
             }
+            self.close_device_sessions(&id, "device unregistered");
             self.routes.remove(&id);
             self.save(&id);
             self.update_gauges();
@@ -968,36 +998,59 @@ impl Core {
                 .inc();
             return;
         };
+        let key = pkey(&branch, &h.cseq_method);
         match self
             .client
             .on_response(&branch, &h.cseq_method, status, Instant::now())
         {
-            Matched::Deliver { is_final: true } => {
-                self.metrics
-                    .transactions
-                    .with_label_values(&[&h.cseq_method, "final"])
-                    .inc();
-                if let Some(p) = self.purposes.remove(&branch) {
-                    if status >= 300 {
+            Matched::Deliver { is_final } => {
+                if is_final {
+                    self.metrics
+                        .transactions
+                        .with_label_values(&[&h.cseq_method, "final"])
+                        .inc();
+                }
+                let p = if is_final {
+                    self.purposes.remove(&key)
+                } else {
+                    None
+                };
+                match (p, self.purposes.get(&key)) {
+                    (Some(Purpose::Invite { session }), _) => {
+                        let h = m.head.clone();
+                        self.on_invite_response(&session, &h, &branch, true);
+                    }
+                    (Some(p @ Purpose::Query { .. }), _) if status >= 300 => {
                         self.query_failed(p, &format!("device answered {status} {}", h.reason));
                     }
+                    (None, Some(Purpose::Invite { session })) => {
+                        let (session, h) = (session.clone(), m.head.clone());
+                        self.on_invite_response(&session, &h, &branch, false);
+                    }
+                    _ => {}
                 }
             }
-            Matched::Deliver { is_final: false } => {}
             Matched::ResendAck(ack, dest) => {
                 self.out.send(dest, ack);
             }
             Matched::Stray => {
-                self.metrics
-                    .dropped
-                    .with_label_values(&["stray_response"])
-                    .inc();
+                let h = m.head.clone();
+                let reacked =
+                    h.cseq_method == "INVITE" && (200..300).contains(&status) && self.reack(&h);
+                if !reacked {
+                    self.metrics
+                        .dropped
+                        .with_label_values(&["stray_response"])
+                        .inc();
+                }
             }
         }
     }
 
     fn query_failed(&mut self, p: Purpose, why: &str) {
-        let Purpose::Query { device, cmd, sn } = p;
+        let Purpose::Query { device, cmd, sn } = p else {
+            return;
+        };
         warn!(device = %device, cmd, sn, why, "query failed");
         let key = (device.clone(), sn);
         if let Some(a) = self.assemblies.remove(&key) {
@@ -1025,13 +1078,19 @@ impl Core {
                         .inc();
                     self.out.send(dest, bytes);
                 }
-                ClientEvent::Timeout { branch } => {
+                ClientEvent::Timeout { branch, method } => {
                     self.metrics
                         .transactions
-                        .with_label_values(&["MESSAGE", "timeout"])
+                        .with_label_values(&[&method, "timeout"])
                         .inc();
-                    if let Some(p) = self.purposes.remove(&branch) {
-                        self.query_failed(p, "no answer (Timer F)");
+                    match self.purposes.remove(&pkey(&branch, &method)) {
+                        Some(p @ Purpose::Query { .. }) => {
+                            self.query_failed(p, "no answer (Timer F)")
+                        }
+                        Some(Purpose::Invite { session }) => {
+                            self.session_no_answer(&session);
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1042,6 +1101,7 @@ impl Core {
         let now = Instant::now();
         let now_wall = wall_ms();
         self.server.expire(now);
+        self.session_timers(now);
         for (id, reason) in self.reg.sweep(now, now_wall) {
             self.metrics
                 .transitions
@@ -1063,6 +1123,7 @@ impl Core {
                     "device offline"
                 );
             }
+            self.close_device_sessions(&id, &format!("device offline ({})", reason.as_str()));
             if reason == OfflineReason::RegistrationExpired {
                 self.routes.remove(&id);
             }
@@ -1179,6 +1240,19 @@ impl Core {
                 }
                 self.update_gauges();
                 let _ = tx.send(existed);
+            }
+            Command::OpenStream(req, tx) => self.open_stream(req, tx),
+            Command::ListStreams(all, tx) => {
+                let _ = tx.send(self.list_streams(all));
+            }
+            Command::GetStream(id, tx) => {
+                let _ = tx.send(self.get_stream(&id));
+            }
+            Command::CloseStream(id, tx) => {
+                let r = self
+                    .close(&id, "closed through the API", true, "closed")
+                    .ok_or_else(|| ApiError(404, format!("no active stream {id}")));
+                let _ = tx.send(r);
             }
             Command::Flush(tx) => {
                 self.persist_dirty();

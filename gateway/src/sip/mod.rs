@@ -24,6 +24,7 @@ pub struct Service {
 /// Binds the sockets and starts the core. Must run inside a Tokio runtime.
 pub async fn start(
     cfg: Arc<SipConfig>,
+    media: crate::config::MediaConfig,
     store: Option<(store::Store, store::Loaded)>,
     metrics: SipMetrics,
 ) -> Result<Service> {
@@ -43,7 +44,7 @@ pub async fn start(
         metrics.clone(),
     )
     .await?;
-    let core = core::Core::new(cfg, out, store, metrics);
+    let core = core::Core::new(cfg, media, out, store, metrics);
     let task = tokio::spawn(core.run(in_rx, cmd_rx));
     Ok(Service {
         commands: cmd_tx,

@@ -1,0 +1,617 @@
+//! Live-view sessions: the INVITE dialogs the core opens towards devices
+//! (`POST /api/streams`), their answers, ACK, BYE in both directions,
+//! CANCEL on the open timeout.
+//!
+//! A session is keyed by its y= value (10 digits, unique while it lives);
+//! its RTP SSRC is that value as a number. The device's answer may carry a
+//! different y= (some devices do): it is recorded and flagged, and the
+//! media is still taken by port.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use gb28181::{
+    sdp::{self, MediaTransport, Offer, SessionKind},
+    sip::{self as gsip, Head, Outgoing},
+};
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::{fmt_addr, local_ip_for, ApiError, Core, Dest, Inbound, Purpose};
+use crate::{config::MediaConfig, registry::wall_ms};
+
+/// A stream as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    /// The y= value; also the API's stream ID.
+    pub id: String,
+    pub device: String,
+    pub channel: String,
+    pub transport: MediaTransport,
+    /// RTP SSRC asked for (y= as a number).
+    pub ssrc: u32,
+    /// Our media address put in the offer.
+    pub local: SocketAddr,
+    /// "inviting", "proceeding", "established", "failed", "closed".
+    pub state: &'static str,
+    pub reason: Option<String>,
+    /// The device's media address from its answer.
+    pub remote: Option<SocketAddr>,
+    /// SSRC from the answer's y= (None when it sent none).
+    pub answer_ssrc: Option<u32>,
+    /// The answer announced another SSRC than asked for.
+    pub ssrc_mismatch: bool,
+    /// `a=setup:` of the answer (TCP).
+    pub setup: Option<String>,
+    /// f= of the answer.
+    pub format: Option<String>,
+    pub created_ms: i64,
+    pub established_ms: Option<i64>,
+    pub closed_ms: Option<i64>,
+    #[serde(skip)]
+    pub(super) dialog: Dialog,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct Dialog {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: Option<String>,
+    /// Request-URI of the INVITE.
+    pub uri: String,
+    /// Contact of the 2xx (where in-dialog requests go).
+    pub target: Option<String>,
+    pub cseq: u32,
+    pub branch: String,
+    pub dest: Option<Dest>,
+    /// Our host:port in Via/Contact.
+    pub local_sip: String,
+    pub ack: Option<Vec<u8>>,
+    pub deadline: Option<Instant>,
+    pub cancelled: bool,
+}
+
+/// Sessions of the core.
+#[derive(Default)]
+pub(super) struct Sessions {
+    pub active: HashMap<String, Session>,
+    pub by_call: HashMap<String, String>,
+    pub closed: VecDeque<Session>,
+    pub waiters: HashMap<String, oneshot::Sender<Result<Session, ApiError>>>,
+    pub next_port: u16,
+    pub next_stream: u16,
+}
+
+const KEEP_CLOSED: usize = 200;
+
+/// What `POST /api/streams` asks for.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRequest {
+    pub device: String,
+    /// Channel ID (default: the device itself, as for an IPC).
+    pub channel: Option<String>,
+    /// "udp" (default), "tcp-passive" or "tcp-active".
+    pub transport: Option<String>,
+}
+
+impl Core {
+    /// Our SIP host:port as the device should see it.
+    pub(super) fn local_sip(&self, local: SocketAddr, peer: SocketAddr) -> String {
+        let ip = self
+            .cfg
+            .advertise_ip
+            .or_else(|| (!local.ip().is_unspecified()).then(|| local.ip()))
+            .or_else(|| local_ip_for(peer))
+            .unwrap_or(local.ip());
+        SocketAddr::new(ip, local.port()).to_string()
+    }
+
+    fn media_cfg(&self) -> &MediaConfig {
+        &self.media
+    }
+
+    fn alloc_port(&mut self) -> Option<u16> {
+        let (lo, hi) = self.media_ports;
+        let lo = lo + (lo & 1); // even RTP ports
+        if lo > hi {
+            return None;
+        }
+        let n = (hi - lo) / 2 + 1;
+        let used: std::collections::HashSet<u16> = self
+            .sessions
+            .active
+            .values()
+            .map(|s| s.local.port())
+            .collect();
+        for i in 0..n {
+            let p = lo + 2 * ((self.sessions.next_port.wrapping_add(i)) % n);
+            if !used.contains(&p) {
+                self.sessions.next_port = self.sessions.next_port.wrapping_add(i + 1) % n;
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn alloc_y(&mut self) -> Option<String> {
+        for _ in 0..10_000 {
+            self.sessions.next_stream = self.sessions.next_stream % 9999 + 1;
+            let y = sdp::ssrc_y(true, &self.domain, self.sessions.next_stream);
+            if !self.sessions.active.contains_key(&y) {
+                return Some(y);
+            }
+        }
+        None
+    }
+
+    /// `POST /api/streams`: sends the INVITE; `reply` is answered when the
+    /// session is established or has failed.
+    pub(super) fn open_stream(
+        &mut self,
+        req: StreamRequest,
+        reply: oneshot::Sender<Result<Session, ApiError>>,
+    ) {
+        match self.invite(req) {
+            Ok(id) => {
+                self.sessions.waiters.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn invite(&mut self, req: StreamRequest) -> Result<String, ApiError> {
+        let transport = match req.transport.as_deref() {
+            None => MediaTransport::Udp,
+            Some(t) => MediaTransport::parse(t).ok_or_else(|| {
+                ApiError(
+                    400,
+                    format!("transport must be udp, tcp-passive or tcp-active, not {t:?}"),
+                )
+            })?,
+        };
+        let device = req.device.clone();
+        let channel = req.channel.clone().unwrap_or_else(|| device.clone());
+        let d = self
+            .reg
+            .devices
+            .get(&device)
+            .ok_or_else(|| ApiError(404, format!("no device {device}")))?;
+        if !d.online {
+            return Err(ApiError(409, format!("device {device} is offline")));
+        }
+        if channel != device {
+            if let Some(ch) = self.reg.channels.get(&device) {
+                if !ch.is_empty() && !ch.contains_key(&channel) {
+                    return Err(ApiError(
+                        404,
+                        format!("device {device} has no channel {channel}"),
+                    ));
+                }
+            }
+        }
+        if let Some(s) = self
+            .sessions
+            .active
+            .values()
+            .find(|s| s.device == device && s.channel == channel)
+        {
+            return Err(ApiError(
+                409,
+                format!(
+                    "channel {channel} already has stream {} ({})",
+                    s.id, s.state
+                ),
+            ));
+        }
+        let dest = *self
+            .routes
+            .get(&device)
+            .ok_or_else(|| ApiError(409, format!("no route to device {device}")))?;
+        let (d_local, d_addr) = (d.local, d.addr);
+        let port = self
+            .alloc_port()
+            .ok_or_else(|| ApiError(503, "no free media port in [media] ports".into()))?;
+        let y = self
+            .alloc_y()
+            .ok_or_else(|| ApiError(503, "no free stream number".into()))?;
+        let ssrc = sdp::y_to_ssrc(&y).unwrap_or(0);
+        let media_ip: IpAddr = self
+            .media_cfg()
+            .ip
+            .or_else(|| (!d_local.ip().is_unspecified()).then(|| d_local.ip()))
+            .or_else(|| local_ip_for(d_addr))
+            .unwrap_or(d_local.ip());
+        let body = Offer {
+            platform_id: &self.cfg.id,
+            kind: SessionKind::Play,
+            channel: &channel,
+            media_ip,
+            port,
+            transport,
+            y: &y,
+            range: None,
+        }
+        .build();
+        let local_sip = self.local_sip(d_local, d_addr);
+        let uri = format!("sip:{channel}@{}", fmt_addr(d_addr));
+        let dialog = Dialog {
+            call_id: gsip::token(20),
+            local_tag: gsip::token(10),
+            uri: uri.clone(),
+            cseq: 1,
+            branch: gsip::branch(),
+            dest: Some(dest),
+            local_sip: local_sip.clone(),
+            deadline: Some(
+                Instant::now() + Duration::from_secs(self.media_cfg().open_timeout_secs),
+            ),
+            ..Dialog::default()
+        };
+        let subject = format!("{channel}:{y},{}:0", self.cfg.id);
+        let from = format!("sip:{}@{}", self.cfg.id, self.domain);
+        let to = format!("sip:{channel}@{}", self.domain);
+        let contact = format!("sip:{}@{local_sip}", self.cfg.id);
+        let msg = Outgoing {
+            method: "INVITE",
+            uri: &uri,
+            transport: dest.transport(),
+            local: &local_sip,
+            branch: &dialog.branch,
+            from: &from,
+            from_tag: &dialog.local_tag,
+            to: &to,
+            to_tag: None,
+            call_id: &dialog.call_id,
+            cseq: 1,
+            contact: Some(&contact),
+            headers: &[("Subject", &subject)],
+            content_type: Some("APPLICATION/SDP"),
+            body: body.as_bytes(),
+        }
+        .build();
+        self.client.start(
+            &dialog.branch,
+            "INVITE",
+            msg.clone(),
+            dest,
+            dest.transport().reliable(),
+            Instant::now(),
+        );
+        self.purposes.insert(
+            super::pkey(&dialog.branch, "INVITE"),
+            Purpose::Invite { session: y.clone() },
+        );
+        self.out.send(dest, msg);
+        self.metrics.sessions.with_label_values(&["invited"]).inc();
+        info!(device = %device, channel = %channel, stream = %y, port, transport = transport.as_str(), "INVITE sent");
+        self.sessions
+            .by_call
+            .insert(dialog.call_id.clone(), y.clone());
+        self.sessions.active.insert(
+            y.clone(),
+            Session {
+                id: y.clone(),
+                device,
+                channel,
+                transport,
+                ssrc,
+                local: SocketAddr::new(media_ip, port),
+                state: "inviting",
+                reason: None,
+                remote: None,
+                answer_ssrc: None,
+                ssrc_mismatch: false,
+                setup: None,
+                format: None,
+                created_ms: wall_ms(),
+                established_ms: None,
+                closed_ms: None,
+                dialog,
+            },
+        );
+        Ok(y)
+    }
+
+    /// A request inside one of our dialogs (ACK/BYE/CANCEL), built from it.
+    fn in_dialog(
+        &self,
+        s: &Session,
+        method: &str,
+        cseq: u32,
+        branch: &str,
+        to_tag: Option<&str>,
+    ) -> Vec<u8> {
+        let d = &s.dialog;
+        let from = format!("sip:{}@{}", self.cfg.id, self.domain);
+        let to = format!("sip:{}@{}", s.channel, self.domain);
+        let uri = match method {
+            "CANCEL" => d.uri.clone(),
+            _ => d.target.clone().unwrap_or_else(|| d.uri.clone()),
+        };
+        Outgoing {
+            method,
+            uri: &uri,
+            transport: d
+                .dest
+                .map(|x| x.transport())
+                .unwrap_or(gsip::Transport::Udp),
+            local: &d.local_sip,
+            branch,
+            from: &from,
+            from_tag: &d.local_tag,
+            to: &to,
+            to_tag,
+            call_id: &d.call_id,
+            cseq,
+            contact: None,
+            headers: &[],
+            content_type: None,
+            body: b"",
+        }
+        .build()
+    }
+
+    /// A response to our INVITE (provisional or final).
+    pub(super) fn on_invite_response(&mut self, id: &str, h: &Head, branch: &str, is_final: bool) {
+        let status = h.status.unwrap_or(0);
+        let Some(s) = self.sessions.active.get_mut(id) else {
+            return;
+        };
+        if h.to.tag.is_some() {
+            s.dialog.remote_tag = h.to.tag.clone();
+        }
+        if !is_final {
+            if s.state == "inviting" {
+                s.state = "proceeding";
+            }
+            return;
+        }
+        if status >= 300 {
+            // The transaction layer answers retransmissions with this ACK.
+            let s = s.clone();
+            let ack = self.in_dialog(&s, "ACK", s.dialog.cseq, branch, h.to.tag.as_deref());
+            if let Some(dest) = s.dialog.dest {
+                self.out.send(dest, ack.clone());
+            }
+            self.client.set_ack(branch, ack);
+            let why = if s.dialog.cancelled {
+                "open timeout (no answer in time; cancelled)".to_string()
+            } else {
+                format!(
+                    "device answered {} {}",
+                    status,
+                    h.reason
+                        .trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ')
+                )
+            };
+            self.fail(id, &why, 502);
+            return;
+        }
+        // 2xx: the dialog is confirmed by our ACK whatever the SDP says.
+        s.dialog.target = h.contact.as_ref().map(|c| c.uri.clone());
+        let s2 = s.clone();
+        let ack = self.in_dialog(
+            &s2,
+            "ACK",
+            s2.dialog.cseq,
+            &gsip::branch(),
+            h.to.tag.as_deref(),
+        );
+        if let Some(dest) = s2.dialog.dest {
+            self.out.send(dest, ack.clone());
+        }
+        let answer = sdp::parse(&h.body);
+        let Some(s) = self.sessions.active.get_mut(id) else {
+            return;
+        };
+        s.dialog.ack = Some(ack);
+        s.dialog.deadline = None;
+        match answer {
+            Ok(a) => {
+                s.remote = a.ip.map(|ip| SocketAddr::new(ip, a.port));
+                s.answer_ssrc = a.ssrc();
+                s.ssrc_mismatch = a.ssrc().is_some_and(|x| x != s.ssrc);
+                s.setup = a.setup.clone();
+                s.format = a.f.clone();
+                s.state = "established";
+                s.established_ms = Some(wall_ms());
+                let view = s.clone();
+                if view.ssrc_mismatch {
+                    self.metrics
+                        .sessions
+                        .with_label_values(&["ssrc_mismatch"])
+                        .inc();
+                    warn!(stream = %id, asked = view.ssrc, answered = ?view.answer_ssrc, "device answered another SSRC; media is taken by port");
+                }
+                self.metrics
+                    .sessions
+                    .with_label_values(&["established"])
+                    .inc();
+                info!(stream = %id, device = %view.device, remote = ?view.remote, "stream established");
+                if let Some(w) = self.sessions.waiters.remove(id) {
+                    let _ = w.send(Ok(view));
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .sdp_errors
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                self.close(id, &format!("unusable SDP answer: {e}"), true, "failed");
+            }
+        }
+    }
+
+    /// A retransmitted 2xx to an INVITE whose transaction ended: ACK again.
+    pub(super) fn reack(&mut self, h: &Head) -> bool {
+        let Some(id) = self.sessions.by_call.get(&h.call_id) else {
+            return false;
+        };
+        let Some(s) = self.sessions.active.get(id) else {
+            return false;
+        };
+        if let (Some(ack), Some(dest)) = (&s.dialog.ack, s.dialog.dest) {
+            self.out.send(dest, ack.clone());
+            return true;
+        }
+        false
+    }
+
+    fn fail(&mut self, id: &str, why: &str, code: u16) {
+        if let Some(mut s) = self.sessions.active.remove(id) {
+            self.sessions.by_call.remove(&s.dialog.call_id);
+            s.state = "failed";
+            s.reason = Some(why.to_string());
+            s.closed_ms = Some(wall_ms());
+            self.metrics.sessions.with_label_values(&["failed"]).inc();
+            warn!(stream = %id, device = %s.device, why, "stream failed");
+            if let Some(w) = self.sessions.waiters.remove(id) {
+                let _ = w.send(Err(ApiError(code, format!("stream {id}: {why}"))));
+            }
+            self.remember(s);
+        }
+    }
+
+    fn remember(&mut self, s: Session) {
+        self.sessions.closed.push_back(s);
+        while self.sessions.closed.len() > KEEP_CLOSED {
+            self.sessions.closed.pop_front();
+        }
+    }
+
+    /// Ends a session; with `bye`, tells the device.
+    pub(super) fn close(
+        &mut self,
+        id: &str,
+        reason: &str,
+        bye: bool,
+        state: &'static str,
+    ) -> Option<Session> {
+        let s = self.sessions.active.remove(id)?;
+        self.sessions.by_call.remove(&s.dialog.call_id);
+        if bye && s.dialog.ack.is_some() {
+            let branch = gsip::branch();
+            let cseq = s.dialog.cseq + 1;
+            let msg = self.in_dialog(&s, "BYE", cseq, &branch, s.dialog.remote_tag.as_deref());
+            if let Some(dest) = s.dialog.dest {
+                self.client.start(
+                    &branch,
+                    "BYE",
+                    msg.clone(),
+                    dest,
+                    dest.transport().reliable(),
+                    Instant::now(),
+                );
+                self.purposes
+                    .insert(super::pkey(&branch, "BYE"), Purpose::Bye);
+                self.out.send(dest, msg);
+            }
+        }
+        let mut s = s;
+        s.state = state;
+        s.reason = Some(reason.to_string());
+        s.closed_ms = Some(wall_ms());
+        self.metrics.sessions.with_label_values(&[state]).inc();
+        info!(stream = %id, device = %s.device, reason, "stream closed");
+        if let Some(w) = self.sessions.waiters.remove(id) {
+            let _ = w.send(Err(ApiError(502, format!("stream {id}: {reason}"))));
+        }
+        self.remember(s.clone());
+        Some(s)
+    }
+
+    /// BYE from a device: answers it; false if it is not one of ours.
+    pub(super) fn on_bye(&mut self, m: &Inbound) -> bool {
+        let Some(id) = self.sessions.by_call.get(&m.head.call_id).cloned() else {
+            return false;
+        };
+        self.reply(m, 200, "OK", &[]);
+        self.close(&id, "BYE from the device", false, "closed");
+        true
+    }
+
+    /// Open timeouts: CANCEL what is still ringing, give up what never answered.
+    pub(super) fn session_timers(&mut self, now: Instant) {
+        let late: Vec<String> = self
+            .sessions
+            .active
+            .values()
+            .filter(|s| s.dialog.deadline.is_some_and(|d| now >= d))
+            .map(|s| s.id.clone())
+            .collect();
+        for id in late {
+            let Some(s) = self.sessions.active.get_mut(&id) else {
+                continue;
+            };
+            s.dialog.deadline = None;
+            if s.state == "proceeding" && !s.dialog.cancelled {
+                // CANCEL; the device answers the INVITE with 487 and the
+                // session fails there. Give it 5 s more before dropping it.
+                s.dialog.cancelled = true;
+                s.dialog.deadline = Some(now + Duration::from_secs(5));
+                let s = s.clone();
+                let msg = self.in_dialog(&s, "CANCEL", s.dialog.cseq, &s.dialog.branch, None);
+                if let Some(dest) = s.dialog.dest {
+                    self.client.start(
+                        &s.dialog.branch,
+                        "CANCEL",
+                        msg.clone(),
+                        dest,
+                        dest.transport().reliable(),
+                        now,
+                    );
+                    self.out.send(dest, msg);
+                }
+            } else {
+                self.client.forget(&s.dialog.branch.clone(), "INVITE");
+                self.fail(&id, "open timeout (no answer in time)", 504);
+            }
+        }
+    }
+
+    /// Timer B: the device never answered the INVITE.
+    pub(super) fn session_no_answer(&mut self, id: &str) {
+        self.fail(id, "no answer to INVITE (Timer B)", 504);
+    }
+
+    /// Closes the sessions of a device that went away.
+    pub(super) fn close_device_sessions(&mut self, device: &str, reason: &str) {
+        let ids: Vec<String> = self
+            .sessions
+            .active
+            .values()
+            .filter(|s| s.device == device)
+            .map(|s| s.id.clone())
+            .collect();
+        for id in ids {
+            self.close(&id, reason, true, "closed");
+        }
+    }
+
+    pub(super) fn list_streams(&self, all: bool) -> Vec<Session> {
+        let mut v: Vec<Session> = self.sessions.active.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        if all {
+            v.extend(self.sessions.closed.iter().rev().cloned());
+        }
+        v
+    }
+
+    pub(super) fn get_stream(&self, id: &str) -> Option<Session> {
+        self.sessions.active.get(id).cloned().or_else(|| {
+            self.sessions
+                .closed
+                .iter()
+                .rev()
+                .find(|s| s.id == id)
+                .cloned()
+        })
+    }
+}
