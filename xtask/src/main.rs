@@ -156,7 +156,14 @@ fn main() -> Result<()> {
 /// unstable flags: RUSTC_BOOTSTRAP=1 for this process tree only.
 fn fuzz(seconds: u32) -> Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    for t in ["sip_message", "manscdp", "digest"] {
+    for t in [
+        "sip_message",
+        "manscdp",
+        "digest",
+        "rtp_parse",
+        "rfc4571",
+        "ps_demux",
+    ] {
         let corpus = dir.join("corpus").join(t);
         let regress = dir.join("regressions").join(t);
         let seeds = dir.join("seeds").join(t);
