@@ -20,6 +20,7 @@ apt_pkgs=(
   bpftool         # the namespace test checks that nothing stays attached
   ca-certificates
   sip-tester      # sipp: the third-party SIP peer of the signalling tests and benchmark
+  ffmpeg          # ffmpeg/ffprobe: encode test media, validate recordings
 )
 if [ "${SETUP_SKIP_APT:-0}" != 1 ]; then
   missing=()

@@ -116,6 +116,9 @@ pub struct MediaConfig {
     /// Seconds to wait for the device's 200 OK (then CANCEL / give up).
     #[serde(default = "default_open_timeout")]
     pub open_timeout_secs: u64,
+    /// Record sessions (`[media.record]`); unset: no recording unless a
+    /// stream asks (then into the default directory).
+    pub record: Option<crate::stream::RecordConfig>,
 }
 
 impl Default for MediaConfig {
@@ -124,6 +127,7 @@ impl Default for MediaConfig {
             ip: None,
             ports: default_media_ports(),
             open_timeout_secs: default_open_timeout(),
+            record: None,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod registry;
 pub mod sip;
 pub mod store;
+pub mod stream;
 
 /// The compiled kernel programs, embedded at build time.
 pub static EBPF_OBJECT: &[u8] =

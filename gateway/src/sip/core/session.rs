@@ -21,8 +21,14 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use std::sync::{Arc, Mutex};
+
 use super::{fmt_addr, local_ip_for, ApiError, Core, Dest, Inbound, Purpose};
-use crate::{config::MediaConfig, registry::wall_ms};
+use crate::{
+    config::MediaConfig,
+    registry::wall_ms,
+    stream::{self, Bound, MediaStats, Pipeline, Receiver, Recorder},
+};
 
 /// A stream as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -52,8 +58,24 @@ pub struct Session {
     pub created_ms: i64,
     pub established_ms: Option<i64>,
     pub closed_ms: Option<i64>,
+    /// Whether the media is recorded.
+    pub record: bool,
+    /// What the media did (filled when shown).
+    pub media: Option<MediaStats>,
     #[serde(skip)]
     pub(super) dialog: Dialog,
+    #[serde(skip)]
+    pub(super) stats: Option<Arc<Mutex<MediaStats>>>,
+}
+
+impl Session {
+    fn view(&self) -> Session {
+        let mut v = self.clone();
+        if let Some(s) = &self.stats {
+            v.media = s.lock().ok().map(|m| m.clone());
+        }
+        v
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -84,6 +106,9 @@ pub(super) struct Sessions {
     pub waiters: HashMap<String, oneshot::Sender<Result<Session, ApiError>>>,
     pub next_port: u16,
     pub next_stream: u16,
+    /// Media sockets reserved for sessions not yet established.
+    pub bound: HashMap<String, Bound>,
+    pub receivers: HashMap<String, Receiver>,
 }
 
 const KEEP_CLOSED: usize = 200;
@@ -97,6 +122,8 @@ pub struct StreamRequest {
     pub channel: Option<String>,
     /// "udp" (default), "tcp-passive" or "tcp-active".
     pub transport: Option<String>,
+    /// Record the media (default: when `[media.record]` is configured).
+    pub record: Option<bool>,
 }
 
 impl Core {
@@ -215,9 +242,27 @@ impl Core {
             .get(&device)
             .ok_or_else(|| ApiError(409, format!("no route to device {device}")))?;
         let (d_local, d_addr) = (d.local, d.addr);
-        let port = self
-            .alloc_port()
-            .ok_or_else(|| ApiError(503, "no free media port in [media] ports".into()))?;
+        // Reserve the port by binding it now: the device may send as soon
+        // as it answers.
+        let any: IpAddr = if d_addr.is_ipv4() {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u16; 8])
+        };
+        let mut reserved = None;
+        for _ in 0..64 {
+            let Some(p) = self.alloc_port() else { break };
+            match stream::bind(any, p, transport) {
+                Ok(b) => {
+                    reserved = Some((p, b));
+                    break;
+                }
+                Err(e) => warn!(port = p, error = %e, "media port unavailable, trying the next"),
+            }
+        }
+        let (port, bound) =
+            reserved.ok_or_else(|| ApiError(503, "no free media port in [media] ports".into()))?;
+        let record = req.record.unwrap_or(self.media.record.is_some());
         let y = self
             .alloc_y()
             .ok_or_else(|| ApiError(503, "no free stream number".into()))?;
@@ -313,9 +358,13 @@ impl Core {
                 created_ms: wall_ms(),
                 established_ms: None,
                 closed_ms: None,
+                record,
+                media: None,
                 dialog,
+                stats: None,
             },
         );
+        self.sessions.bound.insert(y.clone(), bound);
         Ok(y)
     }
 
@@ -423,6 +472,13 @@ impl Core {
                 s.state = "established";
                 s.established_ms = Some(wall_ms());
                 let view = s.clone();
+                self.start_media(&view);
+                let view = self
+                    .sessions
+                    .active
+                    .get(id)
+                    .map(|s| s.view())
+                    .unwrap_or(view);
                 if view.ssrc_mismatch {
                     self.metrics
                         .sessions
@@ -464,7 +520,39 @@ impl Core {
         false
     }
 
+    fn start_media(&mut self, s: &Session) {
+        let Some(bound) = self.sessions.bound.remove(&s.id) else {
+            return;
+        };
+        let recorder = if s.record {
+            let cfg = self.media.record.clone().unwrap_or_default();
+            match Recorder::new(cfg, &stream::record_base(&s.device, &s.channel, &s.id)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(stream = %s.id, error = %e, "cannot record (directory)");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let pipe = Pipeline::new(&s.id, Some(s.ssrc), recorder);
+        let r = stream::start(bound, s.remote, pipe);
+        if let Some(sess) = self.sessions.active.get_mut(&s.id) {
+            sess.stats = Some(r.stats.clone());
+        }
+        self.sessions.receivers.insert(s.id.clone(), r);
+    }
+
+    fn stop_media(&mut self, id: &str) {
+        self.sessions.bound.remove(id);
+        if let Some(mut r) = self.sessions.receivers.remove(id) {
+            r.stop();
+        }
+    }
+
     fn fail(&mut self, id: &str, why: &str, code: u16) {
+        self.stop_media(id);
         if let Some(mut s) = self.sessions.active.remove(id) {
             self.sessions.by_call.remove(&s.dialog.call_id);
             s.state = "failed";
@@ -494,6 +582,7 @@ impl Core {
         bye: bool,
         state: &'static str,
     ) -> Option<Session> {
+        self.stop_media(id);
         let s = self.sessions.active.remove(id)?;
         self.sessions.by_call.remove(&s.dialog.call_id);
         if bye && s.dialog.ack.is_some() {
@@ -524,7 +613,7 @@ impl Core {
             let _ = w.send(Err(ApiError(502, format!("stream {id}: {reason}"))));
         }
         self.remember(s.clone());
-        Some(s)
+        Some(s.view())
     }
 
     /// BYE from a device: answers it; false if it is not one of ours.
@@ -596,22 +685,22 @@ impl Core {
     }
 
     pub(super) fn list_streams(&self, all: bool) -> Vec<Session> {
-        let mut v: Vec<Session> = self.sessions.active.values().cloned().collect();
+        let mut v: Vec<Session> = self.sessions.active.values().map(Session::view).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         if all {
-            v.extend(self.sessions.closed.iter().rev().cloned());
+            v.extend(self.sessions.closed.iter().rev().map(Session::view));
         }
         v
     }
 
     pub(super) fn get_stream(&self, id: &str) -> Option<Session> {
-        self.sessions.active.get(id).cloned().or_else(|| {
+        self.sessions.active.get(id).map(Session::view).or_else(|| {
             self.sessions
                 .closed
                 .iter()
                 .rev()
                 .find(|s| s.id == id)
-                .cloned()
+                .map(Session::view)
         })
     }
 }

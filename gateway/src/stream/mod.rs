@@ -1,0 +1,765 @@
+//! Media of a live session: receive RTP (UDP, or RFC 4571 over TCP with
+//! the gateway listening or connecting), account it per SSRC, reorder,
+//! demux PS (or depacketize raw H.264/H.265) into access units, and record
+//! them (Annex-B elementary stream and/or the original PS), rotating files
+//! by size or time.
+//!
+//! [`Pipeline`] is the synchronous part (one packet in, frames to the
+//! sinks), unit-tested here; [`start`] runs it on a socket in a task.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use gb28181::sdp::MediaTransport;
+use media::{
+    framing::Rfc4571Decoder,
+    h26x::Depacketizer,
+    ps::PsDemuxer,
+    rtp::{self, Released, Reorder, SeqStats},
+    Codec, Frame, FrameKind,
+};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::AsyncReadExt,
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::oneshot,
+};
+use tracing::{info, warn};
+
+use crate::registry::wall_ms;
+
+/// `[record]`: where and how sessions are recorded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    #[serde(default = "default_dir")]
+    pub dir: PathBuf,
+    /// Write the elementary stream (Annex-B .h264/.h265).
+    #[serde(default = "yes")]
+    pub es: bool,
+    /// Write the original PS byte stream (.ps).
+    #[serde(default)]
+    pub ps: bool,
+    /// Start a new file (at the next key frame) beyond this size; 0 = never.
+    #[serde(default = "default_max_bytes")]
+    pub max_file_bytes: u64,
+    /// ... or beyond this age in seconds; 0 = never.
+    #[serde(default)]
+    pub max_file_secs: u64,
+}
+
+fn default_dir() -> PathBuf {
+    PathBuf::from("/var/lib/gateway/records")
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_bytes() -> u64 {
+    1 << 30
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        RecordConfig {
+            dir: default_dir(),
+            es: true,
+            ps: false,
+            max_file_bytes: default_max_bytes(),
+            max_file_secs: 0,
+        }
+    }
+}
+
+/// What a session's media did (shown in the stream API).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MediaStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub lost: u64,
+    pub out_of_order: u64,
+    pub duplicates: u64,
+    /// Interarrival jitter (RFC 3550 A.8), milliseconds.
+    pub jitter_ms: f64,
+    pub frames: u64,
+    pub keyframes: u64,
+    /// SSRC of the media received.
+    pub ssrc: Option<u32>,
+    /// Packets under another SSRC than the session asked for.
+    pub ssrc_mismatches: u64,
+    /// Datagrams (or TCP packets) that are not RTP.
+    pub garbage: u64,
+    /// PS resynchronisations and dropped (damaged or oversized) frames.
+    pub ps_resyncs: u64,
+    pub dropped_frames: u64,
+    pub codec: Option<String>,
+    pub last_packet_ms: Option<i64>,
+    /// Files written (current last).
+    pub files: Vec<String>,
+    /// TCP: peer of the media connection.
+    pub peer: Option<String>,
+}
+
+fn codec_name(c: Codec) -> &'static str {
+    match c {
+        Codec::H264 => "h264",
+        Codec::H265 => "h265",
+        Codec::Mpeg4 => "mpeg4",
+        Codec::Svac => "svac",
+        Codec::G711A => "g711a",
+        Codec::G711U => "g711u",
+        Codec::Aac => "aac",
+        Codec::Unknown(_) => "unknown",
+    }
+}
+
+struct OpenFile {
+    w: BufWriter<File>,
+    bytes: u64,
+    started: Instant,
+}
+
+/// Writes frames (and/or PS) to rotating files.
+pub struct Recorder {
+    cfg: RecordConfig,
+    base: String,
+    es: Option<OpenFile>,
+    ps: Option<OpenFile>,
+    pub files: Vec<String>,
+    rotate_pending: bool,
+}
+
+impl Recorder {
+    pub fn new(cfg: RecordConfig, base: &str) -> std::io::Result<Recorder> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        Ok(Recorder {
+            cfg,
+            base: base.to_string(),
+            es: None,
+            ps: None,
+            files: Vec::new(),
+            rotate_pending: false,
+        })
+    }
+
+    fn open(&mut self, ext: &str) -> std::io::Result<OpenFile> {
+        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S%.3f");
+        let mut path = self.cfg.dir.join(format!("{}_{stamp}.{ext}", self.base));
+        let mut n = 1;
+        while path.exists() {
+            path = self
+                .cfg
+                .dir
+                .join(format!("{}_{stamp}-{n}.{ext}", self.base));
+            n += 1;
+        }
+        let f = File::create(&path)?;
+        self.files.push(path.display().to_string());
+        Ok(OpenFile {
+            w: BufWriter::with_capacity(256 * 1024, f),
+            bytes: 0,
+            started: Instant::now(),
+        })
+    }
+
+    fn due(&self, f: &OpenFile) -> bool {
+        (self.cfg.max_file_bytes > 0 && f.bytes >= self.cfg.max_file_bytes)
+            || (self.cfg.max_file_secs > 0
+                && f.started.elapsed() >= Duration::from_secs(self.cfg.max_file_secs))
+    }
+
+    /// An access unit; a new file starts at a key frame once one is due.
+    pub fn frame(&mut self, f: &Frame) -> std::io::Result<()> {
+        if !self.cfg.es || f.kind != FrameKind::Video {
+            return Ok(());
+        }
+        if let Some(o) = &self.es {
+            if self.due(o) {
+                self.rotate_pending = true;
+            }
+        }
+        if self.rotate_pending && f.keyframe {
+            if let Some(mut o) = self.es.take() {
+                o.w.flush()?;
+            }
+            self.rotate_pending = false;
+        }
+        if self.es.is_none() {
+            if !f.keyframe && self.files.is_empty() {
+                // A decodable file starts with a key frame.
+                return Ok(());
+            }
+            let ext = match f.codec {
+                Codec::H265 => "h265",
+                Codec::H264 => "h264",
+                _ => "es",
+            };
+            self.es = Some(self.open(ext)?);
+        }
+        if let Some(o) = &mut self.es {
+            o.w.write_all(&f.data)?;
+            o.bytes += f.data.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The PS bytes as received (RTP payloads in order).
+    pub fn ps(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        if !self.cfg.ps {
+            return Ok(());
+        }
+        let rotate = self.ps.as_ref().is_some_and(|o| self.due(o));
+        if rotate {
+            if let Some(mut o) = self.ps.take() {
+                o.w.flush()?;
+            }
+        }
+        if self.ps.is_none() {
+            self.ps = Some(self.open("ps")?);
+        }
+        if let Some(o) = &mut self.ps {
+            o.w.write_all(payload)?;
+            o.bytes += payload.len() as u64;
+        }
+        Ok(())
+    }
+
+    pub fn close(&mut self) -> std::io::Result<()> {
+        for o in [self.es.take(), self.ps.take()].into_iter().flatten() {
+            let mut o = o;
+            o.w.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Receive-side processing of one stream, independent of the socket.
+pub struct Pipeline {
+    expected_ssrc: Option<u32>,
+    seq: Option<SeqStats>,
+    reorder: Reorder<Vec<u8>>,
+    released: Vec<Released<Vec<u8>>>,
+    ps: PsDemuxer,
+    raw: Option<Depacketizer>,
+    pub recorder: Option<Recorder>,
+    pub stats: MediaStats,
+    /// Reasons already logged (once per stream, not per packet).
+    logged: u32,
+    id: String,
+}
+
+const LOG_GARBAGE: u32 = 1;
+const LOG_SSRC: u32 = 2;
+const LOG_IO: u32 = 4;
+const LOG_PS: u32 = 8;
+
+impl Pipeline {
+    pub fn new(id: &str, expected_ssrc: Option<u32>, recorder: Option<Recorder>) -> Pipeline {
+        Pipeline {
+            expected_ssrc,
+            seq: None,
+            reorder: Reorder::new(32, 100_000_000),
+            released: Vec::new(),
+            ps: PsDemuxer::new(),
+            raw: None,
+            recorder,
+            stats: MediaStats::default(),
+            logged: 0,
+            id: id.to_string(),
+        }
+    }
+
+    fn once(&mut self, what: u32) -> bool {
+        let first = self.logged & what == 0;
+        self.logged |= what;
+        first
+    }
+
+    /// One RTP packet as received, at `now_ns` (monotonic).
+    pub fn packet(&mut self, buf: &[u8], now_ns: u64) {
+        let p = match rtp::parse(buf) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.garbage += 1;
+                if self.once(LOG_GARBAGE) {
+                    warn!(stream = %self.id, error = %e, len = buf.len(), "non-RTP data on the media port (logged once)");
+                }
+                return;
+            }
+        };
+        if self.stats.ssrc.is_none() {
+            self.stats.ssrc = Some(p.ssrc);
+        }
+        if self.expected_ssrc.is_some_and(|e| e != p.ssrc) {
+            self.stats.ssrc_mismatches += 1;
+            if self.once(LOG_SSRC) {
+                warn!(stream = %self.id, expected = ?self.expected_ssrc, got = p.ssrc, "media under another SSRC; taken by port (logged once)");
+            }
+        }
+        let seq = self.seq.get_or_insert_with(|| SeqStats::new(90_000));
+        seq.record(p.sequence, p.timestamp, buf.len(), now_ns);
+        self.stats.packets = seq.packets();
+        self.stats.bytes = seq.bytes();
+        self.stats.lost = seq.lost();
+        self.stats.out_of_order = seq.out_of_order();
+        self.stats.duplicates = seq.duplicates();
+        self.stats.jitter_ms = seq.jitter() / 90.0;
+        self.stats.last_packet_ms = Some(wall_ms());
+        // Raw H.264/H.265 (RFC 6184/7798) instead of PS: PT 98 H.264,
+        // 99/100 H.265 (GB practice; PS is 96).
+        if self.raw.is_none() && matches!(p.payload_type, 98..=100) {
+            self.raw = Some(if p.payload_type == 98 {
+                Depacketizer::h264()
+            } else {
+                Depacketizer::h265()
+            });
+        }
+        let item = {
+            let mut v = Vec::with_capacity(p.payload.len() + 8);
+            v.extend_from_slice(&p.timestamp.to_be_bytes());
+            v.push(p.marker as u8);
+            v.extend_from_slice(p.payload);
+            v
+        };
+        let mut released = std::mem::take(&mut self.released);
+        self.reorder.push(p.sequence, item, now_ns, &mut released);
+        self.consume(&mut released);
+        self.released = released;
+    }
+
+    /// Releases what the reorder buffer held too long (call periodically).
+    pub fn tick(&mut self, now_ns: u64) {
+        let mut released = std::mem::take(&mut self.released);
+        self.reorder.poll(now_ns, &mut released);
+        self.consume(&mut released);
+        self.released = released;
+    }
+
+    fn consume(&mut self, released: &mut Vec<Released<Vec<u8>>>) {
+        for r in released.drain(..) {
+            match r {
+                Released::Gap { .. } => {
+                    if self.raw.is_none() {
+                        self.ps.discontinuity();
+                    }
+                }
+                Released::Packet { seq, item } => {
+                    if item.len() < 5 {
+                        continue;
+                    }
+                    let ts = u32::from_be_bytes([item[0], item[1], item[2], item[3]]);
+                    let marker = item[4] != 0;
+                    let payload = &item[5..];
+                    let frames = match &mut self.raw {
+                        Some(d) => d.push(payload, seq, ts, marker),
+                        None => {
+                            if let Some(r) = &mut self.recorder {
+                                if let Err(e) = r.ps(payload) {
+                                    self.stats.dropped_frames += 1;
+                                    if self.logged & LOG_IO == 0 {
+                                        self.logged |= LOG_IO;
+                                        warn!(stream = %self.id, error = %e, "recording failed (logged once)");
+                                    }
+                                }
+                            }
+                            self.ps.push(payload, ts, marker)
+                        }
+                    };
+                    self.frames(frames);
+                }
+            }
+        }
+        let ps = self.ps.stats();
+        if ps.resyncs > self.stats.ps_resyncs && self.once(LOG_PS) {
+            warn!(stream = %self.id, "PS stream needed resynchronisation (damaged or garbage; logged once)");
+        }
+        self.stats.ps_resyncs = ps.resyncs;
+        self.stats.dropped_frames = self
+            .stats
+            .dropped_frames
+            .max(ps.dropped_frames + self.raw.as_ref().map_or(0, |d| d.stats().dropped_frames));
+    }
+
+    fn frames(&mut self, frames: Vec<Frame>) {
+        for f in frames {
+            if f.kind == FrameKind::Video {
+                self.stats.frames += 1;
+                if f.keyframe {
+                    self.stats.keyframes += 1;
+                }
+                if self.stats.codec.is_none() {
+                    self.stats.codec = Some(codec_name(f.codec).into());
+                }
+            }
+            if let Some(r) = &mut self.recorder {
+                if let Err(e) = r.frame(&f) {
+                    if self.once(LOG_IO) {
+                        warn!(stream = %self.id, error = %e, "recording failed (logged once)");
+                    }
+                }
+            }
+        }
+    }
+
+    /// End of the stream: flush everything.
+    pub fn finish(&mut self) {
+        let mut released = std::mem::take(&mut self.released);
+        self.reorder.flush(&mut released);
+        self.consume(&mut released);
+        let tail = match &mut self.raw {
+            Some(d) => d.flush(),
+            None => self.ps.flush(),
+        };
+        self.frames(tail);
+        if let Some(r) = &mut self.recorder {
+            if let Err(e) = r.close() {
+                warn!(stream = %self.id, error = %e, "closing the recording failed");
+            }
+            self.stats.files = r.files.clone();
+        }
+    }
+
+    fn publish(&mut self, shared: &Mutex<MediaStats>) {
+        if let Some(r) = &self.recorder {
+            if r.files.len() != self.stats.files.len() {
+                self.stats.files = r.files.clone();
+            }
+        }
+        if let Ok(mut s) = shared.lock() {
+            *s = self.stats.clone();
+        }
+    }
+}
+
+/// A media socket reserved before the INVITE goes out.
+pub enum Bound {
+    Udp(std::net::UdpSocket),
+    TcpListen(std::net::TcpListener),
+    /// We connect to the device once its answer names the address.
+    TcpActive,
+}
+
+/// Binds the media port for a session (so the port is ours before the
+/// device is told about it).
+pub fn bind(ip: IpAddr, port: u16, t: MediaTransport) -> std::io::Result<Bound> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = SocketAddr::new(ip, port);
+    match t {
+        MediaTransport::Udp => {
+            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            // UDP loss breaks pictures: several MiB of receive buffer.
+            let _ = s.set_recv_buffer_size(8 << 20);
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            Ok(Bound::Udp(s.into()))
+        }
+        MediaTransport::TcpPassive => {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            s.listen(4)?;
+            Ok(Bound::TcpListen(s.into()))
+        }
+        MediaTransport::TcpActive => Ok(Bound::TcpActive),
+    }
+}
+
+/// A running receiver.
+pub struct Receiver {
+    stop: Option<oneshot::Sender<()>>,
+    pub stats: Arc<Mutex<MediaStats>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Stops it; the recording is flushed by the task.
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    pub fn snapshot(&self) -> MediaStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Runs the pipeline on the bound socket until stopped.
+pub fn start(bound: Bound, remote: Option<SocketAddr>, mut pipe: Pipeline) -> Receiver {
+    let (tx, mut rx) = oneshot::channel::<()>();
+    let stats = Arc::new(Mutex::new(MediaStats::default()));
+    let shared = stats.clone();
+    let t0 = Instant::now();
+    let task = tokio::spawn(async move {
+        let now_ns = move || t0.elapsed().as_nanos() as u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        match bound {
+            Bound::Udp(s) => {
+                let Ok(sock) = UdpSocket::from_std(s) else {
+                    return;
+                };
+                let mut buf = vec![0u8; 65_536];
+                loop {
+                    tokio::select! {
+                        r = sock.recv_from(&mut buf) => {
+                            if let Ok((n, _)) = r {
+                                pipe.packet(&buf[..n], now_ns());
+                                // Drain what is already queued without waking up again.
+                                while let Ok((n, _)) = sock.try_recv_from(&mut buf) {
+                                    pipe.packet(&buf[..n], now_ns());
+                                }
+                            }
+                        }
+                        _ = tick.tick() => { pipe.tick(now_ns()); pipe.publish(&shared); }
+                        _ = &mut rx => break,
+                    }
+                }
+            }
+            Bound::TcpListen(l) => {
+                let Ok(l) = TcpListener::from_std(l) else {
+                    return;
+                };
+                let stream = loop {
+                    tokio::select! {
+                        a = l.accept() => if let Ok((s, peer)) = a {
+                            pipe.stats.peer = Some(peer.to_string());
+                            info!(stream = %pipe.id, %peer, "media TCP connection accepted");
+                            break Some(s);
+                        },
+                        _ = tick.tick() => pipe.publish(&shared),
+                        _ = &mut rx => break None,
+                    }
+                };
+                if let Some(s) = stream {
+                    tcp_loop(s, &mut pipe, &shared, &mut rx, now_ns).await;
+                }
+            }
+            Bound::TcpActive => {
+                let mut stream = None;
+                if let Some(addr) = remote {
+                    for attempt in 1..=3 {
+                        match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
+                            .await
+                        {
+                            Ok(Ok(s)) => {
+                                pipe.stats.peer = Some(addr.to_string());
+                                stream = Some(s);
+                                break;
+                            }
+                            _ => {
+                                warn!(stream = %pipe.id, %addr, attempt, "media TCP connect failed");
+                                tokio::select! {
+                                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                    _ = &mut rx => return,
+                                }
+                            }
+                        }
+                    }
+                }
+                if let Some(s) = stream {
+                    tcp_loop(s, &mut pipe, &shared, &mut rx, now_ns).await;
+                }
+            }
+        }
+        pipe.finish();
+        pipe.publish(&shared);
+    });
+    Receiver {
+        stop: Some(tx),
+        stats,
+        task,
+    }
+}
+
+async fn tcp_loop(
+    mut s: TcpStream,
+    pipe: &mut Pipeline,
+    shared: &Mutex<MediaStats>,
+    rx: &mut oneshot::Receiver<()>,
+    now_ns: impl Fn() -> u64,
+) {
+    let mut dec = Rfc4571Decoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            r = s.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    dec.push(&buf[..n]);
+                    loop {
+                        match dec.next_packet() {
+                            Ok(Some(p)) => pipe.packet(&p, now_ns()),
+                            Ok(None) => break,
+                            Err(e) => {
+                                pipe.stats.garbage += 1;
+                                warn!(stream = %pipe.id, error = %e, "media TCP framing broken; closing the connection");
+                                return;
+                            }
+                        }
+                    }
+                }
+            },
+            _ = tick.tick() => { pipe.tick(now_ns()); pipe.publish(shared); }
+            _ = &mut *rx => break,
+        }
+    }
+}
+
+/// File name base of a recording.
+pub fn record_base(device: &str, channel: &str, id: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    format!("{}_{}_{}", clean(device), clean(channel), clean(id))
+}
+
+/// Where a stream's recording goes.
+pub fn record_dir(cfg: &RecordConfig) -> &Path {
+    &cfg.dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use media::{ps::PsMuxer, rtp::RtpHeader};
+
+    fn au(idr: bool, n: usize, seed: u8) -> Vec<u8> {
+        let mut v = Vec::new();
+        if idr {
+            v.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0, 0x1f, 0xaa]);
+            v.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
+        }
+        v.extend_from_slice(&[0, 0, 0, 1, if idr { 0x65 } else { 0x41 }]);
+        v.extend((0..n).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed) | 1));
+        v
+    }
+
+    fn packets(aus: &[Vec<u8>], ssrc: u32) -> Vec<Vec<u8>> {
+        let mut mux = PsMuxer::new(Codec::H264);
+        let mut out = Vec::new();
+        let mut seq = 100u16;
+        for (i, a) in aus.iter().enumerate() {
+            let mut ps = Vec::new();
+            mux.write_video(a, i as u64 * 3600, None, &mut ps);
+            let chunks: Vec<&[u8]> = media::ps::packetize_rtp(&ps, 1388).collect();
+            for (j, c) in chunks.iter().enumerate() {
+                let mut p = Vec::new();
+                RtpHeader {
+                    marker: j + 1 == chunks.len(),
+                    pt: 96,
+                    seq,
+                    ts: i as u32 * 3600,
+                    ssrc,
+                }
+                .write(&mut p);
+                p.extend_from_slice(c);
+                out.push(p);
+                seq = seq.wrapping_add(1);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn pipeline_records_exactly_what_was_sent() {
+        let dir = std::env::temp_dir().join(format!("gw-rec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let aus: Vec<Vec<u8>> = (0..30)
+            .map(|i| au(i % 10 == 0, 3000 + i * 50, i as u8))
+            .collect();
+        let pk = packets(&aus, 7);
+        let rec = Recorder::new(
+            RecordConfig {
+                dir: dir.clone(),
+                ps: true,
+                ..RecordConfig::default()
+            },
+            "dev_ch_1",
+        )
+        .unwrap();
+        let mut p = Pipeline::new("1", Some(7), Some(rec));
+        // Swap two packets and duplicate one: still exact.
+        let mut order: Vec<usize> = (0..pk.len()).collect();
+        order.swap(3, 4);
+        order.insert(10, 9);
+        for (t, i) in order.into_iter().enumerate() {
+            p.packet(&pk[i], t as u64 * 1_000_000);
+        }
+        p.packet(b"garbage", 0);
+        p.finish();
+        assert_eq!(p.stats.frames, 30);
+        assert_eq!(p.stats.keyframes, 3);
+        assert_eq!(p.stats.lost, 0);
+        assert_eq!(p.stats.duplicates, 1);
+        assert_eq!(p.stats.garbage, 1);
+        assert_eq!(p.stats.ssrc_mismatches, 0);
+        assert_eq!(p.stats.files.len(), 2);
+        let find = |ext: &str| p.stats.files.iter().find(|f| f.ends_with(ext)).unwrap();
+        let es = std::fs::read(find(".h264")).unwrap();
+        assert!(es == aus.concat(), "recorded ES differs from what was sent");
+        let ps = std::fs::read(find(".ps")).unwrap();
+        assert!(ps.starts_with(&[0, 0, 1, 0xba]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn loss_and_wrong_ssrc_are_counted() {
+        let aus: Vec<Vec<u8>> = (0..10).map(|i| au(i == 0, 500, i as u8)).collect();
+        let pk = packets(&aus, 9);
+        let mut p = Pipeline::new("2", Some(8), None);
+        for (i, x) in pk.iter().enumerate() {
+            if i == 5 {
+                continue;
+            }
+            p.packet(x, i as u64 * 1_000_000);
+        }
+        p.finish();
+        assert_eq!(p.stats.lost, 1);
+        assert_eq!(p.stats.ssrc_mismatches as usize, pk.len() - 1);
+        assert_eq!(p.stats.ssrc, Some(9));
+        assert!(p.stats.frames < 10);
+    }
+
+    #[test]
+    fn rotation_starts_new_files_at_key_frames() {
+        let dir = std::env::temp_dir().join(format!("gw-rot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let aus: Vec<Vec<u8>> = (0..40).map(|i| au(i % 10 == 0, 2000, i as u8)).collect();
+        let rec = Recorder::new(
+            RecordConfig {
+                dir: dir.clone(),
+                max_file_bytes: 5000,
+                ..RecordConfig::default()
+            },
+            "r",
+        )
+        .unwrap();
+        let mut p = Pipeline::new("3", None, Some(rec));
+        for (t, x) in packets(&aus, 1).iter().enumerate() {
+            p.packet(x, t as u64 * 1_000_000);
+        }
+        p.finish();
+        assert_eq!(p.stats.files.len(), 4);
+        let mut all = Vec::new();
+        for f in &p.stats.files {
+            let b = std::fs::read(f).unwrap();
+            // Every file starts with the SPS of a key frame.
+            assert_eq!(&b[..5], &[0, 0, 0, 1, 0x67]);
+            all.extend(b);
+        }
+        assert!(
+            all == aus.concat(),
+            "rotated files differ from what was sent"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,291 @@
+//! Media of live sessions end to end on loopback: a sipp device accepts the
+//! INVITE, the test sends the H.264 that ffmpeg encoded as PS over RTP (UDP
+//! and RFC 4571 TCP) to the port the gateway offered, the gateway receives,
+//! demuxes and records it; ffprobe counts the recorded frames and the bytes
+//! equal what was sent. No root.
+
+use std::{
+    io::Write,
+    net::{TcpStream, UdpSocket},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use gateway_tests::sipp::{
+    free_port, scenarios, write_csv, write_device_scenario, Daemon, Invite, Sipp, TempDir,
+};
+use media::{ps::PsMuxer, rtp::RtpHeader, Codec};
+
+const DEV: &str = "34020000001320000401";
+const CH1: &str = "34020000001310000001";
+const CH2: &str = "34020000001310000002";
+
+fn tools() -> bool {
+    ["sipp", "ffmpeg", "ffprobe"]
+        .iter()
+        .all(|t| Command::new(t).arg("-version").output().is_ok())
+}
+
+/// ffmpeg encodes `n` frames of a test pattern (AUDs inserted so access
+/// units can be split without parsing slices).
+fn encode(dir: &Path, n: usize) -> Vec<Vec<u8>> {
+    let out = dir.join("src.h264");
+    let st = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("testsrc=size=320x240:rate=25")
+        .args([
+            "-frames:v",
+            &n.to_string(),
+            "-c:v",
+            "libx264",
+            "-g",
+            "25",
+            "-bf",
+            "0",
+        ])
+        .args(["-bsf:v", "h264_metadata=aud=insert", "-f", "h264"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ffmpeg failed");
+    let data = std::fs::read(&out).unwrap();
+    let mut aus: Vec<Vec<u8>> = Vec::new();
+    for nal in media::h26x::split_annexb(&data) {
+        if nal.first().is_some_and(|b| b & 0x1f == 9) || aus.is_empty() {
+            aus.push(Vec::new());
+        }
+        let au = aus.last_mut().unwrap();
+        au.extend_from_slice(&[0, 0, 0, 1]);
+        au.extend_from_slice(nal);
+    }
+    assert_eq!(aus.len(), n);
+    aus
+}
+
+/// RTP packets of PS carrying `aus` (1388-byte payloads, marker on the
+/// last packet of each frame).
+fn rtp_ps(aus: &[Vec<u8>], ssrc: u32) -> Vec<Vec<u8>> {
+    let mut mux = PsMuxer::new(Codec::H264);
+    let mut out = Vec::new();
+    let mut seq = 1000u16;
+    for (i, au) in aus.iter().enumerate() {
+        let mut ps = Vec::new();
+        mux.write_video(au, i as u64 * 3600, None, &mut ps);
+        let chunks: Vec<&[u8]> = media::ps::packetize_rtp(&ps, 1388).collect();
+        for (j, c) in chunks.iter().enumerate() {
+            let mut p = Vec::new();
+            RtpHeader {
+                marker: j + 1 == chunks.len(),
+                pt: 96,
+                seq,
+                ts: i as u32 * 3600,
+                ssrc,
+            }
+            .write(&mut p);
+            p.extend_from_slice(c);
+            out.push(p);
+            seq = seq.wrapping_add(1);
+        }
+    }
+    out
+}
+
+fn ffprobe_frames(path: &str) -> u64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn open(d: &Daemon, channel: &str, transport: &str) -> serde_json::Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(&format!("http://{}/api/streams", d.api))
+        .header("Content-Type", "application/json")
+        .send(format!(
+            r#"{{"device":"{DEV}","channel":"{channel}","transport":"{transport}"}}"#
+        ))
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    r.body_mut().read_json().unwrap()
+}
+
+fn port_of(s: &serde_json::Value) -> u16 {
+    s["local"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Waits for the closed session's recording and checks it.
+fn check_recording(d: &mut Daemon, id: &str, aus: &[Vec<u8>]) -> serde_json::Value {
+    d.wait_until(Duration::from_secs(20), "recording closed", |d| {
+        d.get(&format!("/api/streams/{id}"))
+            .is_ok_and(|v| v["state"] == "closed" && v["media"]["files"][0].is_string())
+    })
+    .unwrap();
+    let v = d.get(&format!("/api/streams/{id}")).unwrap();
+    let file = v["media"]["files"][0].as_str().unwrap().to_string();
+    assert!(file.ends_with(".h264"), "{file}");
+    assert_eq!(
+        ffprobe_frames(&file),
+        aus.len() as u64,
+        "ffprobe frame count of {file}"
+    );
+    let rec = std::fs::read(&file).unwrap();
+    assert!(
+        rec == aus.concat(),
+        "recorded bytes differ from what was sent"
+    );
+    v
+}
+
+#[test]
+fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
+    assert!(
+        tools(),
+        "sipp, ffmpeg and ffprobe are needed (scripts/setup.sh)"
+    );
+    let dir = TempDir::new("media");
+    let rec_dir = dir.path().join("records");
+    let (sip_port, api_port) = (free_port(), free_port());
+    let cfg = Daemon::config(
+        dir.path(),
+        sip_port,
+        api_port,
+        "password = \"pw\"\nquery_info = false\n",
+        &format!(
+            "[media]\nports = \"32000-32019\"\n[media.record]\ndir = \"{}\"\n",
+            rec_dir.display()
+        ),
+    );
+    let mut d = Daemon::start(&cfg, sip_port, api_port).unwrap();
+    let csv = dir.path().join("dev.csv");
+    write_csv(&csv, &[(DEV.into(), "pw".into())]);
+    let ooc = dir.path().join("dev.xml");
+    write_device_scenario(&ooc, 1, false, Invite::Accept);
+    let sipp = Sipp::new(
+        dir.path(),
+        d.sip,
+        &scenarios().join("register.xml"),
+        free_port(),
+        "u1",
+    )
+    .args(&[
+        "-inf",
+        csv.to_str().unwrap(),
+        "-m",
+        "1",
+        "-d",
+        "20000",
+        "-oocsf",
+        ooc.to_str().unwrap(),
+    ]);
+    let child = sipp.spawn().unwrap();
+    d.wait_until(Duration::from_secs(30), "device with catalog", |d| {
+        d.device(DEV)
+            .is_ok_and(|v| v["catalog"]["state"] == "complete")
+    })
+    .unwrap();
+    let aus = encode(dir.path(), 50);
+
+    // UDP: every packet counted, no loss, every frame recorded.
+    let s = open(&d, CH1, "udp");
+    let id = s["id"].as_str().unwrap().to_string();
+    let ssrc = s["ssrc"].as_u64().unwrap() as u32;
+    let pk = rtp_ps(&aus, ssrc);
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for p in &pk {
+        tx.send_to(p, ("127.0.0.1", port_of(&s))).unwrap();
+    }
+    d.wait_until(Duration::from_secs(20), "all frames received", |d| {
+        d.get(&format!("/api/streams/{id}"))
+            .is_ok_and(|v| v["media"]["packets"] == pk.len() && v["media"]["frames"] == aus.len())
+    })
+    .unwrap();
+    let (code, _) = d
+        .request("DELETE", &format!("/api/streams/{id}"), None)
+        .unwrap();
+    assert_eq!(code, 200);
+    let v = check_recording(&mut d, &id, &aus);
+    assert_eq!(v["media"]["lost"], 0);
+    assert_eq!(v["media"]["frames"], 50);
+    assert_eq!(v["media"]["keyframes"], 2);
+    assert_eq!(v["media"]["codec"], "h264");
+    assert_eq!(v["media"]["ssrc_mismatches"], 0);
+
+    // TCP passive: the test connects and sends RFC 4571 frames.
+    let s = open(&d, CH2, "tcp-passive");
+    let id = s["id"].as_str().unwrap().to_string();
+    let pk = rtp_ps(&aus, s["ssrc"].as_u64().unwrap() as u32);
+    let mut t = TcpStream::connect(("127.0.0.1", port_of(&s))).unwrap();
+    let mut buf = Vec::new();
+    for p in &pk {
+        media::framing::encode_rfc4571(p, &mut buf).unwrap();
+    }
+    t.write_all(&buf).unwrap();
+    d.wait_until(Duration::from_secs(20), "all TCP frames received", |d| {
+        d.get(&format!("/api/streams/{id}"))
+            .is_ok_and(|v| v["media"]["packets"] == pk.len())
+    })
+    .unwrap();
+    let (code, _) = d
+        .request("DELETE", &format!("/api/streams/{id}"), None)
+        .unwrap();
+    assert_eq!(code, 200);
+    drop(t);
+    let v = check_recording(&mut d, &id, &aus);
+    assert_eq!(v["media"]["lost"], 0);
+    assert!(v["media"]["peer"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+
+    // Loss: three packets of one frame dropped on the way.
+    let s = open(&d, CH1, "udp");
+    let id = s["id"].as_str().unwrap().to_string();
+    let pk = rtp_ps(&aus, s["ssrc"].as_u64().unwrap() as u32);
+    for (i, p) in pk.iter().enumerate() {
+        if (40..43).contains(&i) {
+            continue;
+        }
+        tx.send_to(p, ("127.0.0.1", port_of(&s))).unwrap();
+    }
+    d.wait_until(Duration::from_secs(20), "lossy stream received", |d| {
+        d.get(&format!("/api/streams/{id}"))
+            .is_ok_and(|v| v["media"]["packets"] == pk.len() - 3)
+    })
+    .unwrap();
+    let v = d.get(&format!("/api/streams/{id}")).unwrap();
+    assert_eq!(v["media"]["lost"], 3, "{v}");
+    let (code, _) = d
+        .request("DELETE", &format!("/api/streams/{id}"), None)
+        .unwrap();
+    assert_eq!(code, 200);
+
+    let r = sipp.result(child.wait_with_output().unwrap());
+    assert!(r.ok(), "sipp device failed: {}", r.errors);
+    assert!(!d.log_text().contains("panicked"));
+}
