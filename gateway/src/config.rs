@@ -119,6 +119,15 @@ pub struct MediaConfig {
     /// Record sessions (`[media.record]`); unset: no recording unless a
     /// stream asks (then into the default directory).
     pub record: Option<crate::stream::RecordConfig>,
+    /// An established session without a packet for this long is ended
+    /// with BYE (last-packet time from the kernel when the data plane is
+    /// attached, else from the receiver). 0 = never.
+    #[serde(default = "default_no_media")]
+    pub no_media_timeout_secs: u64,
+}
+
+fn default_no_media() -> u64 {
+    30
 }
 
 impl Default for MediaConfig {
@@ -128,6 +137,7 @@ impl Default for MediaConfig {
             ports: default_media_ports(),
             open_timeout_secs: default_open_timeout(),
             record: None,
+            no_media_timeout_secs: default_no_media(),
         }
     }
 }

@@ -89,6 +89,7 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
                         cfg.media.clone(),
                         Some(st),
                         sip_metrics,
+                        target.clone(),
                     )
                     .await?,
                 )

@@ -63,6 +63,9 @@ pub struct Daemon {
     pub api: SocketAddr,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The daemon runs in this network namespace (`gateway --netns`); API
+    /// requests are made from a thread inside it.
+    pub netns: Option<String>,
 }
 
 impl Daemon {
@@ -86,9 +89,29 @@ impl Daemon {
     }
 
     pub fn start(config: &Path, sip_port: u16, api_port: u16) -> Result<Daemon> {
+        Self::start_in(
+            None,
+            config,
+            SocketAddr::from(([127, 0, 0, 1], sip_port)),
+            api_port,
+        )
+    }
+
+    /// `gateway [--netns NS] run`, SIP reachable at `sip`, API on the
+    /// namespace's 127.0.0.1:`api_port`.
+    pub fn start_in(
+        netns: Option<&str>,
+        config: &Path,
+        sip: SocketAddr,
+        api_port: u16,
+    ) -> Result<Daemon> {
         let log = config.with_extension("log");
         let out = std::fs::File::create(&log)?;
-        let child = Command::new(crate::gateway_bin())
+        let mut cmd = Command::new(crate::gateway_bin());
+        if let Some(ns) = netns {
+            cmd.args(["--netns", ns]);
+        }
+        let child = cmd
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -98,10 +121,11 @@ impl Daemon {
             .context("starting gateway run")?;
         let mut d = Daemon {
             child: Some(child),
-            sip: SocketAddr::from(([127, 0, 0, 1], sip_port)),
+            sip,
             api: SocketAddr::from(([127, 0, 0, 1], api_port)),
             config: config.to_path_buf(),
             log,
+            netns: netns.map(str::to_string),
         };
         d.wait_until(Duration::from_secs(30), "API up", |d| {
             d.get("/api/health").is_ok()
@@ -120,12 +144,40 @@ impl Daemon {
 
     /// Any request; returns the status and the JSON body.
     pub fn request(&self, method: &str, path: &str, token: Option<&str>) -> Result<(u16, Value)> {
+        match &self.netns {
+            None => request(self.api, method, path, token),
+            Some(ns) => {
+                let (ns, api) = (ns.clone(), self.api);
+                let (method, path, token) = (
+                    method.to_string(),
+                    path.to_string(),
+                    token.map(str::to_string),
+                );
+                std::thread::spawn(move || {
+                    gateway::dataplane::sys::enter_netns(&ns)?;
+                    request(api, &method, &path, token.as_deref())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("request thread panicked"))?
+            }
+        }
+    }
+}
+
+/// An API request to `api` from the calling thread's namespace.
+pub fn request(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, Value)> {
+    {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();
-        let url = format!("http://{}{path}", self.api);
+        let url = format!("http://{api}{path}");
         let mut resp = match (method, token) {
             ("GET", Some(t)) => agent
                 .get(&url)
@@ -145,7 +197,9 @@ impl Daemon {
         let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
         Ok((code, v))
     }
+}
 
+impl Daemon {
     /// Polls `f` every 100 ms until true; fails after `limit` (a bound on
     /// the wait, not a performance assertion).
     pub fn wait_until(
@@ -236,6 +290,8 @@ impl Drop for Daemon {
 pub struct Sipp {
     pub args: Vec<String>,
     pub dir: PathBuf,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
 }
 
 /// Result of a finished sipp.
@@ -273,6 +329,7 @@ impl Sipp {
         Sipp {
             args,
             dir: dir.to_path_buf(),
+            netns: None,
         }
     }
 
@@ -286,9 +343,21 @@ impl Sipp {
         self
     }
 
+    pub fn in_netns(mut self, ns: &str) -> Sipp {
+        self.netns = Some(ns.to_string());
+        self
+    }
+
     pub fn spawn(&self) -> Result<Child> {
-        Command::new("sipp")
-            .args(&self.args)
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "sipp"]);
+                c
+            }
+            None => Command::new("sipp"),
+        };
+        cmd.args(&self.args)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -476,6 +476,17 @@ pub fn clock_monotonic(ts: &mut libc::timespec) {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts) };
 }
 
+/// CLOCK_MONOTONIC now, in nanoseconds (comparable with the kernel's
+/// last-packet times).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    clock_monotonic(&mut ts);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -176,6 +176,9 @@ pub struct Core {
     media: MediaConfig,
     media_ports: (u16, u16),
     sessions: session::Sessions,
+    /// The attached data plane: session flows go into its table.
+    dataplane: Option<(crate::dataplane::attach::Target, crate::dataplane::Maps)>,
+    last_media_check: Instant,
 }
 
 impl Core {
@@ -255,6 +258,8 @@ impl Core {
             media,
             media_ports,
             sessions: session::Sessions::default(),
+            dataplane: None,
+            last_media_check: now,
         };
         // UDP devices can be reached again at their last address.
         let ids: Vec<(String, Transport, SocketAddr, SocketAddr)> = core
@@ -272,6 +277,13 @@ impl Core {
         }
         core.update_gauges();
         core
+    }
+
+    /// Session flows go into this attachment's XDP flow table.
+    pub fn set_dataplane(&mut self, t: crate::dataplane::attach::Target) -> anyhow::Result<()> {
+        let maps = t.open()?;
+        self.dataplane = Some((t, maps));
+        Ok(())
     }
 
     fn secs(&self) -> u64 {
@@ -1102,6 +1114,10 @@ impl Core {
         let now_wall = wall_ms();
         self.server.expire(now);
         self.session_timers(now);
+        if now.duration_since(self.last_media_check) >= Duration::from_secs(1) {
+            self.last_media_check = now;
+            self.media_timers();
+        }
         for (id, reason) in self.reg.sweep(now, now_wall) {
             self.metrics
                 .transitions

@@ -27,6 +27,7 @@ pub async fn start(
     media: crate::config::MediaConfig,
     store: Option<(store::Store, store::Loaded)>,
     metrics: SipMetrics,
+    dataplane: Option<crate::dataplane::attach::Target>,
 ) -> Result<Service> {
     let (in_tx, in_rx) = mpsc::channel(16_384);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -44,7 +45,10 @@ pub async fn start(
         metrics.clone(),
     )
     .await?;
-    let core = core::Core::new(cfg, media, out, store, metrics);
+    let mut core = core::Core::new(cfg, media, out, store, metrics);
+    if let Some(t) = dataplane {
+        core.set_dataplane(t)?;
+    }
     let task = tokio::spawn(core.run(in_rx, cmd_rx));
     Ok(Service {
         commands: cmd_tx,

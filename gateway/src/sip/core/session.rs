@@ -62,6 +62,9 @@ pub struct Session {
     pub record: bool,
     /// What the media did (filled when shown).
     pub media: Option<MediaStats>,
+    /// The session's entry in the XDP flow table and what the kernel
+    /// counted for it (updated every second).
+    pub kernel: Option<KernelView>,
     #[serde(skip)]
     pub(super) dialog: Dialog,
     #[serde(skip)]
@@ -76,6 +79,23 @@ impl Session {
         }
         v
     }
+}
+
+/// The kernel's view of a session's flow.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KernelView {
+    pub flow: String,
+    pub slot: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub lost: u64,
+    pub out_of_order: u64,
+    pub duplicates: u64,
+    pub ssrc_mismatches: u64,
+    /// Seconds since the last packet the kernel saw (None: none yet).
+    pub idle_secs: Option<f64>,
+    #[serde(skip)]
+    pub key: Option<gateway_common::FlowKey>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -360,6 +380,7 @@ impl Core {
                 closed_ms: None,
                 record,
                 media: None,
+                kernel: None,
                 dialog,
                 stats: None,
             },
@@ -473,6 +494,7 @@ impl Core {
                 s.established_ms = Some(wall_ms());
                 let view = s.clone();
                 self.start_media(&view);
+                self.add_kernel_flow(id);
                 let view = self
                     .sessions
                     .active
@@ -544,7 +566,138 @@ impl Core {
         self.sessions.receivers.insert(s.id.clone(), r);
     }
 
+    /// Puts the session's flow (any local address, its port, expecting
+    /// its SSRC) in the XDP table.
+    fn add_kernel_flow(&mut self, id: &str) {
+        let Some((target, maps)) = &mut self.dataplane else {
+            return;
+        };
+        let Some(s) = self.sessions.active.get(id) else {
+            return;
+        };
+        let spec = crate::dataplane::flows::FlowSpec {
+            local: Some(SocketAddr::new(IpAddr::from([0u8; 4]), s.local.port())),
+            ssrc: None,
+            expect_ssrc: Some(s.ssrc),
+            name: s.id.clone(),
+            clock_rate: 90_000,
+        };
+        let _lock = target.lock();
+        match maps.add_flow(&spec) {
+            Ok((k, v)) => {
+                let flow = crate::dataplane::flows::describe(&k);
+                info!(stream = %id, %flow, slot = v.slot, "flow added to the kernel table");
+                if let Some(s) = self.sessions.active.get_mut(id) {
+                    s.kernel = Some(KernelView {
+                        flow,
+                        slot: v.slot,
+                        key: Some(k),
+                        ..KernelView::default()
+                    });
+                }
+            }
+            Err(e) => {
+                warn!(stream = %id, error = %e, "cannot add the session's flow to the kernel table")
+            }
+        }
+    }
+
+    fn del_kernel_flow(&mut self, id: &str) {
+        let Some((target, maps)) = &mut self.dataplane else {
+            return;
+        };
+        let Some(key) = self
+            .sessions
+            .active
+            .get(id)
+            .and_then(|s| s.kernel.as_ref())
+            .and_then(|k| k.key)
+        else {
+            return;
+        };
+        let _lock = target.lock();
+        match maps.del_flow(&key) {
+            Ok(_) => info!(stream = %id, "flow removed from the kernel table"),
+            Err(e) => warn!(stream = %id, error = %e, "cannot remove the session's flow"),
+        }
+    }
+
+    /// Every second: kernel counters of session flows, and the no-media
+    /// timeout (kernel last-packet time when attached, else the receiver's).
+    pub(super) fn media_timers(&mut self) {
+        let timeout = self.media.no_media_timeout_secs;
+        let now_mono = crate::dataplane::sys::monotonic_ns();
+        let now_wall = wall_ms();
+        let mut idle_out = Vec::new();
+        let ids: Vec<String> = self
+            .sessions
+            .active
+            .values()
+            .filter(|s| s.state == "established")
+            .map(|s| s.id.clone())
+            .collect();
+        for id in ids {
+            let mut idle: Option<f64> = None;
+            let slot = self
+                .sessions
+                .active
+                .get(&id)
+                .and_then(|s| s.kernel.as_ref())
+                .map(|k| k.slot);
+            if let (Some(slot), Some((_, maps))) = (slot, &mut self.dataplane) {
+                let sum = maps.stream_summary(slot);
+                if let Some(k) = self
+                    .sessions
+                    .active
+                    .get_mut(&id)
+                    .and_then(|s| s.kernel.as_mut())
+                {
+                    k.packets = sum.packets;
+                    k.bytes = sum.bytes;
+                    k.lost = sum.lost;
+                    k.out_of_order = sum.out_of_order;
+                    k.duplicates = sum.duplicates;
+                    k.ssrc_mismatches = sum.ssrc_mismatch;
+                    k.idle_secs = (sum.last_ns > 0)
+                        .then(|| now_mono.saturating_sub(sum.last_ns) as f64 / 1e9);
+                    idle = k.idle_secs;
+                }
+            } else if let Some(s) = self.sessions.active.get(&id) {
+                let last = s
+                    .stats
+                    .as_ref()
+                    .and_then(|m| m.lock().ok().and_then(|m| m.last_packet_ms));
+                idle = last.map(|l| (now_wall - l) as f64 / 1000.0);
+            }
+            let Some(s) = self.sessions.active.get(&id) else {
+                continue;
+            };
+            // Never a packet: count from the moment it was established.
+            let idle = idle.unwrap_or_else(|| {
+                (now_wall - s.established_ms.unwrap_or(now_wall)) as f64 / 1000.0
+            });
+            if timeout > 0 && idle >= timeout as f64 {
+                idle_out.push((id, idle));
+            }
+        }
+        for (id, idle) in idle_out {
+            let src = if self.dataplane.is_some() {
+                "kernel"
+            } else {
+                "receiver"
+            };
+            self.metrics.sessions.with_label_values(&["no_media"]).inc();
+            self.close(
+                &id,
+                &format!("no media for {idle:.0} s ({src} last-packet time)"),
+                true,
+                "closed",
+            );
+        }
+    }
+
     fn stop_media(&mut self, id: &str) {
+        self.del_kernel_flow(id);
         self.sessions.bound.remove(id);
         if let Some(mut r) = self.sessions.receivers.remove(id) {
             r.stop();
