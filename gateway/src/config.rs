@@ -124,6 +124,29 @@ pub struct MediaConfig {
     /// attached, else from the receiver). 0 = never.
     #[serde(default = "default_no_media")]
     pub no_media_timeout_secs: u64,
+    /// Receivers without SIP (`[[media.streams]]`): RTP sent by anything
+    /// (an encoder, ffmpeg) to a fixed port.
+    #[serde(default)]
+    pub streams: Vec<StaticStream>,
+}
+
+/// A fixed receiver, shown in `/api/streams` like a session.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticStream {
+    /// Stream ID in the API (letters and digits).
+    pub name: String,
+    /// UDP address to receive on.
+    pub listen: SocketAddr,
+    /// "ps" (default), "h264" (RFC 6184) or "h265" (RFC 7798).
+    #[serde(default = "default_payload")]
+    pub payload: String,
+    /// Record it (default: when [media.record] is configured).
+    pub record: Option<bool>,
+}
+
+fn default_payload() -> String {
+    "ps".into()
 }
 
 fn default_no_media() -> u64 {
@@ -138,6 +161,7 @@ impl Default for MediaConfig {
             open_timeout_secs: default_open_timeout(),
             record: None,
             no_media_timeout_secs: default_no_media(),
+            streams: Vec::new(),
         }
     }
 }
@@ -368,6 +392,20 @@ impl Config {
             s.validate()?;
         }
         c.media.port_range()?;
+        for st in &c.media.streams {
+            anyhow::ensure!(
+                !st.name.is_empty()
+                    && st.name.len() <= 64
+                    && st.name.bytes().all(|b| b.is_ascii_alphanumeric()),
+                "media.streams: name must be letters and digits, not {:?}",
+                st.name
+            );
+            anyhow::ensure!(
+                matches!(st.payload.as_str(), "ps" | "h264" | "h265"),
+                "media.streams {}: payload must be ps, h264 or h265",
+                st.name
+            );
+        }
         anyhow::ensure!(
             (1..=300).contains(&c.media.open_timeout_secs),
             "media.open_timeout_secs must be in 1..=300"

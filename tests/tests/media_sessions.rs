@@ -289,3 +289,70 @@ fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
     assert!(r.ok(), "sipp device failed: {}", r.errors);
     assert!(!d.log_text().contains("panicked"));
 }
+
+/// A third-party sender: ffmpeg sends H.264 over RTP (RFC 6184) to a
+/// receiver configured without SIP; the recording passes ffprobe with every
+/// frame.
+#[test]
+fn ffmpeg_rtp_h264_to_a_static_stream_is_recorded() {
+    assert!(tools(), "ffmpeg and ffprobe are needed (scripts/setup.sh)");
+    let dir = TempDir::new("ffrtp");
+    let rec_dir = dir.path().join("records");
+    let (sip_port, api_port, media_port) = (free_port(), free_port(), free_port());
+    let cfg = Daemon::config(
+        dir.path(),
+        sip_port,
+        api_port,
+        "password = \"pw\"\n",
+        &format!(
+            "[media]\n[media.record]\ndir = \"{}\"\n[[media.streams]]\nname = \"ffcam\"\nlisten = \"127.0.0.1:{media_port}\"\npayload = \"h264\"\n",
+            rec_dir.display()
+        ),
+    );
+    let mut d = Daemon::start(&cfg, sip_port, api_port).unwrap();
+    let v = d.get("/api/streams/ffcam").unwrap();
+    assert_eq!(v["state"], "static");
+    let st = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("testsrc=size=320x240:rate=25")
+        .args(["-frames:v", "50", "-c:v", "libx264", "-g", "25", "-bf", "0"])
+        .args([
+            "-bsf:v",
+            "dump_extra",
+            "-payload_type",
+            "98",
+            "-ssrc",
+            "4660",
+        ])
+        .args(["-f", "rtp"])
+        .arg(format!("rtp://127.0.0.1:{media_port}"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "ffmpeg failed");
+    d.wait_until(Duration::from_secs(20), "ffmpeg's frames received", |d| {
+        d.get("/api/streams/ffcam")
+            .is_ok_and(|v| v["media"]["frames"] == 50)
+    })
+    .unwrap();
+    let (code, _) = d.request("DELETE", "/api/streams/ffcam", None).unwrap();
+    assert_eq!(code, 200);
+    d.wait_until(Duration::from_secs(20), "recording closed", |d| {
+        d.get("/api/streams/ffcam")
+            .is_ok_and(|v| v["state"] == "closed" && v["media"]["files"][0].is_string())
+    })
+    .unwrap();
+    let v = d.get("/api/streams/ffcam").unwrap();
+    assert_eq!(v["media"]["ssrc"], 4660);
+    assert_eq!(v["media"]["lost"], 0);
+    assert_eq!(v["media"]["codec"], "h264");
+    let file = v["media"]["files"][0].as_str().unwrap();
+    assert_eq!(ffprobe_frames(file), 50, "ffprobe frame count of {file}");
+}

@@ -134,7 +134,7 @@ fn main() -> Result<()> {
                 "gateway-tests",
                 "--bins",
             ])?;
-            for b in ["gateway-bench", "sip-bench"] {
+            for b in ["gateway-bench", "sip-bench", "media-bench"] {
                 let mut c = Command::new(target_dir().join("release").join(b));
                 if quick {
                     c.arg("--quick");

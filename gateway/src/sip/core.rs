@@ -109,6 +109,10 @@ enum Purpose {
     Bye,
 }
 
+fn session_start_static(core: &mut Core) {
+    core.start_static_streams();
+}
+
 /// Purposes are keyed by branch and method (a CANCEL shares its INVITE's branch).
 fn pkey(branch: &str, method: &str) -> String {
     format!("{branch}|{method}")
@@ -277,6 +281,11 @@ impl Core {
         }
         core.update_gauges();
         core
+    }
+
+    /// Starts the receivers configured without SIP.
+    pub fn start_static(&mut self) {
+        session_start_static(self);
     }
 
     /// Session flows go into this attachment's XDP flow table.

@@ -246,6 +246,8 @@ pub struct Pipeline {
     released: Vec<Released<Vec<u8>>>,
     ps: PsDemuxer,
     raw: Option<Depacketizer>,
+    /// The payload kind was configured, not guessed.
+    forced: bool,
     pub recorder: Option<Recorder>,
     pub stats: MediaStats,
     /// Reasons already logged (once per stream, not per packet).
@@ -259,6 +261,18 @@ const LOG_IO: u32 = 4;
 const LOG_PS: u32 = 8;
 
 impl Pipeline {
+    /// The payload is fixed instead of guessed from the payload type:
+    /// "ps", "h264" (RFC 6184) or "h265" (RFC 7798).
+    pub fn with_payload(mut self, payload: &str) -> Pipeline {
+        self.forced = true;
+        self.raw = match payload {
+            "h264" => Some(Depacketizer::h264()),
+            "h265" => Some(Depacketizer::h265()),
+            _ => None,
+        };
+        self
+    }
+
     pub fn new(id: &str, expected_ssrc: Option<u32>, recorder: Option<Recorder>) -> Pipeline {
         Pipeline {
             expected_ssrc,
@@ -267,6 +281,7 @@ impl Pipeline {
             released: Vec::new(),
             ps: PsDemuxer::new(),
             raw: None,
+            forced: false,
             recorder,
             stats: MediaStats::default(),
             logged: 0,
@@ -312,7 +327,7 @@ impl Pipeline {
         self.stats.last_packet_ms = Some(wall_ms());
         // Raw H.264/H.265 (RFC 6184/7798) instead of PS: PT 98 H.264,
         // 99/100 H.265 (GB practice; PS is 96).
-        if self.raw.is_none() && matches!(p.payload_type, 98..=100) {
+        if !self.forced && self.raw.is_none() && matches!(p.payload_type, 98..=100) {
             self.raw = Some(if p.payload_type == 98 {
                 Depacketizer::h264()
             } else {

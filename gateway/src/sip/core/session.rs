@@ -823,6 +823,58 @@ impl Core {
         self.fail(id, "no answer to INVITE (Timer B)", 504);
     }
 
+    /// Starts the configured receivers without SIP (`[[media.streams]]`).
+    pub(super) fn start_static_streams(&mut self) {
+        for st in self.media.streams.clone() {
+            let bound = match stream::bind(st.listen.ip(), st.listen.port(), MediaTransport::Udp) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(stream = %st.name, listen = %st.listen, error = %e, "cannot bind the static stream");
+                    continue;
+                }
+            };
+            let record = st.record.unwrap_or(self.media.record.is_some());
+            let recorder = if record {
+                Recorder::new(
+                    self.media.record.clone().unwrap_or_default(),
+                    &stream::record_base("static", &st.name, &st.name),
+                )
+                .map_err(|e| warn!(stream = %st.name, error = %e, "cannot record"))
+                .ok()
+            } else {
+                None
+            };
+            let pipe = Pipeline::new(&st.name, None, recorder).with_payload(&st.payload);
+            let r = stream::start(bound, None, pipe);
+            let s = Session {
+                id: st.name.clone(),
+                device: String::new(),
+                channel: String::new(),
+                transport: MediaTransport::Udp,
+                ssrc: 0,
+                local: st.listen,
+                state: "static",
+                reason: None,
+                remote: None,
+                answer_ssrc: None,
+                ssrc_mismatch: false,
+                setup: None,
+                format: Some(st.payload.clone()),
+                created_ms: wall_ms(),
+                established_ms: Some(wall_ms()),
+                closed_ms: None,
+                record,
+                media: None,
+                kernel: None,
+                dialog: Dialog::default(),
+                stats: Some(r.stats.clone()),
+            };
+            info!(stream = %st.name, listen = %st.listen, payload = %st.payload, "static stream receiving");
+            self.sessions.receivers.insert(st.name.clone(), r);
+            self.sessions.active.insert(st.name, s);
+        }
+    }
+
     /// Closes the sessions of a device that went away.
     pub(super) fn close_device_sessions(&mut self, device: &str, reason: &str) {
         let ids: Vec<String> = self
