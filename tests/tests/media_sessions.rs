@@ -113,6 +113,10 @@ fn ffprobe_frames(path: &str) -> u64 {
 }
 
 fn open(d: &Daemon, channel: &str, transport: &str) -> serde_json::Value {
+    open_with(d, channel, transport, "")
+}
+
+fn open_with(d: &Daemon, channel: &str, transport: &str, extra: &str) -> serde_json::Value {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -121,7 +125,7 @@ fn open(d: &Daemon, channel: &str, transport: &str) -> serde_json::Value {
         .post(&format!("http://{}/api/streams", d.api))
         .header("Content-Type", "application/json")
         .send(format!(
-            r#"{{"device":"{DEV}","channel":"{channel}","transport":"{transport}"}}"#
+            r#"{{"device":"{DEV}","channel":"{channel}","transport":"{transport}"{extra}}}"#
         ))
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
@@ -211,8 +215,19 @@ fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
     .unwrap();
     let aus = encode(dir.path(), 50);
 
-    // UDP: every packet counted, no loss, every frame recorded.
-    let s = open(&d, CH1, "udp");
+    // UDP: every packet counted, no loss, every frame recorded, and
+    // forwarded as PS/RTP under its own SSRC.
+    let fwd = UdpSocket::bind("127.0.0.1:0").unwrap();
+    fwd.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let s = open_with(
+        &d,
+        CH1,
+        "udp",
+        &format!(
+            r#","forward":[{{"dest":"{}","ssrc":4242}}]"#,
+            fwd.local_addr().unwrap()
+        ),
+    );
     let id = s["id"].as_str().unwrap().to_string();
     let ssrc = s["ssrc"].as_u64().unwrap() as u32;
     let pk = rtp_ps(&aus, ssrc);
@@ -225,6 +240,19 @@ fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
             .is_ok_and(|v| v["media"]["packets"] == pk.len() && v["media"]["frames"] == aus.len())
     })
     .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    for _ in 0..pk.len() {
+        let n = fwd.recv(&mut buf).unwrap();
+        let r = media::rtp::parse(&buf[..n]).unwrap();
+        assert_eq!(r.ssrc, 4242);
+        got.extend_from_slice(r.payload);
+    }
+    let sent_ps: Vec<u8> = pk
+        .iter()
+        .flat_map(|p| media::rtp::parse(p).unwrap().payload.to_vec())
+        .collect();
+    assert!(got == sent_ps, "forwarded PS differs from the received PS");
     let (code, _) = d
         .request("DELETE", &format!("/api/streams/{id}"), None)
         .unwrap();
@@ -232,6 +260,8 @@ fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
     let v = check_recording(&mut d, &id, &aus);
     assert_eq!(v["media"]["lost"], 0);
     assert_eq!(v["media"]["frames"], 50);
+    assert_eq!(v["media"]["forwards"][0]["packets"], pk.len());
+    assert_eq!(v["media"]["forwards"][0]["ssrc"], 4242);
     assert_eq!(v["media"]["keyframes"], 2);
     assert_eq!(v["media"]["codec"], "h264");
     assert_eq!(v["media"]["ssrc_mismatches"], 0);

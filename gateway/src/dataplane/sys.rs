@@ -487,6 +487,61 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Receives up to `bufs.len()` datagrams with one `recvmmsg(2)` call,
+/// without blocking. `lens[i]` gets the size of datagram `i`; returns how
+/// many arrived (`WouldBlock` when none is queued). A datagram longer than
+/// its buffer is cut and its length reported as buffer length + 1.
+pub fn recv_mmsg(
+    fd: BorrowedFd<'_>,
+    bufs: &mut [Vec<u8>],
+    lens: &mut [usize],
+) -> io::Result<usize> {
+    let n = bufs.len().min(lens.len()).min(64);
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut iov: Vec<libc::iovec> = bufs[..n]
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: mmsghdr is plain data; all-zero is a valid value (no name,
+    // no control data) and the iovec pointers are filled in below.
+    let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: `msgs` holds `n` initialised headers whose iovecs point into
+    // `bufs`, which outlive the call and are not otherwise borrowed; the
+    // kernel writes at most `iov_len` bytes into each.
+    let r = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let r = r as usize;
+    for ((l, m), b) in lens.iter_mut().zip(&msgs[..r]).zip(bufs.iter()) {
+        // A truncated datagram is reported as one byte longer than its
+        // buffer, so the caller can tell (and drop) it.
+        *l = if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            b.len() + 1
+        } else {
+            m.msg_len as usize
+        };
+    }
+    Ok(r)
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -560,5 +615,28 @@ mod tests {
     fn bad_netns_names_are_rejected() {
         assert!(enter_netns("").is_err());
         assert!(enter_netns("../x").is_err());
+    }
+
+    #[test]
+    fn recv_mmsg_takes_several_datagrams() {
+        use std::os::fd::AsFd;
+        // recvmmsg: several queued datagrams in one call, sizes right.
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..5u8 {
+            tx.send_to(&vec![i; 100 + i as usize], rx.local_addr().unwrap())
+                .unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut bufs = vec![vec![0u8; 2048]; 8];
+        let mut lens = [0usize; 8];
+        let n = recv_mmsg(rx.as_fd(), &mut bufs, &mut lens).unwrap();
+        assert_eq!(n, 5);
+        for i in 0..5 {
+            assert_eq!(lens[i], 100 + i);
+            assert!(bufs[i][..lens[i]].iter().all(|b| *b == i as u8));
+        }
+        let e = recv_mmsg(rx.as_fd(), &mut bufs, &mut lens).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
 }

@@ -103,6 +103,71 @@ pub struct MediaStats {
     pub files: Vec<String>,
     /// TCP: peer of the media connection.
     pub peer: Option<String>,
+    /// Forwarding destinations and what was sent to each.
+    pub forwards: Vec<ForwardStats>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ForwardStats {
+    pub dest: String,
+    pub ssrc: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub errors: u64,
+}
+
+/// Re-sends the stream's RTP payloads (PS or raw, as received, in order)
+/// to a destination under its own SSRC and sequence numbers.
+pub struct Forward {
+    sock: std::net::UdpSocket,
+    dest: SocketAddr,
+    ssrc: u32,
+    seq: u16,
+    stats: ForwardStats,
+}
+
+impl Forward {
+    pub fn new(dest: SocketAddr, ssrc: u32) -> std::io::Result<Forward> {
+        let bind: SocketAddr = if dest.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = std::net::UdpSocket::bind(bind)?;
+        sock.set_nonblocking(true)?;
+        Ok(Forward {
+            sock,
+            dest,
+            ssrc,
+            seq: (ssrc as u16) ^ 0x5a5a,
+            stats: ForwardStats {
+                dest: dest.to_string(),
+                ssrc,
+                ..ForwardStats::default()
+            },
+        })
+    }
+
+    fn send(&mut self, pt: u8, ts: u32, marker: bool, payload: &[u8], buf: &mut Vec<u8>) {
+        buf.clear();
+        rtp::RtpHeader {
+            marker,
+            pt,
+            seq: self.seq,
+            ts,
+            ssrc: self.ssrc,
+        }
+        .write(buf);
+        buf.extend_from_slice(payload);
+        self.seq = self.seq.wrapping_add(1);
+        match self.sock.send_to(buf, self.dest) {
+            Ok(n) => {
+                self.stats.packets += 1;
+                self.stats.bytes += n as u64;
+            }
+            Err(_) => self.stats.errors += 1,
+        }
+    }
 }
 
 fn codec_name(c: Codec) -> &'static str {
@@ -248,6 +313,8 @@ pub struct Pipeline {
     raw: Option<Depacketizer>,
     /// The payload kind was configured, not guessed.
     forced: bool,
+    forwards: Vec<Forward>,
+    fwd_buf: Vec<u8>,
     pub recorder: Option<Recorder>,
     pub stats: MediaStats,
     /// Reasons already logged (once per stream, not per packet).
@@ -273,6 +340,12 @@ impl Pipeline {
         self
     }
 
+    /// Forwarding sinks.
+    pub fn with_forwards(mut self, f: Vec<Forward>) -> Pipeline {
+        self.forwards = f;
+        self
+    }
+
     pub fn new(id: &str, expected_ssrc: Option<u32>, recorder: Option<Recorder>) -> Pipeline {
         Pipeline {
             expected_ssrc,
@@ -282,6 +355,8 @@ impl Pipeline {
             ps: PsDemuxer::new(),
             raw: None,
             forced: false,
+            forwards: Vec::new(),
+            fwd_buf: Vec::with_capacity(1500),
             recorder,
             stats: MediaStats::default(),
             logged: 0,
@@ -337,7 +412,7 @@ impl Pipeline {
         let item = {
             let mut v = Vec::with_capacity(p.payload.len() + 8);
             v.extend_from_slice(&p.timestamp.to_be_bytes());
-            v.push(p.marker as u8);
+            v.push(p.marker as u8 | (p.payload_type << 1));
             v.extend_from_slice(p.payload);
             v
         };
@@ -345,6 +420,15 @@ impl Pipeline {
         self.reorder.push(p.sequence, item, now_ns, &mut released);
         self.consume(&mut released);
         self.released = released;
+    }
+
+    /// A datagram too long for the receive buffer (dropped, counted as
+    /// garbage).
+    pub fn oversized(&mut self) {
+        self.stats.garbage += 1;
+        if self.once(LOG_GARBAGE) {
+            warn!(stream = %self.id, "oversized datagram on the media port dropped (logged once)");
+        }
     }
 
     /// Releases what the reorder buffer held too long (call periodically).
@@ -368,8 +452,12 @@ impl Pipeline {
                         continue;
                     }
                     let ts = u32::from_be_bytes([item[0], item[1], item[2], item[3]]);
-                    let marker = item[4] != 0;
+                    let marker = item[4] & 1 != 0;
+                    let pt = item[4] >> 1;
                     let payload = &item[5..];
+                    for f in &mut self.forwards {
+                        f.send(pt, ts, marker, payload, &mut self.fwd_buf);
+                    }
                     let frames = match &mut self.raw {
                         Some(d) => d.push(payload, seq, ts, marker),
                         None => {
@@ -440,6 +528,9 @@ impl Pipeline {
     }
 
     fn publish(&mut self, shared: &Mutex<MediaStats>) {
+        if !self.forwards.is_empty() {
+            self.stats.forwards = self.forwards.iter().map(|f| f.stats.clone()).collect();
+        }
         if let Some(r) = &self.recorder {
             if r.files.len() != self.stats.files.len() {
                 self.stats.files = r.files.clone();
@@ -519,15 +610,36 @@ pub fn start(bound: Bound, remote: Option<SocketAddr>, mut pipe: Pipeline) -> Re
                 let Ok(sock) = UdpSocket::from_std(s) else {
                     return;
                 };
-                let mut buf = vec![0u8; 65_536];
+                // Batched receives: up to 16 datagrams per recvmmsg(2),
+                // 8 KiB each (RTP from cameras fits an MTU; longer ones are
+                // counted and dropped).
+                let mut bufs = vec![vec![0u8; 8192]; 16];
+                let mut lens = [0usize; 16];
                 loop {
                     tokio::select! {
-                        r = sock.recv_from(&mut buf) => {
-                            if let Ok((n, _)) = r {
-                                pipe.packet(&buf[..n], now_ns());
-                                // Drain what is already queued without waking up again.
-                                while let Ok((n, _)) = sock.try_recv_from(&mut buf) {
-                                    pipe.packet(&buf[..n], now_ns());
+                        r = sock.readable() => {
+                            if r.is_err() {
+                                break;
+                            }
+                            loop {
+                                let got = sock.try_io(tokio::io::Interest::READABLE, || {
+                                    use std::os::fd::AsFd;
+                                    crate::dataplane::sys::recv_mmsg(sock.as_fd(), &mut bufs, &mut lens)
+                                });
+                                match got {
+                                    Ok(n) => {
+                                        let t = now_ns();
+                                        for (b, l) in bufs.iter().zip(&lens[..n]) {
+                                            match b.get(..*l) {
+                                                Some(d) => pipe.packet(d, t),
+                                                None => pipe.oversized(),
+                                            }
+                                        }
+                                        if n < bufs.len() {
+                                            break;
+                                        }
+                                    }
+                                    Err(_) => break,
                                 }
                             }
                         }
@@ -724,6 +836,39 @@ mod tests {
         let ps = std::fs::read(find(".ps")).unwrap();
         assert!(ps.starts_with(&[0, 0, 1, 0xba]));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn forwards_in_order_under_its_own_ssrc() {
+        let aus: Vec<Vec<u8>> = (0..5).map(|i| au(i == 0, 3000, i as u8)).collect();
+        let pk = packets(&aus, 11);
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let f = Forward::new(rx.local_addr().unwrap(), 777).unwrap();
+        let mut p = Pipeline::new("f", Some(11), None).with_forwards(vec![f]);
+        let mut order: Vec<usize> = (0..pk.len()).collect();
+        order.swap(1, 2);
+        for (t, i) in order.into_iter().enumerate() {
+            p.packet(&pk[i], t as u64);
+        }
+        p.finish();
+        let mut buf = [0u8; 2048];
+        let mut last_seq = None;
+        for orig in &pk {
+            let n = rx.recv(&mut buf).unwrap();
+            let got = rtp::parse(&buf[..n]).unwrap();
+            let want = rtp::parse(orig).unwrap();
+            assert_eq!(got.ssrc, 777);
+            assert_eq!(got.payload, want.payload, "payloads in the original order");
+            assert_eq!((got.timestamp, got.marker), (want.timestamp, want.marker));
+            if let Some(l) = last_seq {
+                assert_eq!(got.sequence, u16::wrapping_add(l, 1));
+            }
+            last_seq = Some(got.sequence);
+        }
+        let shared = Mutex::new(MediaStats::default());
+        p.publish(&shared);
+        assert_eq!(shared.lock().unwrap().forwards[0].packets, pk.len() as u64);
     }
 
     #[test]

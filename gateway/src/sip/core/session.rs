@@ -60,6 +60,9 @@ pub struct Session {
     pub closed_ms: Option<i64>,
     /// Whether the media is recorded.
     pub record: bool,
+    /// Where the media is forwarded.
+    #[serde(skip)]
+    pub(super) forward: Vec<ForwardRequest>,
     /// What the media did (filled when shown).
     pub media: Option<MediaStats>,
     /// The session's entry in the XDP flow table and what the kernel
@@ -144,6 +147,17 @@ pub struct StreamRequest {
     pub transport: Option<String>,
     /// Record the media (default: when `[media.record]` is configured).
     pub record: Option<bool>,
+    /// Forward the PS/RTP to these destinations, each with its own SSRC.
+    #[serde(default)]
+    pub forward: Vec<ForwardRequest>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRequest {
+    pub dest: SocketAddr,
+    /// Default: derived from the stream's SSRC.
+    pub ssrc: Option<u32>,
 }
 
 impl Core {
@@ -379,6 +393,7 @@ impl Core {
                 established_ms: None,
                 closed_ms: None,
                 record,
+                forward: req.forward.clone(),
                 media: None,
                 kernel: None,
                 dialog,
@@ -558,7 +573,19 @@ impl Core {
         } else {
             None
         };
-        let pipe = Pipeline::new(&s.id, Some(s.ssrc), recorder);
+        let mut forwards = Vec::new();
+        for (i, f) in s.forward.iter().enumerate() {
+            let ssrc = f.ssrc.unwrap_or(
+                s.ssrc
+                    .wrapping_mul(2_654_435_761)
+                    .wrapping_add(i as u32 + 1),
+            );
+            match stream::Forward::new(f.dest, ssrc) {
+                Ok(x) => forwards.push(x),
+                Err(e) => warn!(stream = %s.id, dest = %f.dest, error = %e, "cannot forward"),
+            }
+        }
+        let pipe = Pipeline::new(&s.id, Some(s.ssrc), recorder).with_forwards(forwards);
         let r = stream::start(bound, s.remote, pipe);
         if let Some(sess) = self.sessions.active.get_mut(&s.id) {
             sess.stats = Some(r.stats.clone());
@@ -575,6 +602,10 @@ impl Core {
         let Some(s) = self.sessions.active.get(id) else {
             return;
         };
+        if s.transport != MediaTransport::Udp {
+            // XDP classifies UDP: RTP over TCP is accounted by the receiver.
+            return;
+        }
         let spec = crate::dataplane::flows::FlowSpec {
             local: Some(SocketAddr::new(IpAddr::from([0u8; 4]), s.local.port())),
             ssrc: None,
@@ -864,6 +895,7 @@ impl Core {
                 established_ms: Some(wall_ms()),
                 closed_ms: None,
                 record,
+                forward: Vec::new(),
                 media: None,
                 kernel: None,
                 dialog: Dialog::default(),
