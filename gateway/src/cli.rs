@@ -59,6 +59,65 @@ pub enum Command {
     Run(RunArgs),
     /// Devices registered with the running daemon (asks its REST API).
     Devices(DevicesArgs),
+    /// Open a live stream from a device (INVITE through the daemon).
+    Play(PlayArgs),
+    /// Live streams of the daemon (sessions and their media).
+    Sessions(SessionsArgs),
+    /// End a live stream (BYE).
+    Hangup(HangupArgs),
+}
+
+/// Where the daemon's API is.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// API address of the daemon (default: [api] listen of --config, else 127.0.0.1:7080).
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<String>,
+    /// Read the API address and token from the daemon's configuration.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Bearer token (default: [api] token of --config, or $GATEWAY_API_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PlayArgs {
+    /// Device ID.
+    pub device: String,
+    /// Channel ID (default: the device's first catalog channel, else the device).
+    pub channel: Option<String>,
+    /// udp, tcp-passive or tcp-active.
+    #[arg(long, default_value = "udp")]
+    pub transport: String,
+    /// Record (default: as the daemon's [media.record] says).
+    #[arg(long)]
+    pub record: Option<bool>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SessionsArgs {
+    /// Include the recently ended ones.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HangupArgs {
+    /// Stream ID (its y= value).
+    pub id: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -370,6 +429,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(a) => status(&target(&a.iface)?, a.json)?,
         Command::Run(a) => daemon::run(&a.config, cli.netns.as_deref(), &cli.bpffs)?,
         Command::Devices(a) => devices(a)?,
+        Command::Play(a) => play(a)?,
+        Command::Sessions(a) => sessions(a)?,
+        Command::Hangup(a) => hangup(a)?,
     }
     Ok(())
 }
@@ -377,17 +439,69 @@ pub fn run(cli: Cli) -> Result<()> {
 /// GET on the daemon's API; a non-2xx answer becomes an error carrying
 /// the API's own message.
 fn api_get(base: &str, path: &str, token: Option<&str>) -> Result<serde_json::Value> {
+    api_call("GET", base, path, token, None)
+}
+
+impl ApiArgs {
+    /// (base address, token) from the flags, the config or the defaults.
+    fn resolve(&self) -> Result<(String, Option<String>)> {
+        let cfg = self
+            .config
+            .as_deref()
+            .map(crate::config::Config::load)
+            .transpose()?;
+        let base = self
+            .api
+            .clone()
+            .or_else(|| cfg.as_ref().map(|c| c.api.listen.to_string()))
+            .unwrap_or_else(|| crate::config::DEFAULT_API.to_string());
+        let token = self
+            .token
+            .clone()
+            .or_else(|| cfg.as_ref().and_then(|c| c.api.token.clone()))
+            .or_else(|| std::env::var("GATEWAY_API_TOKEN").ok());
+        Ok((base, token))
+    }
+}
+
+fn api_call(
+    method: &str,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value> {
     let url = format!("http://{base}{path}");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
+        .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
-    let mut req = agent.get(&url);
-    if let Some(t) = token {
-        req = req.header("Authorization", &format!("Bearer {t}"));
-    }
-    let mut resp = req.call().with_context(|| {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let sent = match (method, body) {
+        ("POST", Some(b)) => {
+            let mut r = agent.post(&url).header("Content-Type", "application/json");
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(b.to_string())
+        }
+        ("DELETE", _) => {
+            let mut r = agent.delete(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = agent.get(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+    };
+    let mut resp = sent.with_context(|| {
         format!("cannot reach the daemon's API at {base} (is `gateway run` up?)")
     })?;
     let code = resp.status().as_u16();
@@ -400,6 +514,98 @@ fn api_get(base: &str, path: &str, token: Option<&str>) -> Result<serde_json::Va
         bail!("{msg} (HTTP {code})");
     }
     Ok(body)
+}
+
+fn play(a: &PlayArgs) -> Result<()> {
+    let (base, token) = a.api.resolve()?;
+    let token = token.as_deref();
+    let channel = match &a.channel {
+        Some(c) => c.clone(),
+        None => api_get(&base, &format!("/api/devices/{}/channels", a.device), token)?["channels"]
+            [0]["device_id"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| a.device.clone()),
+    };
+    let mut body = serde_json::json!({
+        "device": a.device, "channel": channel, "transport": a.transport,
+    });
+    if let Some(r) = a.record {
+        body["record"] = serde_json::json!(r);
+    }
+    let s = api_call("POST", &base, "/api/streams", token, Some(&body))?;
+    if a.json {
+        return print_json(&s);
+    }
+    println!(
+        "stream {} established: {} channel {} over {}, SSRC {}, media to {} from {}",
+        s["id"].as_str().unwrap_or("?"),
+        a.device,
+        channel,
+        a.transport,
+        s["ssrc"],
+        s["local"].as_str().unwrap_or("?"),
+        s["remote"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+fn sessions(a: &SessionsArgs) -> Result<()> {
+    let (base, token) = a.api.resolve()?;
+    let path = if a.all {
+        "/api/streams?all=true"
+    } else {
+        "/api/streams"
+    };
+    let list = api_get(&base, path, token.as_deref())?;
+    if a.json {
+        return print_json(&list);
+    }
+    println!(
+        "{:<11} {:<22} {:<12} {:<12} {:>8} {:>6} {:>7} {:>8} {:>8}  REASON",
+        "STREAM", "CHANNEL", "TRANSPORT", "STATE", "PACKETS", "LOST", "FRAMES", "K.PKTS", "K.LOST"
+    );
+    for s in list["streams"].as_array().into_iter().flatten() {
+        let n = |v: &serde_json::Value| v.as_u64().map_or("-".to_string(), |x| x.to_string());
+        println!(
+            "{:<11} {:<22} {:<12} {:<12} {:>8} {:>6} {:>7} {:>8} {:>8}  {}",
+            s["id"].as_str().unwrap_or("-"),
+            s["channel"].as_str().unwrap_or("-"),
+            s["transport"].as_str().unwrap_or("-"),
+            s["state"].as_str().unwrap_or("-"),
+            n(&s["media"]["packets"]),
+            n(&s["media"]["lost"]),
+            n(&s["media"]["frames"]),
+            n(&s["kernel"]["packets"]),
+            n(&s["kernel"]["lost"]),
+            s["reason"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+fn hangup(a: &HangupArgs) -> Result<()> {
+    let (base, token) = a.api.resolve()?;
+    let s = api_call(
+        "DELETE",
+        &base,
+        &format!("/api/streams/{}", a.id),
+        token.as_deref(),
+        None,
+    )?;
+    if a.json {
+        return print_json(&s);
+    }
+    println!(
+        "stream {} closed; {} frames received{}",
+        a.id,
+        s["media"]["frames"],
+        s["media"]["files"][0]
+            .as_str()
+            .map(|f| format!(", recorded to {f}"))
+            .unwrap_or_default()
+    );
+    Ok(())
 }
 
 fn devices(a: &DevicesArgs) -> Result<()> {

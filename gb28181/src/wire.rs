@@ -258,6 +258,18 @@ pub fn parse(raw: &[u8], max: usize) -> Result<rsip::SipMessage, WireError> {
         .map_err(|e| WireError::Parse(e.to_string().chars().take(160).collect()))
 }
 
+/// The reason phrase of a response's status line as sent (rsip prints its
+/// own enum names instead).
+pub fn reason_phrase(raw: &[u8]) -> Option<String> {
+    let end = raw.iter().position(|b| *b == b'\n').unwrap_or(raw.len());
+    let line = std::str::from_utf8(&raw[..end])
+        .ok()?
+        .trim_end_matches('\r');
+    let rest = line.strip_prefix("SIP/2.0 ")?;
+    let (_code, reason) = rest.split_once(' ')?;
+    Some(reason.chars().take(128).collect())
+}
+
 /// TCP framing (RFC 3261 18.3): how many bytes of `buf` make the first
 /// message. `Ok(None)`: need more bytes. Leading CRLFs (keep-alive pings,
 /// RFC 5626) are part of the frame and yield an empty message to skip.
@@ -408,6 +420,16 @@ mod tests {
         );
         // Responses are never answered.
         assert!(raw_response(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", 400, "Bad Request").is_none());
+    }
+
+    #[test]
+    fn reason_phrases_as_sent() {
+        assert_eq!(
+            reason_phrase(b"SIP/2.0 486 Busy Here\r\nVia: x\r\n").as_deref(),
+            Some("Busy Here")
+        );
+        assert_eq!(reason_phrase(b"REGISTER sip:a SIP/2.0\r\n"), None);
+        assert_eq!(reason_phrase(b"SIP/2.0 200"), None);
     }
 
     #[test]

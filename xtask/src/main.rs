@@ -1,8 +1,10 @@
 //! Project tasks: `cargo xtask demo | test | bench`.
 //!
 //! - demo: two namespaces joined by a veth (198.18.0.0/15, no default
-//!   route), the gateway attached to one end, RTP with loss, reordering and
-//!   duplicates sent from the other, the live stream table, then clean-up.
+//!   route); the gateway daemon with XDP on one end, a simulated GB28181
+//!   camera (gb-sim) on the other registers, two live streams are opened
+//!   (UDP and TCP), the kernel's and the control plane's counters shown,
+//!   the recordings checked with ffprobe, then clean-up.
 //! - test: fmt check, clippy -D warnings, every unit and integration test.
 //! - bench: the data-plane benchmarks (release build).
 //!
@@ -121,7 +123,7 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
-            cargo(&["build", "-p", "gateway", "--bins"])?;
+            cargo(&["build", "-p", "gateway", "-p", "gb-sim", "--bins"])?;
             test_with_summary(&["test", "--workspace", "--exclude", "gateway-ebpf"])
         }
         Cmd::Bench { quick } => {
@@ -191,11 +193,29 @@ fn fuzz(seconds: u32) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the demo namespaces (and with them the veth pair).
-struct DemoNet;
+/// Deletes the demo namespaces (and with them the veth pair) and stops
+/// the processes the demo started.
+struct DemoNet {
+    children: Vec<std::process::Child>,
+}
 
 impl Drop for DemoNet {
     fn drop(&mut self) {
+        // The daemon first (SIGTERM: it detaches and saves), then the rest.
+        for c in &mut self.children {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+        }
+        for c in &mut self.children {
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < std::time::Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         // Pins of an interrupted run (the programs detached with their interface).
         let _ = std::fs::remove_dir_all("/sys/fs/bpf/gateway/gwdemo-gw");
         for ns in ["gwdemo-gw", "gwdemo-cam"] {
@@ -207,13 +227,43 @@ impl Drop for DemoNet {
     }
 }
 
+const DEMO_DEVICE: &str = "34020000001320000001";
+
 fn demo(seconds: u32) -> Result<()> {
-    cargo(&["build", "-p", "gateway", "-p", "gateway-tests", "--bins"])?;
+    cargo(&["build", "-p", "gateway", "-p", "gb-sim", "--bins"])?;
     let gw = target_dir().join("debug/gateway");
-    let gen = target_dir().join("debug/rtpgen");
-    let gw = gw.to_str().context("path")?;
-    drop(DemoNet); // leftovers of an interrupted run
-    let _net = DemoNet;
+    let sim = target_dir().join("debug/gb-sim");
+    let gw = gw.to_str().context("path")?.to_string();
+    let work = std::path::PathBuf::from("/tmp/gwdemo");
+    drop(DemoNet { children: vec![] }); // leftovers of an interrupted run
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    println!("# a 10 s test picture encoded with ffmpeg: the simulated camera's video");
+    sh(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=640x360:rate=25",
+            "-t",
+            "10",
+            "-c:v",
+            "libx264",
+            "-g",
+            "25",
+            "-bf",
+            "0",
+            "-f",
+            "h264",
+            "/tmp/gwdemo/cam.h264",
+        ],
+    )?;
+    let mut net = DemoNet { children: vec![] };
     sh("ip", &["netns", "add", "gwdemo-gw"])?;
     sh("ip", &["netns", "add", "gwdemo-cam"])?;
     sh(
@@ -257,58 +307,166 @@ fn demo(seconds: u32) -> Result<()> {
             "cam0",
         ],
     )?;
-    sh("ip", &["-n", "gwdemo-gw", "link", "set", "gw0", "up"])?;
-    sh("ip", &["-n", "gwdemo-cam", "link", "set", "cam0", "up"])?;
+    for (ns, dev) in [("gwdemo-gw", "gw0"), ("gwdemo-cam", "cam0")] {
+        sh("ip", &["-n", ns, "link", "set", dev, "up"])?;
+        sh("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    std::fs::write(
+        work.join("gateway.toml"),
+        r#"[dataplane]
+iface = "gw0"
+mode = "native"
+media_ports = "30000-30099"
+unknown = "drop"
+poll_interval_secs = 2.0
+
+[sip]
+id = "34020000002000000001"
+listen = ["198.18.0.1:5060"]
+password = "demo-secret"
+keepalive_interval_secs = 5
+
+[api]
+listen = "127.0.0.1:7080"
+
+[store]
+path = "/tmp/gwdemo/registry.redb"
+
+[media]
+ip = "198.18.0.1"
+ports = "30000-30099"
+no_media_timeout_secs = 10
+
+[media.record]
+dir = "/tmp/gwdemo/records"
+"#,
+    )?;
+    println!("$ gateway --netns gwdemo-gw run --config /tmp/gwdemo/gateway.toml   (log: /tmp/gwdemo/gateway.log)");
+    net.children.push(
+        Command::new(&gw)
+            .args([
+                "--netns",
+                "gwdemo-gw",
+                "run",
+                "--config",
+                "/tmp/gwdemo/gateway.toml",
+            ])
+            .stderr(std::fs::File::create(work.join("gateway.log"))?)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the gateway")?,
+    );
+    println!("$ gb-sim (in gwdemo-cam): a camera with 2 channels, every 50th packet lost");
+    net.children.push(
+        Command::new("ip")
+            .args(["netns", "exec", "gwdemo-cam"])
+            .arg(&sim)
+            .args([
+                "--server",
+                "198.18.0.1:5060",
+                "--bind",
+                "198.18.0.2",
+                "--device-id",
+                DEMO_DEVICE,
+                "--password",
+                "demo-secret",
+                "--channels",
+                "2",
+                "--keepalive-secs",
+                "5",
+                "--media",
+                "/tmp/gwdemo/cam.h264",
+                "--loop",
+                "--drop-every",
+                "500",
+                "--status-file",
+                "/tmp/gwdemo/sim.json",
+            ])
+            .stderr(std::fs::File::create(work.join("sim.log"))?)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting gb-sim")?,
+    );
     let g = |args: &[&str]| -> Result<()> {
         let mut a = vec!["--netns", "gwdemo-gw"];
         a.extend_from_slice(args);
-        println!("$ gateway {}", a.join(" "));
-        sh(gw, &a)
+        println!("\n$ gateway {}", a.join(" "));
+        sh(&gw, &a)
     };
+    // Wait for the registration and the catalog (bounded).
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = Command::new(&gw)
+            .args(["--netns", "gwdemo-gw", "devices", "--json"])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["online"] == 1 && v["devices"][0]["channels"] == 2 {
+            break;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(30) {
+            bail!("the simulated camera did not come online; see /tmp/gwdemo/*.log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    g(&["devices"])?;
+    g(&["devices", DEMO_DEVICE])?;
     g(&[
-        "attach",
+        "play",
+        DEMO_DEVICE,
+        "34020000001310000001",
+        "--transport",
+        "udp",
+    ])?;
+    g(&[
+        "play",
+        DEMO_DEVICE,
+        "34020000001310000002",
+        "--transport",
+        "tcp-passive",
+    ])?;
+    println!("\n# the kernel's view of the UDP session's flow (XDP counters, read by mmap)");
+    g(&[
+        "streams",
         "--iface",
         "gw0",
-        "--mode",
-        "native",
-        "--media-ports",
-        "30000-30099",
-        "--unknown",
-        "drop",
+        "--watch",
+        "1",
+        "--count",
+        &seconds.to_string(),
     ])?;
-    let result = (|| -> Result<()> {
-        for (i, name) in ["gate-east", "lobby", "parking"].iter().enumerate() {
-            g(&[
-                "flow",
-                "add",
-                "--iface",
-                "gw0",
-                "--local",
-                &format!("198.18.0.1:{}", 30000 + 2 * i),
-                "--name",
-                name,
-            ])?;
+    println!("\n# the control plane's view: receiver and kernel counters per session");
+    g(&["sessions"])?;
+    let out = Command::new(&gw)
+        .args(["--netns", "gwdemo-gw", "sessions", "--json"])
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    for s in v["streams"].as_array().into_iter().flatten() {
+        if let Some(id) = s["id"].as_str() {
+            g(&["hangup", id])?;
         }
-        println!("\n# 4 cameras send RTP (the 4th has no flow: dropped in the kernel)\n");
-        let mut sender = Command::new("ip")
-            .args(["netns", "exec", "gwdemo-cam"])
-            .arg(&gen)
-            .args(["198.18.0.1", "30000", "4", "200", &seconds.to_string()])
-            .spawn()
-            .context("starting the RTP sender")?;
-        g(&[
-            "streams",
-            "--iface",
-            "gw0",
-            "--watch",
-            "1",
-            "--count",
-            &seconds.to_string(),
-        ])?;
-        let _ = sender.wait();
-        println!();
-        g(&["status", "--iface", "gw0"])
-    })();
-    g(&["detach", "--iface", "gw0"])?;
-    result
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    println!("\n# the recordings, checked by ffprobe");
+    for e in std::fs::read_dir(work.join("records"))? {
+        let p = e?.path();
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+            .args([
+                "-show_entries",
+                "stream=codec_name,width,height,nb_read_frames",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&p)
+            .output()?;
+        println!(
+            "{}: {}",
+            p.display(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    g(&["status", "--iface", "gw0"])?;
+    drop(net);
+    println!("\n# stopped the gateway (detached) and the camera, deleted the namespaces");
+    Ok(())
 }

@@ -216,7 +216,14 @@ fn parse(raw: &[u8], max: usize, metrics: &SipMetrics) -> Result<Head, Option<Ve
         return Err(None);
     };
     match parsed {
-        Ok(Ok(h)) => Ok(h),
+        Ok(Ok(mut h)) => {
+            if h.status.is_some() {
+                if let Some(r) = wire::reason_phrase(raw) {
+                    h.reason = r;
+                }
+            }
+            Ok(h)
+        }
         Ok(Err(e)) => {
             metrics.parse_errors.with_label_values(&["header"]).inc();
             debug!(error = %e, "SIP message with bad headers");

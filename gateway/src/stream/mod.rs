@@ -644,7 +644,21 @@ pub fn start(bound: Bound, remote: Option<SocketAddr>, mut pipe: Pipeline) -> Re
                             }
                         }
                         _ = tick.tick() => { pipe.tick(now_ns()); pipe.publish(&shared); }
-                        _ = &mut rx => break,
+                        _ = &mut rx => {
+                            // Ended (BYE, API): what already arrived is
+                            // the device's; take it before closing.
+                            use std::os::fd::AsFd;
+                            while let Ok(n) = crate::dataplane::sys::recv_mmsg(sock.as_fd(), &mut bufs, &mut lens) {
+                                let t = now_ns();
+                                for (b, l) in bufs.iter().zip(&lens[..n]) {
+                                    match b.get(..*l) {
+                                        Some(d) => pipe.packet(d, t),
+                                        None => pipe.oversized(),
+                                    }
+                                }
+                            }
+                            break;
+                        }
                     }
                 }
             }
@@ -714,7 +728,22 @@ async fn tcp_loop(
     let mut dec = Rfc4571Decoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // After the stop request: keep reading what the peer already sent
+    // until it closes or is idle for a second.
+    let mut stopping = false;
     loop {
+        if stopping {
+            match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    dec.push(&buf[..n]);
+                    while let Ok(Some(p)) = dec.next_packet() {
+                        pipe.packet(&p, now_ns());
+                    }
+                    continue;
+                }
+                _ => break,
+            }
+        }
         tokio::select! {
             r = s.read(&mut buf) => match r {
                 Ok(0) | Err(_) => break,
@@ -734,7 +763,7 @@ async fn tcp_loop(
                 }
             },
             _ = tick.tick() => { pipe.tick(now_ns()); pipe.publish(shared); }
-            _ = &mut *rx => break,
+            _ = &mut *rx => stopping = true,
         }
     }
 }
