@@ -70,7 +70,15 @@ impl RawDevice {
 }
 
 fn post(api: SocketAddr, channel: &str) -> std::thread::JoinHandle<(u16, serde_json::Value)> {
-    let body = format!(r#"{{"device":"{DEV}","channel":"{channel}"}}"#);
+    post_t(api, channel, "udp")
+}
+
+fn post_t(
+    api: SocketAddr,
+    channel: &str,
+    transport: &str,
+) -> std::thread::JoinHandle<(u16, serde_json::Value)> {
+    let body = format!(r#"{{"device":"{DEV}","channel":"{channel}","transport":"{transport}"}}"#);
     std::thread::spawn(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -260,7 +268,37 @@ fn bad_sdp_and_bad_media_are_counted_and_contained() {
     assert_eq!(c["media"]["frames"], 20, "{c}");
     assert_eq!(c["media"]["garbage"], 0);
     assert_eq!(c["media"]["lost"], 0);
+    // A TCP peer announcing a 65 535-byte RTP packet: counted, the
+    // connection closed, the daemon fine.
+    let call = post_t(d.api, "34020000001310000004", "tcp-passive");
+    let inv = dev.expect("INVITE");
+    let y = y_of(&inv);
+    dev.answer(
+        &inv,
+        200,
+        "OK",
+        Some(&good_sdp(&y).replace("RTP/AVP", "TCP/RTP/AVP")),
+    );
+    let _ = dev.expect("ACK");
+    let (code, t) = call.join().unwrap();
+    assert_eq!(code, 201, "{t}");
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port(&t))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    use std::io::{Read, Write};
+    conn.write_all(&[0xff, 0xff]).unwrap();
+    conn.write_all(&[0x80; 100]).unwrap();
+    let mut sink = Vec::new();
+    let _ = conn.read_to_end(&mut sink); // returns when the gateway closes
+    let tid = t["id"].as_str().unwrap().to_string();
+    d.wait_until(Duration::from_secs(10), "huge length prefix counted", |d| {
+        d.get(&format!("/api/streams/{tid}"))
+            .is_ok_and(|v| v["media"]["garbage"] == 1)
+    })
+    .unwrap();
+
     let log = d.log_text();
+    assert!(log.contains("media TCP framing broken"), "{log}");
     assert_eq!(
         log.matches("non-RTP data on the media port").count(),
         1,

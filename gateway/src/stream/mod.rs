@@ -725,7 +725,9 @@ async fn tcp_loop(
     rx: &mut oneshot::Receiver<()>,
     now_ns: impl Fn() -> u64,
 ) {
-    let mut dec = Rfc4571Decoder::new();
+    // RTP packets from cameras are ~1.4 KB; a length prefix beyond 32 KiB
+    // is a broken or hostile peer: counted, and the connection closed.
+    let mut dec = Rfc4571Decoder::with_max_len(32 * 1024);
     let mut buf = vec![0u8; 64 * 1024];
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     // After the stop request: keep reading what the peer already sent
