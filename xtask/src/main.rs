@@ -378,7 +378,7 @@ dir = "/tmp/gwdemo/records"
                 "/tmp/gwdemo/cam.h264",
                 "--loop",
                 "--drop-every",
-                "500",
+                "50",
                 "--status-file",
                 "/tmp/gwdemo/sim.json",
             ])
