@@ -124,15 +124,8 @@ pub struct HangupArgs {
 pub struct DevicesArgs {
     /// One device: its details and channels.
     pub id: Option<String>,
-    /// API address of the daemon (default: [api] listen of --config, else 127.0.0.1:7080).
-    #[arg(long, value_name = "ADDR")]
-    pub api: Option<String>,
-    /// Read the API address and token from the daemon's configuration.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Bearer token (default: [api] token of --config, or $GATEWAY_API_TOKEN).
-    #[arg(long, value_name = "TOKEN")]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -609,21 +602,7 @@ fn hangup(a: &HangupArgs) -> Result<()> {
 }
 
 fn devices(a: &DevicesArgs) -> Result<()> {
-    let cfg = a
-        .config
-        .as_deref()
-        .map(crate::config::Config::load)
-        .transpose()?;
-    let base = a
-        .api
-        .clone()
-        .or_else(|| cfg.as_ref().map(|c| c.api.listen.to_string()))
-        .unwrap_or_else(|| crate::config::DEFAULT_API.to_string());
-    let token = a
-        .token
-        .clone()
-        .or_else(|| cfg.as_ref().and_then(|c| c.api.token.clone()))
-        .or_else(|| std::env::var("GATEWAY_API_TOKEN").ok());
+    let (base, token) = a.api.resolve()?;
     let token = token.as_deref();
     if let Some(id) = &a.id {
         let dev = api_get(&base, &format!("/api/devices/{id}"), token)?;

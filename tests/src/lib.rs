@@ -8,6 +8,7 @@
 pub mod frames;
 pub mod netns;
 pub mod sipp;
+pub mod testmedia;
 
 use std::path::PathBuf;
 

@@ -144,59 +144,83 @@ impl Daemon {
 
     /// Any request; returns the status and the JSON body.
     pub fn request(&self, method: &str, path: &str, token: Option<&str>) -> Result<(u16, Value)> {
-        match &self.netns {
-            None => request(self.api, method, path, token),
-            Some(ns) => {
-                let (ns, api) = (ns.clone(), self.api);
-                let (method, path, token) = (
-                    method.to_string(),
-                    path.to_string(),
-                    token.map(str::to_string),
-                );
-                std::thread::spawn(move || {
-                    gateway::dataplane::sys::enter_netns(&ns)?;
-                    request(api, &method, &path, token.as_deref())
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("request thread panicked"))?
-            }
-        }
+        self.send(method, path, token, None)
+    }
+
+    /// POST a JSON body; returns the status and the JSON answer.
+    pub fn post_json(&self, path: &str, body: &str) -> Result<(u16, Value)> {
+        self.send("POST", path, None, Some(body))
+    }
+
+    /// From a thread inside the daemon's namespace when it has one.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<(u16, Value)> {
+        let Some(ns) = &self.netns else {
+            return request(self.api, method, path, token, body);
+        };
+        let (ns, api) = (ns.clone(), self.api);
+        let (method, path) = (method.to_string(), path.to_string());
+        let (token, body) = (token.map(str::to_string), body.map(str::to_string));
+        std::thread::spawn(move || {
+            gateway::dataplane::sys::enter_netns(&ns)?;
+            request(api, &method, &path, token.as_deref(), body.as_deref())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("request thread panicked"))?
     }
 }
 
-/// An API request to `api` from the calling thread's namespace.
+/// An API request to `api` from the calling thread's namespace; a `body`
+/// is sent as JSON.
 pub fn request(
     api: SocketAddr,
     method: &str,
     path: &str,
     token: Option<&str>,
+    body: Option<&str>,
 ) -> Result<(u16, Value)> {
-    {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        let url = format!("http://{api}{path}");
-        let mut resp = match (method, token) {
-            ("GET", Some(t)) => agent
-                .get(&url)
-                .header("Authorization", &format!("Bearer {t}"))
-                .call(),
-            ("GET", None) => agent.get(&url).call(),
-            ("POST", Some(t)) => agent
-                .post(&url)
-                .header("Authorization", &format!("Bearer {t}"))
-                .send_empty(),
-            ("POST", None) => agent.post(&url).send_empty(),
-            ("DELETE", None) => agent.delete(&url).call(),
-            ("PUT", None) => agent.put(&url).send_empty(),
-            _ => bail!("unsupported {method}"),
-        }?;
-        let code = resp.status().as_u16();
-        let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
-        Ok((code, v))
-    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let url = format!("http://{api}{path}");
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut resp = match method {
+        "GET" => {
+            let mut r = agent.get(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        "DELETE" => {
+            let mut r = agent.delete(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        "POST" => {
+            let mut r = agent.post(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            match body {
+                Some(b) => r.header("Content-Type", "application/json").send(b),
+                None => r.send_empty(),
+            }
+        }
+        _ => bail!("unsupported {method}"),
+    }?;
+    let code = resp.status().as_u16();
+    let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+    Ok((code, v))
 }
 
 impl Daemon {

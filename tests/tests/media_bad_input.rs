@@ -9,9 +9,12 @@ use std::{
     time::Duration,
 };
 
-use gateway_tests::sipp::{free_port, Daemon, TempDir, DOMAIN, PLATFORM};
+use gateway_tests::{
+    sipp::{free_port, Daemon, TempDir, DOMAIN, PLATFORM},
+    testmedia::ps_rtp,
+};
 use gb28181::{digest::Challenge, sip::Head, wire};
-use media::{ps::PsMuxer, rtp::RtpHeader, Codec};
+use media::rtp::RtpHeader;
 
 const DEV: &str = "34020000001320000601";
 
@@ -103,31 +106,14 @@ fn y_of(inv: &Head) -> String {
 }
 
 fn frames(n: usize, ssrc: u32, seq0: u16) -> Vec<Vec<u8>> {
-    let mut mux = PsMuxer::new(Codec::H264);
-    let mut out = Vec::new();
-    let mut seq = seq0;
-    for i in 0..n {
-        let mut au = vec![0, 0, 0, 1, if i == 0 { 0x65 } else { 0x41 }];
-        au.extend((0..3000).map(|j| ((i * 7 + j) % 250 + 1) as u8));
-        let mut ps = Vec::new();
-        mux.write_video(&au, i as u64 * 3600, None, &mut ps);
-        let cs: Vec<&[u8]> = media::ps::packetize_rtp(&ps, 1388).collect();
-        for (j, c) in cs.iter().enumerate() {
-            let mut p = Vec::new();
-            RtpHeader {
-                marker: j + 1 == cs.len(),
-                pt: 96,
-                seq,
-                ts: i as u32 * 3600,
-                ssrc,
-            }
-            .write(&mut p);
-            p.extend_from_slice(c);
-            out.push(p);
-            seq = seq.wrapping_add(1);
-        }
-    }
-    out
+    let aus: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let mut au = vec![0, 0, 0, 1, if i == 0 { 0x65 } else { 0x41 }];
+            au.extend((0..3000).map(|j| ((i * 7 + j) % 250 + 1) as u8));
+            au
+        })
+        .collect();
+    ps_rtp(&aus, ssrc, seq0)
 }
 
 #[test]

@@ -14,39 +14,22 @@ use gateway_tests::{
     netns::NetnsPair,
     require_root,
     sipp::{free_port, scenarios, write_csv, write_device_scenario, Daemon, Invite, Sipp, TempDir},
+    testmedia::ps_rtp,
 };
-use media::{ps::PsMuxer, rtp::RtpHeader, Codec};
 
 const DEV: &str = "34020000001320000501";
 const CH1: &str = "34020000001310000001";
 const CH2: &str = "34020000001310000002";
 
 fn rtp_ps(frames: usize, ssrc: u32) -> Vec<Vec<u8>> {
-    let mut mux = PsMuxer::new(Codec::H264);
-    let mut out = Vec::new();
-    let mut seq = 7u16;
-    for i in 0..frames {
-        let mut au = vec![0, 0, 0, 1, if i % 25 == 0 { 0x65 } else { 0x41 }];
-        au.extend((0..4000).map(|j| ((i + j) % 200 + 1) as u8));
-        let mut ps = Vec::new();
-        mux.write_video(&au, i as u64 * 3600, None, &mut ps);
-        let chunks: Vec<&[u8]> = media::ps::packetize_rtp(&ps, 1388).collect();
-        for (j, c) in chunks.iter().enumerate() {
-            let mut p = Vec::new();
-            RtpHeader {
-                marker: j + 1 == chunks.len(),
-                pt: 96,
-                seq,
-                ts: i as u32 * 3600,
-                ssrc,
-            }
-            .write(&mut p);
-            p.extend_from_slice(c);
-            out.push(p);
-            seq = seq.wrapping_add(1);
-        }
-    }
-    out
+    let aus: Vec<Vec<u8>> = (0..frames)
+        .map(|i| {
+            let mut au = vec![0, 0, 0, 1, if i % 25 == 0 { 0x65 } else { 0x41 }];
+            au.extend((0..4000).map(|j| ((i + j) % 200 + 1) as u8));
+            au
+        })
+        .collect();
+    ps_rtp(&aus, ssrc, 7)
 }
 
 /// Sends from inside namespace `ns`, skipping the packets `skip` selects.
@@ -69,25 +52,10 @@ fn send_from(ns: &str, to: std::net::SocketAddr, pk: Vec<Vec<u8>>, skip: fn(usiz
 }
 
 fn open(d: &Daemon, channel: &str) -> serde_json::Value {
-    let ns = d.netns.clone().unwrap();
-    let api = d.api;
     let body = format!(r#"{{"device":"{DEV}","channel":"{channel}","transport":"udp"}}"#);
-    std::thread::spawn(move || {
-        gateway::dataplane::sys::enter_netns(&ns).unwrap();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut r = agent
-            .post(&format!("http://{api}/api/streams"))
-            .header("Content-Type", "application/json")
-            .send(body)
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201);
-        r.body_mut().read_json::<serde_json::Value>().unwrap()
-    })
-    .join()
-    .unwrap()
+    let (code, v) = d.post_json("/api/streams", &body).unwrap();
+    assert_eq!(code, 201);
+    v
 }
 
 fn kernel_flows(ns: &str, iface: &str) -> String {

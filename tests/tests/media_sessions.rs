@@ -15,7 +15,7 @@ use std::{
 use gateway_tests::sipp::{
     free_port, scenarios, write_csv, write_device_scenario, Daemon, Invite, Sipp, TempDir,
 };
-use media::{ps::PsMuxer, rtp::RtpHeader, Codec};
+use gateway_tests::testmedia::{ffprobe_frames, ps_rtp, split_aus};
 
 const DEV: &str = "34020000001320000401";
 const CH1: &str = "34020000001310000001";
@@ -57,59 +57,9 @@ fn encode(dir: &Path, n: usize) -> Vec<Vec<u8>> {
         .status()
         .unwrap();
     assert!(st.success(), "ffmpeg failed");
-    let data = std::fs::read(&out).unwrap();
-    let mut aus: Vec<Vec<u8>> = Vec::new();
-    for nal in media::h26x::split_annexb(&data) {
-        if nal.first().is_some_and(|b| b & 0x1f == 9) || aus.is_empty() {
-            aus.push(Vec::new());
-        }
-        let au = aus.last_mut().unwrap();
-        au.extend_from_slice(&[0, 0, 0, 1]);
-        au.extend_from_slice(nal);
-    }
+    let aus = split_aus(&std::fs::read(&out).unwrap());
     assert_eq!(aus.len(), n);
     aus
-}
-
-/// RTP packets of PS carrying `aus` (1388-byte payloads, marker on the
-/// last packet of each frame).
-fn rtp_ps(aus: &[Vec<u8>], ssrc: u32) -> Vec<Vec<u8>> {
-    let mut mux = PsMuxer::new(Codec::H264);
-    let mut out = Vec::new();
-    let mut seq = 1000u16;
-    for (i, au) in aus.iter().enumerate() {
-        let mut ps = Vec::new();
-        mux.write_video(au, i as u64 * 3600, None, &mut ps);
-        let chunks: Vec<&[u8]> = media::ps::packetize_rtp(&ps, 1388).collect();
-        for (j, c) in chunks.iter().enumerate() {
-            let mut p = Vec::new();
-            RtpHeader {
-                marker: j + 1 == chunks.len(),
-                pt: 96,
-                seq,
-                ts: i as u32 * 3600,
-                ssrc,
-            }
-            .write(&mut p);
-            p.extend_from_slice(c);
-            out.push(p);
-            seq = seq.wrapping_add(1);
-        }
-    }
-    out
-}
-
-fn ffprobe_frames(path: &str) -> u64 {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
 }
 
 fn open(d: &Daemon, channel: &str, transport: &str) -> serde_json::Value {
@@ -117,19 +67,11 @@ fn open(d: &Daemon, channel: &str, transport: &str) -> serde_json::Value {
 }
 
 fn open_with(d: &Daemon, channel: &str, transport: &str, extra: &str) -> serde_json::Value {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut r = agent
-        .post(&format!("http://{}/api/streams", d.api))
-        .header("Content-Type", "application/json")
-        .send(format!(
-            r#"{{"device":"{DEV}","channel":"{channel}","transport":"{transport}"{extra}}}"#
-        ))
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    r.body_mut().read_json().unwrap()
+    let body =
+        format!(r#"{{"device":"{DEV}","channel":"{channel}","transport":"{transport}"{extra}}}"#);
+    let (code, v) = d.post_json("/api/streams", &body).unwrap();
+    assert_eq!(code, 201);
+    v
 }
 
 fn port_of(s: &serde_json::Value) -> u16 {
@@ -230,7 +172,7 @@ fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
     );
     let id = s["id"].as_str().unwrap().to_string();
     let ssrc = s["ssrc"].as_u64().unwrap() as u32;
-    let pk = rtp_ps(&aus, ssrc);
+    let pk = ps_rtp(&aus, ssrc, 1000);
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     for p in &pk {
         tx.send_to(p, ("127.0.0.1", port_of(&s))).unwrap();
@@ -269,7 +211,7 @@ fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
     // TCP passive: the test connects and sends RFC 4571 frames.
     let s = open(&d, CH2, "tcp-passive");
     let id = s["id"].as_str().unwrap().to_string();
-    let pk = rtp_ps(&aus, s["ssrc"].as_u64().unwrap() as u32);
+    let pk = ps_rtp(&aus, s["ssrc"].as_u64().unwrap() as u32, 1000);
     let mut t = TcpStream::connect(("127.0.0.1", port_of(&s))).unwrap();
     let mut buf = Vec::new();
     for p in &pk {
@@ -296,7 +238,7 @@ fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
     // Loss: three packets of one frame dropped on the way.
     let s = open(&d, CH1, "udp");
     let id = s["id"].as_str().unwrap().to_string();
-    let pk = rtp_ps(&aus, s["ssrc"].as_u64().unwrap() as u32);
+    let pk = ps_rtp(&aus, s["ssrc"].as_u64().unwrap() as u32, 1000);
     for (i, p) in pk.iter().enumerate() {
         if (40..43).contains(&i) {
             continue;

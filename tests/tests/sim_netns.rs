@@ -17,6 +17,7 @@ use gateway_tests::{
     netns::NetnsPair,
     require_root,
     sipp::{free_port, Daemon, TempDir},
+    testmedia::ffprobe_frames,
 };
 use serde_json::Value;
 
@@ -105,24 +106,9 @@ fn sim_stream(path: &Path, y: &str) -> Value {
 }
 
 fn post(d: &Daemon, body: String) -> Value {
-    let ns = d.netns.clone().unwrap();
-    let api = d.api;
-    std::thread::spawn(move || {
-        gateway::dataplane::sys::enter_netns(&ns).unwrap();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut r = agent
-            .post(&format!("http://{api}/api/streams"))
-            .header("Content-Type", "application/json")
-            .send(body)
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201);
-        r.body_mut().read_json::<Value>().unwrap()
-    })
-    .join()
-    .unwrap()
+    let (code, v) = d.post_json("/api/streams", &body).unwrap();
+    assert_eq!(code, 201);
+    v
 }
 
 fn kernel_flows(ns: &str, iface: &str) -> String {
@@ -131,19 +117,6 @@ fn kernel_flows(ns: &str, iface: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ffprobe_frames(path: &str) -> u64 {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
 }
 
 #[test]

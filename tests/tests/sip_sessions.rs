@@ -20,21 +20,7 @@ fn sipp_available() -> bool {
 }
 
 fn post_stream(d: &Daemon, body: &str) -> (u16, serde_json::Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let mut r = agent
-        .post(&format!("http://{}/api/streams", d.api))
-        .header("Content-Type", "application/json")
-        .send(body)
-        .unwrap();
-    let code = r.status().as_u16();
-    (
-        code,
-        r.body_mut().read_json().unwrap_or(serde_json::Value::Null),
-    )
+    d.post_json("/api/streams", body).unwrap()
 }
 
 /// One sipp device with its own ooc behaviour, running in the background.

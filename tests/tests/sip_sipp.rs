@@ -39,6 +39,27 @@ fn expected_channels() -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// One call of a scenario for the device(s) of `csv`, bounded in time.
+fn run_once(
+    dir: &std::path::Path,
+    d: &Daemon,
+    scenario: &str,
+    csv: &std::path::Path,
+    transport: &str,
+) -> gateway_tests::sipp::SippResult {
+    let csv = csv.to_str().unwrap();
+    Sipp::new(
+        dir,
+        d.sip,
+        &scenarios().join(scenario),
+        free_port(),
+        transport,
+    )
+    .args(&["-inf", csv, "-m", "1", "-timeout", "30s", "-timeout_error"])
+    .run()
+    .unwrap()
+}
+
 /// Register (digest), catalog in two GB2312 messages, DeviceInfo,
 /// DeviceStatus and a catalog refresh on demand, keepalives, a wrong
 /// password (403) that leaves the good registration alone, unregister.
@@ -129,24 +150,7 @@ fn lifecycle(transport: &str, qop: bool) {
     assert!(r.ok(), "sipp register failed: {}\n{}", r.errors, r.stdout);
 
     // Keepalives.
-    let ka = Sipp::new(
-        dir.path(),
-        d.sip,
-        &sc.join("keepalive.xml"),
-        free_port(),
-        transport,
-    )
-    .args(&[
-        "-inf",
-        csv.to_str().unwrap(),
-        "-m",
-        "1",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ])
-    .run()
-    .unwrap();
+    let ka = run_once(dir.path(), &d, "keepalive.xml", &csv, transport);
     assert!(ka.ok(), "sipp keepalive failed: {}", ka.errors);
     let v = d.device(DEV).unwrap();
     assert_eq!(v["keepalives"], 3);
@@ -156,24 +160,7 @@ fn lifecycle(transport: &str, qop: bool) {
     // A wrong password gets 403 (sipp asserts it) and changes nothing.
     let bad_csv = dir.path().join("bad.csv");
     write_csv(&bad_csv, &[(DEV.into(), "wrong".into())]);
-    let bad = Sipp::new(
-        dir.path(),
-        d.sip,
-        &sc.join("wrong_password.xml"),
-        free_port(),
-        transport,
-    )
-    .args(&[
-        "-inf",
-        bad_csv.to_str().unwrap(),
-        "-m",
-        "1",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ])
-    .run()
-    .unwrap();
+    let bad = run_once(dir.path(), &d, "wrong_password.xml", &bad_csv, transport);
     assert!(bad.ok(), "sipp wrong password failed: {}", bad.errors);
     assert_eq!(
         d.stat("gateway_sip_auth_failures_total", "reason=password"),
@@ -213,24 +200,7 @@ fn lifecycle(transport: &str, qop: bool) {
     );
 
     // Unregister.
-    let un = Sipp::new(
-        dir.path(),
-        d.sip,
-        &sc.join("unregister.xml"),
-        free_port(),
-        transport,
-    )
-    .args(&[
-        "-inf",
-        csv.to_str().unwrap(),
-        "-m",
-        "1",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-    ])
-    .run()
-    .unwrap();
+    let un = run_once(dir.path(), &d, "unregister.xml", &csv, transport);
     assert!(un.ok(), "sipp unregister failed: {}", un.errors);
     let v = d.device(DEV).unwrap();
     assert_eq!(v["online"], false);

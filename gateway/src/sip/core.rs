@@ -109,10 +109,6 @@ enum Purpose {
     Bye,
 }
 
-fn session_start_static(core: &mut Core) {
-    core.start_static_streams();
-}
-
 /// Purposes are keyed by branch and method (a CANCEL shares its INVITE's branch).
 fn pkey(branch: &str, method: &str) -> String {
     format!("{branch}|{method}")
@@ -283,11 +279,6 @@ impl Core {
         core
     }
 
-    /// Starts the receivers configured without SIP.
-    pub fn start_static(&mut self) {
-        session_start_static(self);
-    }
-
     /// Session flows go into this attachment's XDP flow table.
     pub fn set_dataplane(&mut self, t: crate::dataplane::attach::Target) -> anyhow::Result<()> {
         let maps = t.open()?;
@@ -406,13 +397,7 @@ impl Core {
         let (d_local, d_addr) = (d.local, d.addr);
         let sn = self.next_sn();
         let body = manscdp::query(cmd, sn, device, cs);
-        let local_ip = self
-            .cfg
-            .advertise_ip
-            .or_else(|| (!d_local.ip().is_unspecified()).then(|| d_local.ip()))
-            .or_else(|| local_ip_for(d_addr))
-            .unwrap_or(d_local.ip());
-        let local = SocketAddr::new(local_ip, d_local.port()).to_string();
+        let local = self.local_sip(d_local, d_addr);
         let branch = gsip::branch();
         let call_id = gsip::token(20);
         let from = format!("sip:{}@{}", self.cfg.id, self.domain);

@@ -49,7 +49,7 @@ pub async fn start(
     if let Some(t) = dataplane {
         core.set_dataplane(t)?;
     }
-    core.start_static();
+    core.start_static_streams();
     let task = tokio::spawn(core.run(in_rx, cmd_rx));
     Ok(Service {
         commands: cmd_tx,

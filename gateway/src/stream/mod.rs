@@ -11,7 +11,7 @@ use std::{
     fs::File,
     io::{BufWriter, Write},
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -778,11 +778,6 @@ pub fn record_base(device: &str, channel: &str, id: &str) -> String {
             .collect()
     };
     format!("{}_{}_{}", clean(device), clean(channel), clean(id))
-}
-
-/// Where a stream's recording goes.
-pub fn record_dir(cfg: &RecordConfig) -> &Path {
-    &cfg.dir
 }
 
 #[cfg(test)]

@@ -71,17 +71,7 @@ fn encode(dir: &Path, secs: u32) -> Result<Vec<Vec<u8>>> {
     if !st.success() {
         bail!("ffmpeg failed");
     }
-    let data = std::fs::read(&out)?;
-    let mut aus: Vec<Vec<u8>> = Vec::new();
-    for nal in media::h26x::split_annexb(&data) {
-        if nal.first().is_some_and(|b| b & 0x1f == 9) || aus.is_empty() {
-            aus.push(Vec::new());
-        }
-        if let Some(au) = aus.last_mut() {
-            au.extend_from_slice(&[0, 0, 0, 1]);
-            au.extend_from_slice(nal);
-        }
-    }
+    let aus = gateway_tests::testmedia::split_aus(&std::fs::read(&out)?);
     Ok(aus)
 }
 
@@ -189,22 +179,8 @@ fn main() -> Result<()> {
         dir.path().join("rec")
     };
     let frame_period = 1.0 / 25.0;
-    let per_frame: Vec<std::ops::Range<usize>> = {
-        // Chunk ranges of each frame, for pacing at 25 fps per stream.
-        let mut v = Vec::new();
-        let mut start = 0;
-        let mut mux = PsMuxer::new(Codec::H264);
-        for (i, au) in aus.iter().enumerate() {
-            let mut p = Vec::new();
-            mux.write_video(au, i as u64 * 3600, None, &mut p);
-            let n = p.len().div_ceil(1388);
-            v.push(start..start + n);
-            start += n;
-        }
-        v
-    };
-    // Per-frame chunking differs from the whole-file chunking above; build
-    // the RTP packets frame by frame.
+    // The RTP packets of each frame (sequence numbers and timestamps are
+    // rewritten per stream when sent).
     let mut frame_pkts: Vec<Vec<Vec<u8>>> = Vec::new();
     {
         let mut mux = PsMuxer::new(Codec::H264);
@@ -233,7 +209,6 @@ fn main() -> Result<()> {
             );
         }
     }
-    drop(per_frame);
     for &n in counts {
         let _ = std::fs::remove_dir_all(&shm);
         let (sip_port, api_port) = (free_port(), free_port());

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 
 use super::{fmt_addr, local_ip_for, ApiError, Core, Dest, Inbound, Purpose};
 use crate::{
-    config::MediaConfig,
     registry::wall_ms,
     stream::{self, Bound, MediaStats, Pipeline, Receiver, Recorder},
 };
@@ -172,10 +171,6 @@ impl Core {
         SocketAddr::new(ip, local.port()).to_string()
     }
 
-    fn media_cfg(&self) -> &MediaConfig {
-        &self.media
-    }
-
     fn alloc_port(&mut self) -> Option<u16> {
         let (lo, hi) = self.media_ports;
         let lo = lo + (lo & 1); // even RTP ports
@@ -302,7 +297,7 @@ impl Core {
             .ok_or_else(|| ApiError(503, "no free stream number".into()))?;
         let ssrc = sdp::y_to_ssrc(&y).unwrap_or(0);
         let media_ip: IpAddr = self
-            .media_cfg()
+            .media
             .ip
             .or_else(|| (!d_local.ip().is_unspecified()).then(|| d_local.ip()))
             .or_else(|| local_ip_for(d_addr))
@@ -328,9 +323,7 @@ impl Core {
             branch: gsip::branch(),
             dest: Some(dest),
             local_sip: local_sip.clone(),
-            deadline: Some(
-                Instant::now() + Duration::from_secs(self.media_cfg().open_timeout_secs),
-            ),
+            deadline: Some(Instant::now() + Duration::from_secs(self.media.open_timeout_secs)),
             ..Dialog::default()
         };
         let subject = format!("{channel}:{y},{}:0", self.cfg.id);
@@ -855,7 +848,7 @@ impl Core {
     }
 
     /// Starts the configured receivers without SIP (`[[media.streams]]`).
-    pub(super) fn start_static_streams(&mut self) {
+    pub(crate) fn start_static_streams(&mut self) {
         for st in self.media.streams.clone() {
             let bound = match stream::bind(st.listen.ip(), st.listen.port(), MediaTransport::Udp) {
                 Ok(b) => b,

@@ -1,0 +1,64 @@
+//! Test media shared by the media tests and benchmark: access units out of
+//! an Annex-B file, PS over RTP as a GB28181 camera sends it, and ffprobe's
+//! frame count of a recording.
+
+use std::{path::Path, process::Command};
+
+use media::{ps::PsMuxer, rtp::RtpHeader, Codec};
+
+/// Splits an Annex-B H.264 stream into access units at its AUD NAL units
+/// (encode with `-bsf:v h264_metadata=aud=insert`), 4-byte start codes.
+pub fn split_aus(annexb: &[u8]) -> Vec<Vec<u8>> {
+    let mut aus: Vec<Vec<u8>> = Vec::new();
+    for nal in media::h26x::split_annexb(annexb) {
+        if nal.first().is_some_and(|b| b & 0x1f == 9) || aus.is_empty() {
+            aus.push(Vec::new());
+        }
+        if let Some(au) = aus.last_mut() {
+            au.extend_from_slice(&[0, 0, 0, 1]);
+            au.extend_from_slice(nal);
+        }
+    }
+    aus
+}
+
+/// Each access unit as PS (PTS = frame x 3600), cut into 1388-byte RTP
+/// payloads: PT 96, sequence numbers from `seq0`, timestamp = PTS, marker
+/// on the last packet of a frame.
+pub fn ps_rtp(aus: &[Vec<u8>], ssrc: u32, seq0: u16) -> Vec<Vec<u8>> {
+    let mut mux = PsMuxer::new(Codec::H264);
+    let mut out = Vec::new();
+    let mut seq = seq0;
+    for (i, au) in aus.iter().enumerate() {
+        let mut ps = Vec::new();
+        mux.write_video(au, i as u64 * 3600, None, &mut ps);
+        let chunks: Vec<&[u8]> = media::ps::packetize_rtp(&ps, 1388).collect();
+        for (j, c) in chunks.iter().enumerate() {
+            let mut p = Vec::with_capacity(c.len() + 12);
+            RtpHeader {
+                marker: j + 1 == chunks.len(),
+                pt: 96,
+                seq,
+                ts: i as u32 * 3600,
+                ssrc,
+            }
+            .write(&mut p);
+            p.extend_from_slice(c);
+            out.push(p);
+            seq = seq.wrapping_add(1);
+        }
+    }
+    out
+}
+
+/// Frames ffprobe decodes in the first video stream of `path` (0 if none).
+pub fn ffprobe_frames(path: impl AsRef<Path>) -> u64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(path.as_ref())
+        .output();
+    out.ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0)
+}
