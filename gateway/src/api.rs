@@ -15,6 +15,12 @@
 //! | POST | /api/streams | `{device, channel, transport}`: INVITE; 201 when established |
 //! | GET | /api/streams/{id} | one stream |
 //! | DELETE | /api/streams/{id} | BYE |
+//! | GET | /api/keys | media keys (`?device=&channel=`), check values only |
+//! | POST | /api/keys | add a key (201; 409 if that version exists) |
+//! | POST | /api/keys/rotate | add a version, retire the others (`?grace_secs=60`) |
+//! | DELETE | /api/keys/{device}/{channel}/{profile}/{version} | remove a key |
+//! | PUT | /api/vkeks/{device} | `{key}`: the device's key-encryption key |
+//! | DELETE | /api/vkeks/{device} | remove it |
 //! | GET | /api/stats | control-plane counters |
 //! | GET | /api/health | liveness (no token needed) |
 
@@ -29,20 +35,24 @@ use axum::{
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post, put},
     Json, Router,
 };
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
-use crate::sip::core::{error_json, ApiError, Command, QueryKind, StreamRequest};
+use crate::{
+    keys::{KeyError, KeySpec, KeyStore, Profile},
+    sip::core::{error_json, ApiError, Command, QueryKind, StreamRequest},
+};
 
 #[derive(Clone)]
 pub struct ApiState {
     pub sip: Option<mpsc::Sender<Command>>,
     pub token: Option<Arc<str>>,
     pub metrics: prometheus::Registry,
+    pub keys: Arc<KeyStore>,
 }
 
 struct Error(ApiError);
@@ -229,6 +239,127 @@ async fn close_stream(State(s): State<ApiState>, Path(id): Path<String>) -> ApiR
     Ok(Json(json!(x)))
 }
 
+fn key_err(e: KeyError) -> Error {
+    let code = match e {
+        KeyError::Invalid(_) => 400,
+        KeyError::NotFound(_) => 404,
+        KeyError::NoVkek(_) | KeyError::Exists(_) => 409,
+    };
+    err(code, e.to_string())
+}
+
+#[derive(serde::Deserialize)]
+struct KeysQuery {
+    device: Option<String>,
+    channel: Option<String>,
+}
+
+async fn keys(State(s): State<ApiState>, q: Result<Query<KeysQuery>, QueryRejection>) -> ApiResult {
+    let Query(q) = q.map_err(|e| err(400, e.body_text()))?;
+    let list = s.keys.list(q.device.as_deref(), q.channel.as_deref());
+    Ok(Json(
+        json!({ "count": list.len(), "keys": list, "vkeks": s.keys.vkeks() }),
+    ))
+}
+
+fn key_body(body: Result<Json<KeySpec>, JsonRejection>) -> Result<KeySpec, Error> {
+    let Json(spec) = body.map_err(|e| err(400, e.body_text()))?;
+    if spec.expires_ms.is_some() {
+        return Err(err(400, "expires_ms is set by rotations, not by clients"));
+    }
+    Ok(spec)
+}
+
+async fn add_key(
+    State(s): State<ApiState>,
+    body: Result<Json<KeySpec>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Error> {
+    let spec = key_body(body)?;
+    let k = s.keys.add(spec).map_err(key_err)?;
+    info!(device = %k.device, channel = %k.channel, profile = k.profile.as_str(), version = k.version, check = %k.check, "media key added");
+    Ok((StatusCode::CREATED, Json(json!(k))))
+}
+
+#[derive(serde::Deserialize)]
+struct RotateQuery {
+    #[serde(default = "default_grace")]
+    grace_secs: u64,
+}
+
+fn default_grace() -> u64 {
+    60
+}
+
+async fn rotate_key(
+    State(s): State<ApiState>,
+    q: Result<Query<RotateQuery>, QueryRejection>,
+    body: Result<Json<KeySpec>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), Error> {
+    let Query(q) = q.map_err(|e| err(400, e.body_text()))?;
+    if q.grace_secs > 7 * 86_400 {
+        return Err(err(400, "grace_secs must be at most 604800"));
+    }
+    let spec = key_body(body)?;
+    let k = s.keys.rotate(spec, q.grace_secs).map_err(key_err)?;
+    info!(device = %k.device, channel = %k.channel, profile = k.profile.as_str(), version = k.version, check = %k.check, grace_secs = q.grace_secs, "media key rotated");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "key": k, "retire_others_after_secs": q.grace_secs })),
+    ))
+}
+
+async fn delete_key(
+    State(s): State<ApiState>,
+    Path((device, channel, profile, version)): Path<(String, String, String, String)>,
+) -> ApiResult {
+    let profile = Profile::parse(&profile).ok_or_else(|| {
+        err(
+            400,
+            format!("profile must be sm4-nal-ofb or srtp-sm4, not {profile:?}"),
+        )
+    })?;
+    let version: u32 = version
+        .parse()
+        .map_err(|_| err(400, format!("bad key version {version:?}")))?;
+    let k = s
+        .keys
+        .remove(&device, &channel, profile, version)
+        .map_err(key_err)?;
+    info!(device = %k.device, channel = %k.channel, profile = k.profile.as_str(), version = k.version, "media key deleted");
+    Ok(Json(json!({ "deleted": k })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VkekBody {
+    key: String,
+}
+
+async fn put_vkek(
+    State(s): State<ApiState>,
+    Path(device): Path<String>,
+    body: Result<Json<VkekBody>, JsonRejection>,
+) -> ApiResult {
+    let Json(b) = body.map_err(|e| err(400, e.body_text()))?;
+    let check = s
+        .keys
+        .set_vkek(&crate::keys::VkekSpec {
+            device: device.clone(),
+            key: b.key,
+        })
+        .map_err(key_err)?;
+    info!(%device, %check, "VKEK set");
+    Ok(Json(json!({ "device": device, "check": check })))
+}
+
+async fn delete_vkek(State(s): State<ApiState>, Path(device): Path<String>) -> ApiResult {
+    if s.keys.remove_vkek(&device) {
+        Ok(Json(json!({ "deleted": device })))
+    } else {
+        Err(err(404, format!("device {device} has no VKEK")))
+    }
+}
+
 async fn stats(State(s): State<ApiState>) -> ApiResult {
     Ok(Json(crate::metrics::to_json(&s.metrics)))
 }
@@ -282,6 +413,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/devices/{id}/status", get(status))
         .route("/api/streams", get(streams).post(open_stream))
         .route("/api/streams/{id}", get(stream).delete(close_stream))
+        .route("/api/keys", get(keys).post(add_key))
+        .route("/api/keys/rotate", post(rotate_key))
+        .route(
+            "/api/keys/{device}/{channel}/{profile}/{version}",
+            delete(delete_key),
+        )
+        .route("/api/vkeks/{device}", put(put_vkek).delete(delete_vkek))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))

@@ -33,6 +33,13 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    /// Media keys (`[[keys]]`): SM4 keys per device and channel, see
+    /// docs/media-encryption.md.
+    #[serde(default)]
+    pub keys: Vec<crate::keys::KeySpec>,
+    /// Devices' key-encryption keys (`[[vkeks]]`), for wrapped keys.
+    #[serde(default)]
+    pub vkeks: Vec<crate::keys::VkekSpec>,
 }
 
 /// `[sip]`: the gateway as the platform devices register with.
@@ -143,6 +150,9 @@ pub struct StaticStream {
     pub payload: String,
     /// Record it (default: when [media.record] is configured).
     pub record: Option<bool>,
+    /// Device and channel whose `[[keys]]` decrypt it (default: `name`).
+    pub device: Option<String>,
+    pub channel: Option<String>,
 }
 
 fn default_payload() -> String {
@@ -410,6 +420,11 @@ impl Config {
             (1..=300).contains(&c.media.open_timeout_secs),
             "media.open_timeout_secs must be in 1..=300"
         );
+        // Keys are checked here so a typo stops the daemon at start-up
+        // with the file named, not later in a stream.
+        crate::keys::KeyStore::new(None)
+            .load_config(&c.vkeks, &c.keys)
+            .map_err(|e| anyhow::anyhow!("{}: [[keys]]: {e}", path.display()))?;
         anyhow::ensure!(
             c.dataplane.is_some() || c.sip.is_some(),
             "nothing to run: configure [dataplane] and/or [sip]"

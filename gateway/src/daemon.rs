@@ -16,6 +16,7 @@ use crate::{
         flows::describe,
         Error,
     },
+    keys::KeyStore,
     metrics::SipMetrics,
     sip, store,
 };
@@ -80,9 +81,19 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
     rt.block_on(async move {
         let registry = prometheus::Registry::new();
         let sip_metrics = SipMetrics::new(&registry);
+        let mut keys = None;
         let service = match &cfg.sip {
             Some(sc) => {
                 let st = store::Store::open(&cfg.store.path)?;
+                // The configuration's keys, then those provisioned through
+                // the API earlier (the configuration wins on a clash).
+                let ks = KeyStore::new(Some(st.0.clone()));
+                ks.load_config(&cfg.vkeks, &cfg.keys)
+                    .map_err(|e| anyhow::anyhow!("[[keys]]: {e}"))?;
+                for p in ks.load_persisted(&st.1.keys) {
+                    warn!(problem = %p, "stored media key skipped");
+                }
+                keys = Some(ks.clone());
                 Some(
                     sip::start(
                         Arc::new(sc.clone()),
@@ -90,6 +101,7 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
                         Some(st),
                         sip_metrics,
                         target.clone(),
+                        ks,
                     )
                     .await?,
                 )
@@ -100,6 +112,7 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
             sip: service.as_ref().map(|s| s.commands.clone()),
             token: cfg.api.token.as_deref().map(Arc::from),
             metrics: registry,
+            keys: keys.unwrap_or_else(|| KeyStore::new(None)),
         };
         api::serve(cfg.api.listen, state).await?;
         let mut maps = target.as_ref().map(|t| t.open()).transpose()?;

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod keys;
 pub mod metrics;
 pub mod registry;
 pub mod sip;

@@ -4,7 +4,9 @@
 //! into one transaction (one fsync).
 //!
 //! Tables: `devices` (device ID -> JSON of [`crate::registry::Device`]) and
-//! `channels` ((device ID, channel ID) -> JSON of a catalog item).
+//! `channels` ((device ID, channel ID) -> JSON of a catalog item) and
+//! `keys` (media keys and VKEKs provisioned through the API, by name ->
+//! JSON; the file is created mode 0600 because of them).
 
 use std::{
     path::{Path, PathBuf},
@@ -19,6 +21,7 @@ use tracing::{error, warn};
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const CHANNELS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("channels");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 
 /// How long the writer gathers changes before committing them together.
 const GROUP: std::time::Duration = std::time::Duration::from_millis(20);
@@ -32,6 +35,8 @@ pub enum Op {
     ReplaceChannels(String, Vec<(String, Vec<u8>)>),
     /// Insert or update some channels of a device.
     UpsertChannels(String, Vec<(String, Vec<u8>)>),
+    PutKey(String, Vec<u8>),
+    DeleteKey(String),
     /// Reply when everything queued before has been committed.
     Sync(mpsc::Sender<()>),
 }
@@ -40,6 +45,7 @@ pub enum Op {
 pub struct Loaded {
     pub devices: Vec<(String, Vec<u8>)>,
     pub channels: Vec<(String, String, Vec<u8>)>,
+    pub keys: Vec<(String, Vec<u8>)>,
 }
 
 /// Handle to the writer thread.
@@ -58,6 +64,16 @@ impl Store {
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
         }
+        if !path.exists() {
+            // Key material may be stored here: owner-only from the start.
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+        }
         let db = Database::create(path)
             .with_context(|| format!("opening the registry {}", path.display()))?;
         // Make sure the tables exist, then read everything.
@@ -65,6 +81,7 @@ impl Store {
             let w = db.begin_write()?;
             w.open_table(DEVICES)?;
             w.open_table(CHANNELS)?;
+            w.open_table(KEYS)?;
             let mut meta = w.open_table(META)?;
             meta.insert("schema", &b"1"[..])?;
             drop(meta);
@@ -74,6 +91,7 @@ impl Store {
         let mut loaded = Loaded {
             devices: Vec::new(),
             channels: Vec::new(),
+            keys: Vec::new(),
         };
         for row in r.open_table(DEVICES)?.iter()? {
             let (k, v) = row?;
@@ -87,6 +105,12 @@ impl Store {
             loaded
                 .channels
                 .push((d.to_string(), c.to_string(), v.value().to_vec()));
+        }
+        for row in r.open_table(KEYS)?.iter()? {
+            let (k, v) = row?;
+            loaded
+                .keys
+                .push((k.value().to_string(), v.value().to_vec()));
         }
         drop(r);
         let (tx, rx) = mpsc::channel();
@@ -122,6 +146,7 @@ fn apply(db: &Database, ops: &[Op]) -> Result<(), redb::Error> {
     {
         let mut devices = w.open_table(DEVICES)?;
         let mut channels = w.open_table(CHANNELS)?;
+        let mut keys = w.open_table(KEYS)?;
         for op in ops {
             match op {
                 Op::PutDevice(id, v) => {
@@ -141,6 +166,12 @@ fn apply(db: &Database, ops: &[Op]) -> Result<(), redb::Error> {
                     for (c, v) in list {
                         channels.insert((id.as_str(), c.as_str()), v.as_slice())?;
                     }
+                }
+                Op::PutKey(name, v) => {
+                    keys.insert(name.as_str(), v.as_slice())?;
+                }
+                Op::DeleteKey(name) => {
+                    keys.remove(name.as_str())?;
                 }
                 Op::Sync(_) => {}
             }

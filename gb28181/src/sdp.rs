@@ -85,6 +85,10 @@ pub struct Offer<'a> {
     pub y: &'a str,
     /// Playback/download time range (Unix seconds).
     pub range: Option<(u64, u64)>,
+    /// An SDES key (RFC 4568) to offer: the attribute value after `a=`,
+    /// e.g. `crypto:1 SM4_CM_128_HMAC_SM3_80 inline:...`; the profile
+    /// becomes RTP/SAVP.
+    pub crypto: Option<&'a str>,
 }
 
 impl Offer<'_> {
@@ -107,9 +111,11 @@ impl Offer<'_> {
         if self.kind != SessionKind::Play {
             o.push_str(&format!("u={}:0\r\n", self.channel));
         }
-        let proto = match self.transport {
-            MediaTransport::Udp => "RTP/AVP",
-            _ => "TCP/RTP/AVP",
+        let proto = match (self.transport, self.crypto.is_some()) {
+            (MediaTransport::Udp, false) => "RTP/AVP",
+            (MediaTransport::Udp, true) => "RTP/SAVP",
+            (_, false) => "TCP/RTP/AVP",
+            (_, true) => "TCP/RTP/SAVP",
         };
         o.push_str(&format!(
             "c=IN {fam} {ip}\r\nt={t}\r\nm=video {} {proto} 96 98 97\r\na=recvonly\r\na=rtpmap:96 PS/90000\r\na=rtpmap:98 H264/90000\r\na=rtpmap:97 MPEG4/90000\r\n",
@@ -120,6 +126,9 @@ impl Offer<'_> {
             MediaTransport::Udp => {}
             MediaTransport::TcpPassive => o.push_str("a=setup:passive\r\na=connection:new\r\n"),
             MediaTransport::TcpActive => o.push_str("a=setup:active\r\na=connection:new\r\n"),
+        }
+        if let Some(c) = self.crypto {
+            o.push_str(&format!("a={c}\r\n"));
         }
         o.push_str(&format!("y={}\r\n", self.y));
         o
@@ -167,6 +176,8 @@ pub struct Answer {
     pub f: Option<String>,
     /// s= (Play, Playback, ...).
     pub session: Option<String>,
+    /// `a=crypto:` values of the media section (RFC 4568), as sent.
+    pub crypto: Vec<String>,
 }
 
 impl Answer {
@@ -235,6 +246,8 @@ pub fn parse(body: &[u8]) -> Result<Answer, SdpError> {
             "a" if level != 2 => {
                 if let Some(s) = v.strip_prefix("setup:") {
                     a.setup = Some(s.trim().to_ascii_lowercase());
+                } else if v.starts_with("crypto:") && a.crypto.len() < 16 {
+                    a.crypto.push(v.to_string());
                 } else if let Some(m) = v.strip_prefix("rtpmap:") {
                     let mut it = m.split_whitespace();
                     let pt = it.next().and_then(|p| p.parse::<u8>().ok());
@@ -302,6 +315,7 @@ mod tests {
                 transport: t,
                 y: "0020000001",
                 range: None,
+                crypto: None,
             }
             .build();
             assert!(o.contains("s=Play\r\n"));
@@ -362,5 +376,33 @@ mod tests {
                 let _ = parse(p.as_bytes());
             }
         }
+    }
+
+    #[test]
+    fn sdes_key_offered_and_answered() {
+        let line =
+            "crypto:1 SM4_CM_128_HMAC_SM3_80 inline:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd";
+        let o = Offer {
+            platform_id: "34020000002000000001",
+            kind: SessionKind::Play,
+            channel: "34020000001310000001",
+            media_ip: "198.18.0.1".parse().unwrap(),
+            port: 30000,
+            transport: MediaTransport::Udp,
+            y: "0020000001",
+            range: None,
+            crypto: Some(line),
+        }
+        .build();
+        assert!(o.contains("m=video 30000 RTP/SAVP 96 98 97\r\n"), "{o}");
+        assert!(o.contains(&format!("a={line}\r\n")));
+        let a = parse(o.as_bytes()).unwrap();
+        assert_eq!(a.crypto, vec![line.to_string()]);
+        // Attributes of other media sections are not taken.
+        let two = "v=0\r\nc=IN IP4 198.18.0.2\r\nm=video 5000 RTP/SAVP 96\r\na=crypto:1 X inline:a\r\nm=audio 5002 RTP/SAVP 8\r\na=crypto:2 Y inline:b\r\n";
+        assert_eq!(
+            parse(two.as_bytes()).unwrap().crypto,
+            vec!["crypto:1 X inline:a"]
+        );
     }
 }

@@ -118,9 +118,22 @@ pub fn split_access_units(codec: Codec, data: &[u8]) -> (Vec<Vec<u8>>, bool) {
     // Prefix NAL units seen after the current unit's last slice: they open
     // the next unit if a new picture follows.
     let mut pending: Vec<u8> = Vec::new();
+    // Each unit keeps the start code it had in the file (3 or 4 bytes), so
+    // what is sent is the file's bytes.
     let push = |buf: &mut Vec<u8>, nal: &[u8]| {
-        buf.extend_from_slice(&[0, 0, 0, 1]);
-        buf.extend_from_slice(nal);
+        let off = (nal.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
+        let sc = if off >= 4 && data.get(off - 4..off) == Some(&[0, 0, 0, 1][..]) {
+            4
+        } else {
+            3
+        };
+        match data.get(off.saturating_sub(sc)..off + nal.len()) {
+            Some(with_sc) if off >= sc => buf.extend_from_slice(with_sc),
+            _ => {
+                buf.extend_from_slice(&[0, 0, 0, 1]);
+                buf.extend_from_slice(nal);
+            }
+        }
     };
     for (nal, r) in nals {
         let starts_unit = if use_aud {
@@ -146,8 +159,7 @@ pub fn split_access_units(codec: Codec, data: &[u8]) -> (Vec<Vec<u8>>, bool) {
             }
             _ => {
                 if !pending.is_empty() {
-                    pending.extend_from_slice(&[0, 0, 0, 1]);
-                    pending.extend_from_slice(nal);
+                    push(&mut pending, nal);
                 } else {
                     push(&mut cur, nal);
                 }
@@ -182,13 +194,14 @@ mod tests {
         v
     }
 
-    fn with_sc(nals: &[&[u8]]) -> Vec<u8> {
-        let mut v = Vec::new();
-        for n in nals {
-            v.extend_from_slice(&[0, 0, 0, 1]);
-            v.extend_from_slice(n);
-        }
-        v
+    /// The NAL units of an access unit (start codes, as in the file,
+    /// checked by the callers through `aus.concat() == data`).
+    fn with_sc(nals: &[&[u8]]) -> Vec<Vec<u8>> {
+        nals.iter().map(|n| n.to_vec()).collect()
+    }
+
+    fn units(au: &[u8]) -> Vec<Vec<u8>> {
+        split_annexb(au).map(|n| n.to_vec()).collect()
     }
 
     // H.264 NAL units. Slices: byte after the header has bit 7 set when
@@ -210,13 +223,13 @@ mod tests {
         assert_eq!(m.codec, Codec::H264);
         assert!(!m.aud);
         assert_eq!(m.aus.len(), 4);
-        assert_eq!(m.aus[0], with_sc(&[SPS, PPS, SEI, IDR0, IDR1]));
-        assert_eq!(m.aus[1], with_sc(&[P0, P1]));
-        assert_eq!(m.aus[2], with_sc(&[P0]));
-        assert_eq!(m.aus[3], with_sc(&[SPS, PPS, IDR0, EOS]));
+        assert_eq!(units(&m.aus[0]), with_sc(&[SPS, PPS, SEI, IDR0, IDR1]));
+        assert_eq!(units(&m.aus[1]), with_sc(&[P0, P1]));
+        assert_eq!(units(&m.aus[2]), with_sc(&[P0]));
+        assert_eq!(units(&m.aus[3]), with_sc(&[SPS, PPS, IDR0, EOS]));
         assert_eq!(m.keyframes, 2);
-        // Nothing is lost or reordered.
-        assert_eq!(m.aus.concat().len(), data.len() + 6); // six 3-byte start codes grew
+        // Nothing is lost, reordered or changed (start codes as in the file).
+        assert_eq!(m.aus.concat(), data);
     }
 
     #[test]
@@ -225,9 +238,10 @@ mod tests {
         let m = Media::parse(&data).unwrap();
         assert!(m.aud);
         assert_eq!(m.aus.len(), 3);
-        assert_eq!(m.aus[0], with_sc(&[AUD, SPS, PPS, IDR0, IDR1]));
-        assert_eq!(m.aus[1], with_sc(&[AUD, P0, P1]));
-        assert_eq!(m.aus[2], with_sc(&[AUD, SEI, P0]));
+        assert_eq!(m.aus.concat(), data);
+        assert_eq!(units(&m.aus[0]), with_sc(&[AUD, SPS, PPS, IDR0, IDR1]));
+        assert_eq!(units(&m.aus[1]), with_sc(&[AUD, P0, P1]));
+        assert_eq!(units(&m.aus[2]), with_sc(&[AUD, SEI, P0]));
         assert_eq!(m.keyframes, 1);
     }
 
@@ -262,11 +276,11 @@ mod tests {
         assert_eq!(m.codec, Codec::H265);
         assert_eq!(m.aus.len(), 3);
         assert_eq!(
-            m.aus[0],
+            units(&m.aus[0]),
             with_sc(&[VPS, HSPS, HPPS, HSEI, IDR_W, IDR_W2, HSUFFIX_SEI])
         );
-        assert_eq!(m.aus[1], with_sc(&[TRAIL, TRAIL2]));
-        assert_eq!(m.aus[2], with_sc(&[TRAIL]));
+        assert_eq!(units(&m.aus[1]), with_sc(&[TRAIL, TRAIL2]));
+        assert_eq!(units(&m.aus[2]), with_sc(&[TRAIL]));
         assert_eq!(m.keyframes, 1);
     }
 
@@ -277,7 +291,8 @@ mod tests {
         assert_eq!(m.codec, Codec::H265);
         assert!(m.aud);
         assert_eq!(m.aus.len(), 2);
-        assert_eq!(m.aus[1], with_sc(&[HAUD, TRAIL, TRAIL2]));
+        assert_eq!(m.aus.concat(), data);
+        assert_eq!(units(&m.aus[1]), with_sc(&[HAUD, TRAIL, TRAIL2]));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use gb28181::{
     sip::{self as gsip, Head, Outgoing, Transport},
     wire,
 };
+use gb35114::srtp::MasterKey;
 use media::Codec;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -78,6 +79,8 @@ pub struct AnswerSpec<'a> {
     pub setup: Option<&'a str>,
     pub codec: Codec,
     pub fps: u32,
+    /// `a=crypto:` value (RFC 4568) of the srtp-sm4 key we send with.
+    pub crypto: Option<String>,
 }
 
 /// Builds the 200 OK's SDP.
@@ -93,6 +96,9 @@ pub fn answer_sdp(a: &AnswerSpec) -> String {
     );
     if let Some(role) = a.setup {
         s.push_str(&format!("a=setup:{role}\r\na=connection:new\r\n"));
+    }
+    if let Some(c) = &a.crypto {
+        s.push_str(&format!("a={c}\r\n"));
     }
     // f=v/<codec: 2 H.264, 5 H.265>/<resolution 4: D1>/<fps>/<1: CBR>/<kbps>a///
     let codec = if a.codec == Codec::H265 { 5 } else { 2 };
@@ -225,6 +231,8 @@ struct Dialog {
     link: Option<(Link, u32)>,
     report: Option<usize>,
     stop: Option<oneshot::Sender<Stop>>,
+    /// srtp-sm4 key agreed in SDP.
+    session_key: Option<MasterKey>,
 }
 
 struct Reg {
@@ -1132,6 +1140,41 @@ impl Device {
             .map(|m| m.codec)
             .unwrap_or(Codec::H264);
         let session = offer.session.clone().unwrap_or_else(|| "Play".into());
+        // srtp-sm4 (RFC 4568): the offer's SM4 key, and the key we send
+        // with (our first --key, else the offered one) in the answer.
+        let enc = self.cfg.media.encryption.as_ref();
+        let srtp = enc.is_some_and(|e| e.profile == crate::crypt::Profile::SrtpSm4);
+        let mut offered = None;
+        for c in &offer.crypto {
+            if let Ok(Some((tag, k))) = MasterKey::from_crypto_attr(c) {
+                offered = Some((tag, k));
+                break;
+            }
+        }
+        let mut session_key = None;
+        let mut crypto = None;
+        if srtp {
+            let own = enc.and_then(|e| {
+                e.keys.iter().find_map(|(_, k)| match k {
+                    crate::crypt::SimKey::Srtp(m) => Some(m.clone()),
+                    crate::crypt::SimKey::Nal(_) => None,
+                })
+            });
+            let Some(key) = own
+                .clone()
+                .or_else(|| offered.as_ref().map(|(_, k)| k.clone()))
+            else {
+                warn!(device = %self.id, %channel, "srtp-sm4 without --key and no SM4 key offered");
+                return self
+                    .refuse(h, src, &our_tag, 488, "Not Acceptable Here")
+                    .await;
+            };
+            if offered.is_some() || self.cfg.media.answer_crypto {
+                let tag = offered.as_ref().map_or(1, |(t, _)| *t);
+                crypto = Some(key.crypto_attr(tag).trim_start_matches("a=").to_string());
+            }
+            session_key = Some(key);
+        }
         let answer = answer_sdp(&AnswerSpec {
             channel: &channel,
             ip: local.ip(),
@@ -1146,6 +1189,7 @@ impl Device {
             setup,
             codec,
             fps: self.cfg.media.fps,
+            crypto,
         });
         let contact = format!("<{}>", self.contact_for(&channel));
         let response = self
@@ -1208,6 +1252,7 @@ impl Device {
                 link: Some((link, ssrc)),
                 report: Some(report),
                 stop: None,
+                session_key,
             },
         );
     }
@@ -1243,6 +1288,7 @@ impl Device {
                 link: None,
                 report: None,
                 stop: None,
+                session_key: None,
             },
         );
     }
@@ -1274,6 +1320,7 @@ impl Device {
             label,
             ssrc,
             link,
+            session_key: d.session_key.clone(),
         };
         let task = tokio::spawn(stream::run(
             spec,
@@ -1534,6 +1581,7 @@ mod tests {
             setup,
             codec: Codec::H264,
             fps: 25,
+            crypto: None,
         }
     }
 
@@ -1587,6 +1635,7 @@ mod tests {
             transport: sdp::MediaTransport::TcpActive,
             y: "0200000007",
             range: None,
+            crypto: None,
         }
         .build();
         let o = sdp::parse(offer.as_bytes()).unwrap();

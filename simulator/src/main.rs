@@ -6,6 +6,7 @@
 //! a JSON report of exactly what went on the wire.
 
 mod au;
+mod crypt;
 mod device;
 mod status;
 mod stream;
@@ -144,6 +145,26 @@ struct Cli {
     #[arg(long, value_name = "N", help_heading = "Impairments (deterministic, by 0-based packet index in the stream)", value_parser = clap::value_parser!(u64).range(1..))]
     duplicate_every: Option<u64>,
 
+    /// Encrypt the media with this profile (docs/media-encryption.md).
+    #[arg(long, value_enum, value_name = "PROFILE", help_heading = "Encryption")]
+    encrypt: Option<crypt::Profile>,
+    /// A key, in the order of use: VERSION:KEYHEX (sm4-nal-ofb),
+    /// VERSION:KEYHEX:SALTHEX or VERSION:inline:BASE64 (srtp-sm4). Without
+    /// one, srtp-sm4 uses the key offered in the INVITE.
+    #[arg(long = "key", value_name = "KEY", help_heading = "Encryption")]
+    keys: Vec<String>,
+    /// Move to the next --key every N frames (the last one stays).
+    #[arg(long, value_name = "N", help_heading = "Encryption", value_parser = clap::value_parser!(u64).range(1..))]
+    rotate_every: Option<u64>,
+    /// Encrypt with other key bytes under the same versions (a
+    /// misprovisioned device).
+    #[arg(long, help_heading = "Encryption")]
+    wrong_key: bool,
+    /// srtp-sm4: put our key in the SDP answer (a=crypto) even when the
+    /// offer had none.
+    #[arg(long, help_heading = "Encryption")]
+    answer_crypto: bool,
+
     /// Stop (unregister and exit) after this many seconds.
     #[arg(long, value_name = "SECS", help_heading = "Run")]
     duration: Option<f64>,
@@ -250,7 +271,42 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if !impairments.is_empty() {
         info!(?impairments, "impairments on every stream");
     }
+    let encryption = match cli.encrypt {
+        None => {
+            if !cli.keys.is_empty() || cli.rotate_every.is_some() || cli.wrong_key {
+                bail!("--key, --rotate-every and --wrong-key need --encrypt");
+            }
+            None
+        }
+        Some(profile) => {
+            let keys = cli
+                .keys
+                .iter()
+                .map(|k| crypt::parse_key(profile, k))
+                .collect::<Result<Vec<_>>>()?;
+            if profile == crypt::Profile::NalOfb {
+                if keys.is_empty() {
+                    bail!("--encrypt sm4-nal-ofb needs --key VERSION:KEYHEX");
+                }
+                if media
+                    .as_ref()
+                    .is_some_and(|m| !matches!(m.codec, media::Codec::H264 | media::Codec::H265))
+                {
+                    bail!("--encrypt sm4-nal-ofb needs H.264 or H.265 media");
+                }
+            }
+            info!(profile = ?profile, keys = keys.len(), rotate_every = ?cli.rotate_every, wrong_key = cli.wrong_key, "media encryption");
+            Some(crypt::Encryption {
+                profile,
+                keys,
+                rotate_every: cli.rotate_every,
+                wrong_key: cli.wrong_key,
+            })
+        }
+    };
     let media_opts = Arc::new(MediaOpts {
+        encryption,
+        answer_crypto: cli.answer_crypto,
         media: media.clone(),
         fps: cli.fps,
         payload_size: cli.payload_size as usize,

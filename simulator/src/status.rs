@@ -66,6 +66,11 @@ pub struct StreamReport {
     pub bytes_sent: u64,
     /// UDP sends that failed (not counted in packets_sent).
     pub send_errors: u64,
+    /// --encrypt: the profile, the key version in use and the access units
+    /// encrypted (sm4-nal-ofb).
+    pub encryption: Option<String>,
+    pub key_version: Option<u32>,
+    pub encrypted_frames: u64,
     /// Complete passes over the file.
     pub loops: u64,
     /// Unix milliseconds.

@@ -136,6 +136,9 @@ impl Schedule {
 /// Media settings shared by all streams.
 #[derive(Debug, Clone)]
 pub struct MediaOpts {
+    pub encryption: Option<crate::crypt::Encryption>,
+    /// srtp-sm4: answer with a=crypto even without one in the offer.
+    pub answer_crypto: bool,
     pub media: Option<Arc<Media>>,
     pub fps: u32,
     pub payload_size: usize,
@@ -173,6 +176,8 @@ pub struct Spec {
     pub label: String,
     pub ssrc: u32,
     pub link: Link,
+    /// srtp-sm4 key agreed in SDP (used when no --key was given).
+    pub session_key: Option<gb35114::srtp::MasterKey>,
 }
 
 enum Conn {
@@ -225,6 +230,7 @@ pub async fn run(
         label,
         ssrc,
         link,
+        session_key,
     } = spec;
     let outcome = async {
         let mut conn = match establish(link, &label, &mut stop, bye_at).await {
@@ -241,7 +247,15 @@ pub async fn run(
         }
         shared.stream(index, |r| r.state = "streaming".into());
         let i = send(
-            &mut conn, &opts, &shared, index, ssrc, &label, &mut stop, bye_at,
+            &mut conn,
+            &opts,
+            &shared,
+            index,
+            ssrc,
+            &label,
+            &mut stop,
+            bye_at,
+            session_key.as_ref(),
         )
         .await;
         let drain = match &i {
@@ -392,6 +406,7 @@ async fn send(
     label: &str,
     stop: &mut oneshot::Receiver<Stop>,
     bye_at: Option<Instant>,
+    session_key: Option<&gb35114::srtp::MasterKey>,
 ) -> Interrupt {
     let Some(media) = opts.media.clone() else {
         // No --media: the session stays open without packets.
@@ -401,6 +416,21 @@ async fn send(
             .unwrap_or(Interrupt::ByeAfter);
     };
     let fps = opts.fps.max(1) as u64;
+    let mut enc = match &opts.encryption {
+        None => None,
+        Some(e) => match crate::crypt::StreamEnc::new(e, media.codec, session_key) {
+            Ok(x) => {
+                let profile = if x.is_srtp() {
+                    "srtp-sm4"
+                } else {
+                    "sm4-nal-ofb"
+                };
+                shared.stream(index, |r| r.encryption = Some(profile.into()));
+                Some(x)
+            }
+            Err(e) => return Interrupt::failed(format!("encryption: {e:#}")),
+        },
+    };
     let mut mux = PsMuxer::new(media.codec);
     let mut sched = Schedule::new(opts.impairments.clone());
     let mut c = Counters::default();
@@ -437,7 +467,11 @@ async fn send(
             }
             let pts = n * 90_000 / fps;
             ps.clear();
-            mux.write_video(au, pts, None, &mut ps);
+            let encrypted = enc.as_mut().and_then(|e| {
+                e.begin_frame(n);
+                e.access_unit(au)
+            });
+            mux.write_video(encrypted.as_deref().unwrap_or(au), pts, None, &mut ps);
             let chunks: Vec<&[u8]> = media::ps::packetize_rtp(&ps, opts.payload_size).collect();
             out.clear();
             for (j, chunk) in chunks.iter().enumerate() {
@@ -451,6 +485,10 @@ async fn send(
                 }
                 .write(&mut p);
                 p.extend_from_slice(chunk);
+                let p = match enc.as_mut() {
+                    Some(e) => e.packet(p),
+                    None => p,
+                };
                 sched.push(k, p, &mut out);
                 seq = seq.wrapping_add(1);
                 k += 1;
@@ -463,6 +501,13 @@ async fn send(
             c.frames += 1;
             n += 1;
             publish(&c, &sched.counts);
+            if let Some(e) = &enc {
+                let (v, f) = (e.key_version(), e.encrypted_frames);
+                shared.stream(index, |r| {
+                    r.key_version = Some(v);
+                    r.encrypted_frames = f;
+                });
+            }
         }
         c.loops += 1;
         if !opts.looping {

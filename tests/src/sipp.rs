@@ -152,6 +152,11 @@ impl Daemon {
         self.send("POST", path, None, Some(body))
     }
 
+    /// Any method with an optional JSON body.
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Value)> {
+        self.send(method, path, None, body)
+    }
+
     /// From a thread inside the daemon's namespace when it has one.
     fn send(
         &self,
@@ -205,6 +210,16 @@ pub fn request(
                 r = r.header("Authorization", a);
             }
             r.call()
+        }
+        "PUT" => {
+            let mut r = agent.put(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            match body {
+                Some(b) => r.header("Content-Type", "application/json").send(b),
+                None => r.send_empty(),
+            }
         }
         "POST" => {
             let mut r = agent.post(&url);

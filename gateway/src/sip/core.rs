@@ -179,6 +179,8 @@ pub struct Core {
     /// The attached data plane: session flows go into its table.
     dataplane: Option<(crate::dataplane::attach::Target, crate::dataplane::Maps)>,
     last_media_check: Instant,
+    /// Media keys (SM4 profiles) the receivers decrypt with.
+    keys: Arc<crate::keys::KeyStore>,
 }
 
 impl Core {
@@ -260,6 +262,7 @@ impl Core {
             sessions: session::Sessions::default(),
             dataplane: None,
             last_media_check: now,
+            keys: crate::keys::KeyStore::new(None),
         };
         // UDP devices can be reached again at their last address.
         let ids: Vec<(String, Transport, SocketAddr, SocketAddr)> = core
@@ -277,6 +280,11 @@ impl Core {
         }
         core.update_gauges();
         core
+    }
+
+    /// The daemon's key store (default: an empty one of its own).
+    pub fn set_keys(&mut self, keys: Arc<crate::keys::KeyStore>) {
+        self.keys = keys;
     }
 
     /// Session flows go into this attachment's XDP flow table.
@@ -1111,6 +1119,9 @@ impl Core {
         if now.duration_since(self.last_media_check) >= Duration::from_secs(1) {
             self.last_media_check = now;
             self.media_timers();
+            for k in self.keys.purge_expired(now_wall) {
+                info!(device = %k.device, channel = %k.channel, profile = k.profile.as_str(), version = k.version, "media key retired after rotation");
+            }
         }
         for (id, reason) in self.reg.sweep(now, now_wall) {
             self.metrics

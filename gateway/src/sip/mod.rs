@@ -28,6 +28,7 @@ pub async fn start(
     store: Option<(store::Store, store::Loaded)>,
     metrics: SipMetrics,
     dataplane: Option<crate::dataplane::attach::Target>,
+    keys: Arc<crate::keys::KeyStore>,
 ) -> Result<Service> {
     let (in_tx, in_rx) = mpsc::channel(16_384);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -46,6 +47,7 @@ pub async fn start(
     )
     .await?;
     let mut core = core::Core::new(cfg, media, out, store, metrics);
+    core.set_keys(keys);
     if let Some(t) = dataplane {
         core.set_dataplane(t)?;
     }

@@ -6,6 +6,11 @@
 //!
 //! [`Pipeline`] is the synchronous part (one packet in, frames to the
 //! sinks), unit-tested here; [`start`] runs it on a socket in a task.
+//! Encrypted media is decrypted on the way ([`crypto`]): SRTP before the
+//! packet is accounted, NAL units after the demuxer; recorder and
+//! forwarders get clear media only.
+
+pub mod crypto;
 
 use std::{
     fs::File,
@@ -32,7 +37,10 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::registry::wall_ms;
+use crate::{keys::KeyView, registry::wall_ms};
+use crypto::{DecryptStats, StreamCrypto};
+use gb35114::srtp::{MasterKey, SrtpSender};
+use media::ps::PsMuxer;
 
 /// `[record]`: where and how sessions are recorded.
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +113,8 @@ pub struct MediaStats {
     pub peer: Option<String>,
     /// Forwarding destinations and what was sent to each.
     pub forwards: Vec<ForwardStats>,
+    /// Decryption (SM4 profiles): what was decrypted, what failed and why.
+    pub decrypt: DecryptStats,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -114,6 +124,12 @@ pub struct ForwardStats {
     pub packets: u64,
     pub bytes: u64,
     pub errors: u64,
+    /// Re-encrypted with srtp-sm4: the key's check value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<String>,
+    /// "relay" (payloads as received) or "remux" (PS re-muxed from the
+    /// decrypted frames).
+    pub mode: &'static str,
 }
 
 /// Re-sends the stream's RTP payloads (PS or raw, as received, in order)
@@ -124,6 +140,8 @@ pub struct Forward {
     ssrc: u32,
     seq: u16,
     stats: ForwardStats,
+    srtp: Option<SrtpSender>,
+    enc_buf: Vec<u8>,
 }
 
 impl Forward {
@@ -143,9 +161,19 @@ impl Forward {
             stats: ForwardStats {
                 dest: dest.to_string(),
                 ssrc,
+                mode: "relay",
                 ..ForwardStats::default()
             },
+            srtp: None,
+            enc_buf: Vec::new(),
         })
+    }
+
+    /// Sends srtp-sm4 (this master key) instead of RTP.
+    pub fn with_srtp(mut self, key: &MasterKey) -> Forward {
+        self.stats.srtp = Some(key.check_value());
+        self.srtp = Some(SrtpSender::new(key));
+        self
     }
 
     fn send(&mut self, pt: u8, ts: u32, marker: bool, payload: &[u8], buf: &mut Vec<u8>) {
@@ -160,7 +188,18 @@ impl Forward {
         .write(buf);
         buf.extend_from_slice(payload);
         self.seq = self.seq.wrapping_add(1);
-        match self.sock.send_to(buf, self.dest) {
+        let wire: &[u8] = match &mut self.srtp {
+            Some(tx) => {
+                self.enc_buf.clear();
+                if tx.protect(buf, &mut self.enc_buf).is_err() {
+                    self.stats.errors += 1;
+                    return;
+                }
+                &self.enc_buf
+            }
+            None => buf,
+        };
+        match self.sock.send_to(wire, self.dest) {
             Ok(n) => {
                 self.stats.packets += 1;
                 self.stats.bytes += n as u64;
@@ -320,12 +359,18 @@ pub struct Pipeline {
     /// Reasons already logged (once per stream, not per packet).
     logged: u32,
     id: String,
+    crypto: StreamCrypto,
+    clear_buf: Vec<u8>,
+    /// PS muxer for forwarding decrypted frames (sm4-nal-ofb streams).
+    remux: Option<PsMuxer>,
+    remux_buf: Vec<u8>,
 }
 
 const LOG_GARBAGE: u32 = 1;
 const LOG_SSRC: u32 = 2;
 const LOG_IO: u32 = 4;
 const LOG_PS: u32 = 8;
+const LOG_DECRYPT: u32 = 16;
 
 impl Pipeline {
     /// The payload is fixed instead of guessed from the payload type:
@@ -346,6 +391,14 @@ impl Pipeline {
         self
     }
 
+    /// Decryption keys of the stream's channel; `srtp`: the packets are
+    /// srtp-sm4. (Without keys, encrypted units are still recognised,
+    /// counted as "no_key" and dropped.)
+    pub fn with_keys(mut self, keys: Option<KeyView>, srtp: bool) -> Pipeline {
+        self.crypto = StreamCrypto::new(keys, srtp);
+        self
+    }
+
     pub fn new(id: &str, expected_ssrc: Option<u32>, recorder: Option<Recorder>) -> Pipeline {
         Pipeline {
             expected_ssrc,
@@ -361,6 +414,10 @@ impl Pipeline {
             stats: MediaStats::default(),
             logged: 0,
             id: id.to_string(),
+            crypto: StreamCrypto::new(None, false),
+            clear_buf: Vec::with_capacity(1500),
+            remux: None,
+            remux_buf: Vec::new(),
         }
     }
 
@@ -370,8 +427,24 @@ impl Pipeline {
         first
     }
 
-    /// One RTP packet as received, at `now_ns` (monotonic).
+    /// One RTP (or SRTP) packet as received, at `now_ns` (monotonic).
     pub fn packet(&mut self, buf: &[u8], now_ns: u64) {
+        if !self.crypto.srtp() || rtp::parse(buf).is_err() {
+            return self.packet_clear(buf, now_ns);
+        }
+        let mut clear = std::mem::take(&mut self.clear_buf);
+        match self.crypto.unprotect(buf, &mut clear) {
+            Ok(()) => self.packet_clear(&clear, now_ns),
+            Err(f) => {
+                if self.once(LOG_DECRYPT) {
+                    warn!(stream = %self.id, reason = f.as_str(), "SRTP packet not decrypted (counted; logged once)");
+                }
+            }
+        }
+        self.clear_buf = clear;
+    }
+
+    fn packet_clear(&mut self, buf: &[u8], now_ns: u64) {
         let p = match rtp::parse(buf) {
             Ok(p) => p,
             Err(e) => {
@@ -455,13 +528,18 @@ impl Pipeline {
                     let marker = item[4] & 1 != 0;
                     let pt = item[4] >> 1;
                     let payload = &item[5..];
-                    for f in &mut self.forwards {
-                        f.send(pt, ts, marker, payload, &mut self.fwd_buf);
+                    // Encrypted access units are passed on re-muxed from
+                    // the clear frames (clear_frames), not as received.
+                    let relay = !self.crypto.nal_encrypted();
+                    if relay {
+                        for f in &mut self.forwards {
+                            f.send(pt, ts, marker, payload, &mut self.fwd_buf);
+                        }
                     }
                     let frames = match &mut self.raw {
                         Some(d) => d.push(payload, seq, ts, marker),
                         None => {
-                            if let Some(r) = &mut self.recorder {
+                            if let (Some(r), true) = (&mut self.recorder, relay) {
                                 if let Err(e) = r.ps(payload) {
                                     self.stats.dropped_frames += 1;
                                     if self.logged & LOG_IO == 0 {
@@ -489,7 +567,51 @@ impl Pipeline {
     }
 
     fn frames(&mut self, frames: Vec<Frame>) {
+        let mut clear = Vec::with_capacity(frames.len());
         for f in frames {
+            self.crypto.frame(f, &mut clear);
+        }
+        self.clear_frames(clear);
+    }
+
+    fn clear_frames(&mut self, frames: Vec<Frame>) {
+        if self.remux.is_none() && self.crypto.nal_encrypted() {
+            // The payloads are encrypted access units: forward (and record
+            // as PS) what is muxed from the decrypted frames from now on.
+            if let Some(f) = frames.iter().find(|f| f.kind == FrameKind::Video) {
+                info!(stream = %self.id, "encrypted media: forwarding and PS recording use re-muxed clear frames");
+                self.remux = Some(PsMuxer::new(f.codec));
+                for fw in &mut self.forwards {
+                    fw.stats.mode = "remux";
+                }
+            }
+        }
+        for f in frames {
+            if let (Some(mux), FrameKind::Video) = (&mut self.remux, f.kind) {
+                self.remux_buf.clear();
+                let pts = f.pts.unwrap_or(f.rtp_timestamp as u64);
+                mux.write_video(&f.data, pts, f.dts, &mut self.remux_buf);
+                let chunks: Vec<&[u8]> = media::ps::packetize_rtp(&self.remux_buf, 1400).collect();
+                for fw in &mut self.forwards {
+                    for (i, c) in chunks.iter().enumerate() {
+                        fw.send(
+                            96,
+                            f.rtp_timestamp,
+                            i + 1 == chunks.len(),
+                            c,
+                            &mut self.fwd_buf,
+                        );
+                    }
+                }
+                if let Some(r) = &mut self.recorder {
+                    if let Err(e) = r.ps(&self.remux_buf) {
+                        if self.logged & LOG_IO == 0 {
+                            self.logged |= LOG_IO;
+                            warn!(stream = %self.id, error = %e, "recording failed (logged once)");
+                        }
+                    }
+                }
+            }
             if f.kind == FrameKind::Video {
                 self.stats.frames += 1;
                 if f.keyframe {
@@ -519,15 +641,20 @@ impl Pipeline {
             None => self.ps.flush(),
         };
         self.frames(tail);
+        let mut held = Vec::new();
+        self.crypto.finish(&mut held);
+        self.clear_frames(held);
         if let Some(r) = &mut self.recorder {
             if let Err(e) = r.close() {
                 warn!(stream = %self.id, error = %e, "closing the recording failed");
             }
             self.stats.files = r.files.clone();
         }
+        self.stats.decrypt = self.crypto.stats();
     }
 
     fn publish(&mut self, shared: &Mutex<MediaStats>) {
+        self.stats.decrypt = self.crypto.stats();
         if !self.forwards.is_empty() {
             self.stats.forwards = self.forwards.iter().map(|f| f.stats.clone()).collect();
         }
@@ -861,6 +988,219 @@ mod tests {
         assert!(es == aus.concat(), "recorded ES differs from what was sent");
         let ps = std::fs::read(find(".ps")).unwrap();
         assert!(ps.starts_with(&[0, 0, 1, 0xba]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// H.264 access units whose slice headers are plausible (the
+    /// sm4-nal-ofb decryptor checks them): first_mb_in_slice 0, an I slice
+    /// in IDRs, a P slice otherwise, PPS 0.
+    fn plausible_au(idr: bool, n: usize, seed: u8) -> Vec<u8> {
+        let mut v = Vec::new();
+        if idr {
+            v.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0, 0x1f, 0xaa]);
+            v.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
+            v.extend_from_slice(&[0, 0, 0, 1, 0x65, 0x88, 0x84]);
+        } else {
+            v.extend_from_slice(&[0, 0, 1, 0x41, 0x9a, 0x02]);
+        }
+        v.extend((0..n).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed) | 1));
+        v
+    }
+
+    const DEV: &str = "34020000001320000001";
+
+    fn key_store(spec: &str) -> Arc<crate::keys::KeyStore> {
+        let ks = crate::keys::KeyStore::new(None);
+        ks.add(serde_json::from_str(spec).unwrap()).unwrap();
+        ks
+    }
+
+    #[test]
+    fn srtp_is_decrypted_tampering_and_replay_counted_forward_re_encrypted() {
+        let dir = std::env::temp_dir().join(format!("gw-srtp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let aus: Vec<Vec<u8>> = (0..12)
+            .map(|i| plausible_au(i % 6 == 0, 2500, i as u8))
+            .collect();
+        let clear = packets(&aus, 21);
+        let m = MasterKey::from_inline("inline:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd").unwrap();
+        let mut tx = SrtpSender::new(&m);
+        let srtp: Vec<Vec<u8>> = clear
+            .iter()
+            .map(|p| {
+                let mut o = Vec::new();
+                tx.protect(p, &mut o).unwrap();
+                o
+            })
+            .collect();
+        let ks = key_store(&format!(
+            r#"{{"device":"{DEV}","profile":"srtp-sm4","inline":"{}"}}"#,
+            m.to_inline()
+        ));
+        let fwd_key = MasterKey {
+            key: [9; 16],
+            salt: [7; 14],
+        };
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let f = Forward::new(rx.local_addr().unwrap(), 778)
+            .unwrap()
+            .with_srtp(&fwd_key);
+        let rec = Recorder::new(
+            RecordConfig {
+                dir: dir.clone(),
+                ..RecordConfig::default()
+            },
+            "srtp",
+        )
+        .unwrap();
+        let view = KeyView::new(ks, DEV, DEV, None);
+        let mut p = Pipeline::new("s", Some(21), Some(rec))
+            .with_forwards(vec![f])
+            .with_keys(Some(view), true);
+        for (t, pkt) in srtp.iter().enumerate() {
+            p.packet(pkt, t as u64);
+            if t == 3 {
+                p.packet(pkt, t as u64); // replayed
+                                         // The next packet, tampered, ahead of the real one (which
+                                         // must still be taken: the window moves on good tags only).
+                let mut bad = srtp[4].clone();
+                let last = bad.len() - 11;
+                bad[last] ^= 1;
+                p.packet(&bad, t as u64);
+            }
+        }
+        p.finish();
+        assert_eq!(p.stats.decrypt.srtp_packets, clear.len() as u64);
+        assert_eq!(p.stats.decrypt.failures.get("replay"), Some(&1));
+        assert_eq!(p.stats.decrypt.failures.get("bad_tag"), Some(&1));
+        assert_eq!(
+            p.stats.packets,
+            clear.len() as u64,
+            "refused packets are not accounted"
+        );
+        assert_eq!(p.stats.frames, 12);
+        let es = std::fs::read(&p.stats.files[0]).unwrap();
+        assert!(
+            es == aus.concat(),
+            "recording differs from the clear source"
+        );
+        // The forward is SRTP under its own key: decrypts to the payloads.
+        let mut rxc = gb35114::srtp::SrtpReceiver::new();
+        let keys: Vec<(u64, MasterKey)> = vec![(1, fwd_key)];
+        let mut buf = [0u8; 2048];
+        for orig in &clear {
+            let n = rx.recv(&mut buf).unwrap();
+            let mut out = Vec::new();
+            rxc.unprotect(&buf[..n], &keys, &mut out).unwrap();
+            let got = rtp::parse(&out).unwrap();
+            assert_eq!(got.payload, rtp::parse(orig).unwrap().payload);
+            assert_eq!(got.ssrc, 778);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn nal_encrypted_units_are_decrypted_and_forwarded_clear() {
+        use gb35114::{nal, sm4::Sm4};
+        let dir = std::env::temp_dir().join(format!("gw-nal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let aus: Vec<Vec<u8>> = (0..12)
+            .map(|i| plausible_au(i % 6 == 0, 3000, i as u8))
+            .collect();
+        let key = [0x42u8; 16];
+        let enc: Vec<Vec<u8>> = aus
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                nal::encrypt_access_unit(nal::NalCodec::H264, a, 3, &Sm4::new(&key), &[i as u8; 16])
+            })
+            .collect();
+        assert!(enc.iter().zip(&aus).all(|(e, a)| e != a));
+        let pk = packets(&enc, 31);
+        let ks = key_store(&format!(
+            r#"{{"device":"{DEV}","profile":"sm4-nal-ofb","version":3,"key":"{}"}}"#,
+            "42".repeat(16)
+        ));
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let f = Forward::new(rx.local_addr().unwrap(), 779).unwrap();
+        let rec = Recorder::new(
+            RecordConfig {
+                dir: dir.clone(),
+                ps: true,
+                ..RecordConfig::default()
+            },
+            "nal",
+        )
+        .unwrap();
+        let mut p = Pipeline::new("n", Some(31), Some(rec))
+            .with_forwards(vec![f])
+            .with_keys(Some(KeyView::new(ks, DEV, DEV, None)), false);
+        for (t, pkt) in pk.iter().enumerate() {
+            p.packet(pkt, t as u64);
+        }
+        p.finish();
+        let d = &p.stats.decrypt;
+        assert_eq!(
+            (d.encrypted_frames, d.units, d.key_version),
+            (12, 12, Some(3)),
+            "{d:?}"
+        );
+        assert!(d.failures.is_empty(), "{d:?}");
+        assert_eq!(d.state, "decrypting");
+        let find = |ext: &str| p.stats.files.iter().find(|f| f.ends_with(ext)).unwrap();
+        assert!(std::fs::read(find(".h264")).unwrap() == aus.concat());
+        // The PS recording and the forward carry the clear frames.
+        let demux = |ps: &[u8]| -> Vec<Vec<u8>> {
+            let mut dm = PsDemuxer::new();
+            let mut out: Vec<Vec<u8>> = dm.push(ps, 0, true).into_iter().map(|f| f.data).collect();
+            out.extend(dm.flush().into_iter().map(|f| f.data));
+            out
+        };
+        assert_eq!(demux(&std::fs::read(find(".ps")).unwrap()), aus);
+        let mut fwd = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = rx.recv(&mut buf) {
+            fwd.extend_from_slice(rtp::parse(&buf[..n]).unwrap().payload);
+        }
+        assert_eq!(demux(&fwd), aus);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn encrypted_units_without_a_key_are_never_recorded() {
+        use gb35114::{nal, sm4::Sm4};
+        let dir = std::env::temp_dir().join(format!("gw-nokey-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let aus: Vec<Vec<u8>> = (0..6)
+            .map(|i| plausible_au(i % 3 == 0, 2000, i as u8))
+            .collect();
+        let enc: Vec<Vec<u8>> = aus
+            .iter()
+            .map(|a| {
+                nal::encrypt_access_unit(nal::NalCodec::H264, a, 1, &Sm4::new(&[1; 16]), &[5; 16])
+            })
+            .collect();
+        let rec = Recorder::new(
+            RecordConfig {
+                dir: dir.clone(),
+                ..RecordConfig::default()
+            },
+            "nokey",
+        )
+        .unwrap();
+        // No key store at all.
+        let mut p = Pipeline::new("k", Some(41), Some(rec));
+        for (t, pkt) in packets(&enc, 41).iter().enumerate() {
+            p.packet(pkt, t as u64);
+        }
+        p.finish();
+        assert_eq!(p.stats.frames, 0);
+        assert!(p.stats.files.is_empty());
+        assert_eq!(p.stats.decrypt.failures.get("no_key"), Some(&6));
+        assert_eq!(p.stats.decrypt.state, "failing");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

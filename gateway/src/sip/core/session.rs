@@ -24,7 +24,10 @@ use tracing::{info, warn};
 use std::sync::{Arc, Mutex};
 
 use super::{fmt_addr, local_ip_for, ApiError, Core, Dest, Inbound, Purpose};
+use gb35114::srtp::MasterKey;
+
 use crate::{
+    keys::KeyView,
     registry::wall_ms,
     stream::{self, Bound, MediaStats, Pipeline, Receiver, Recorder},
 };
@@ -59,6 +62,14 @@ pub struct Session {
     pub closed_ms: Option<i64>,
     /// Whether the media is recorded.
     pub record: bool,
+    /// srtp-sm4 session: where its key came from ("configured": the
+    /// channel's keys, "offered": a session key the gateway offered in the
+    /// INVITE, "answer": the key of the device's SDP answer) and the key's
+    /// check value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<SrtpView>,
+    #[serde(skip)]
+    pub(super) session_key: Option<MasterKey>,
     /// Where the media is forwarded.
     #[serde(skip)]
     pub(super) forward: Vec<ForwardRequest>,
@@ -81,6 +92,12 @@ impl Session {
         }
         v
     }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SrtpView {
+    pub key_source: &'static str,
+    pub check: Option<String>,
 }
 
 /// The kernel's view of a session's flow.
@@ -149,6 +166,11 @@ pub struct StreamRequest {
     /// Forward the PS/RTP to these destinations, each with its own SSRC.
     #[serde(default)]
     pub forward: Vec<ForwardRequest>,
+    /// srtp-sm4: offer a fresh session key in the INVITE (`a=crypto`).
+    /// Channels with configured srtp-sm4 keys are SRTP anyway (their keys
+    /// never go on the wire).
+    #[serde(default)]
+    pub srtp: bool,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -157,6 +179,9 @@ pub struct ForwardRequest {
     pub dest: SocketAddr,
     /// Default: derived from the stream's SSRC.
     pub ssrc: Option<u32>,
+    /// Re-encrypt toward this destination with srtp-sm4 under this master
+    /// key (`inline:<base64 of key||salt>`, as in SDP).
+    pub srtp: Option<String>,
 }
 
 impl Core {
@@ -302,6 +327,21 @@ impl Core {
             .or_else(|| (!d_local.ip().is_unspecified()).then(|| d_local.ip()))
             .or_else(|| local_ip_for(d_addr))
             .unwrap_or(d_local.ip());
+        for f in &req.forward {
+            if let Some(k) = &f.srtp {
+                MasterKey::from_inline(k)
+                    .map_err(|e| ApiError(400, format!("forward {}: srtp: {e}", f.dest)))?;
+            }
+        }
+        let session_key = if req.srtp {
+            Some(
+                crate::keys::random_master_key()
+                    .map_err(|e| ApiError(503, format!("cannot generate an SRTP key: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let crypto = session_key.as_ref().map(|k| k.crypto_attr(1));
         let body = Offer {
             platform_id: &self.cfg.id,
             kind: SessionKind::Play,
@@ -311,6 +351,7 @@ impl Core {
             transport,
             y: &y,
             range: None,
+            crypto: crypto.as_deref().map(|c| c.trim_start_matches("a=")),
         }
         .build();
         let local_sip = self.local_sip(d_local, d_addr);
@@ -386,6 +427,11 @@ impl Core {
                 established_ms: None,
                 closed_ms: None,
                 record,
+                srtp: session_key.as_ref().map(|k| SrtpView {
+                    key_source: "offered",
+                    check: Some(k.check_value()),
+                }),
+                session_key,
                 forward: req.forward.clone(),
                 media: None,
                 kernel: None,
@@ -491,8 +537,33 @@ impl Core {
         };
         s.dialog.ack = Some(ack);
         s.dialog.deadline = None;
+        // srtp-sm4 key of the answer (RFC 4568): the key the device
+        // encrypts with; a malformed one makes the answer unusable.
+        let answer = answer
+            .map_err(|e| (e.reason(), e.to_string()))
+            .and_then(|a| {
+                let mut key = None;
+                for c in &a.crypto {
+                    match MasterKey::from_crypto_attr(c) {
+                        Ok(Some((_, k))) => {
+                            key = Some(k);
+                            break;
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Err(("bad_crypto", format!("a=crypto: {e}"))),
+                    }
+                }
+                Ok((a, key))
+            });
         match answer {
-            Ok(a) => {
+            Ok((a, key)) => {
+                if let Some(k) = key {
+                    s.srtp = Some(SrtpView {
+                        key_source: "answer",
+                        check: Some(k.check_value()),
+                    });
+                    s.session_key = Some(k);
+                }
                 s.remote = a.ip.map(|ip| SocketAddr::new(ip, a.port));
                 s.answer_ssrc = a.ssrc();
                 s.ssrc_mismatch = a.ssrc().is_some_and(|x| x != s.ssrc);
@@ -525,11 +596,8 @@ impl Core {
                     let _ = w.send(Ok(view));
                 }
             }
-            Err(e) => {
-                self.metrics
-                    .sdp_errors
-                    .with_label_values(&[e.reason()])
-                    .inc();
+            Err((reason, e)) => {
+                self.metrics.sdp_errors.with_label_values(&[reason]).inc();
                 self.close(id, &format!("unusable SDP answer: {e}"), true, "failed");
             }
         }
@@ -573,12 +641,37 @@ impl Core {
                     .wrapping_mul(2_654_435_761)
                     .wrapping_add(i as u32 + 1),
             );
+            let key = f
+                .srtp
+                .as_deref()
+                .and_then(|k| MasterKey::from_inline(k).ok());
             match stream::Forward::new(f.dest, ssrc) {
-                Ok(x) => forwards.push(x),
+                Ok(x) => forwards.push(match &key {
+                    Some(k) => x.with_srtp(k),
+                    None => x,
+                }),
                 Err(e) => warn!(stream = %s.id, dest = %f.dest, error = %e, "cannot forward"),
             }
         }
-        let pipe = Pipeline::new(&s.id, Some(s.ssrc), recorder).with_forwards(forwards);
+        let configured = self.keys.has_srtp(&s.device, &s.channel);
+        let srtp = configured || s.session_key.is_some();
+        let view = KeyView::new(
+            self.keys.clone(),
+            &s.device,
+            &s.channel,
+            s.session_key.clone(),
+        );
+        let pipe = Pipeline::new(&s.id, Some(s.ssrc), recorder)
+            .with_forwards(forwards)
+            .with_keys(Some(view), srtp);
+        if configured && s.srtp.is_none() {
+            if let Some(sess) = self.sessions.active.get_mut(&s.id) {
+                sess.srtp = Some(SrtpView {
+                    key_source: "configured",
+                    check: None,
+                });
+            }
+        }
         let r = stream::start(bound, s.remote, pipe);
         if let Some(sess) = self.sessions.active.get_mut(&s.id) {
             sess.stats = Some(r.stats.clone());
@@ -868,12 +961,18 @@ impl Core {
             } else {
                 None
             };
-            let pipe = Pipeline::new(&st.name, None, recorder).with_payload(&st.payload);
+            let device = st.device.clone().unwrap_or_else(|| st.name.clone());
+            let channel = st.channel.clone().unwrap_or_else(|| st.name.clone());
+            let srtp = self.keys.has_srtp(&device, &channel);
+            let view = KeyView::new(self.keys.clone(), &device, &channel, None);
+            let pipe = Pipeline::new(&st.name, None, recorder)
+                .with_payload(&st.payload)
+                .with_keys(Some(view), srtp);
             let r = stream::start(bound, None, pipe);
             let s = Session {
                 id: st.name.clone(),
-                device: String::new(),
-                channel: String::new(),
+                device: st.device.clone().unwrap_or_default(),
+                channel: st.channel.clone().unwrap_or_default(),
                 transport: MediaTransport::Udp,
                 ssrc: 0,
                 local: st.listen,
@@ -888,6 +987,11 @@ impl Core {
                 established_ms: Some(wall_ms()),
                 closed_ms: None,
                 record,
+                srtp: srtp.then_some(SrtpView {
+                    key_source: "configured",
+                    check: None,
+                }),
+                session_key: None,
                 forward: Vec::new(),
                 media: None,
                 kernel: None,

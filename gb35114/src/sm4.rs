@@ -1,0 +1,240 @@
+//! SM4 (GB/T 32907) block cipher and the modes the profiles use.
+//!
+//! The block function is `libsm`'s `Sm4Cipher`; OFB, CTR, ECB and key
+//! wrapping are here and agree with `openssl enc -sm4-ofb` / `-sm4-ctr` /
+//! `-sm4-ecb -nopad` (checked by the tests against the machine's openssl).
+
+use libsm::sm4::cipher::Sm4Cipher;
+
+use crate::rfc3711::{self, xor16, xor_partial, BlockCipher128};
+
+/// An SM4 key schedule. `Debug` shows the key check value, never the key.
+pub struct Sm4 {
+    key: [u8; 16],
+    inner: Sm4Cipher,
+}
+
+fn schedule(key: &[u8; 16]) -> Sm4Cipher {
+    match Sm4Cipher::new(key) {
+        Ok(c) => c,
+        // libsm only rejects keys whose length is not 16, which the type rules out.
+        Err(_) => unreachable!("libsm rejected a 16-byte SM4 key"),
+    }
+}
+
+impl Sm4 {
+    /// Expands the round keys of `key`.
+    pub fn new(key: &[u8; 16]) -> Sm4 {
+        Sm4 {
+            key: *key,
+            inner: schedule(key),
+        }
+    }
+
+    /// Encrypts one block in place.
+    #[inline]
+    pub fn encrypt_block(&self, block: &mut [u8; 16]) {
+        // libsm only fails on an input that is not 16 bytes long.
+        if let Ok(out) = self.inner.encrypt(block) {
+            *block = out;
+        }
+    }
+
+    /// Decrypts one block in place.
+    #[inline]
+    pub fn decrypt_block(&self, block: &mut [u8; 16]) {
+        if let Ok(out) = self.inner.decrypt(block) {
+            *block = out;
+        }
+    }
+
+    /// Short key check value for listing keys without revealing them:
+    /// first 4 bytes of SM4-ECB(key, 16 zero bytes), as 8 lowercase hex chars.
+    pub fn check_value(&self) -> String {
+        let mut b = [0u8; 16];
+        self.encrypt_block(&mut b);
+        hex4(&b)
+    }
+}
+
+pub(crate) fn hex4(b: &[u8]) -> String {
+    b.iter().take(4).map(|x| format!("{x:02x}")).collect()
+}
+
+impl Clone for Sm4 {
+    fn clone(&self) -> Sm4 {
+        Sm4::new(&self.key)
+    }
+}
+
+impl std::fmt::Debug for Sm4 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sm4")
+            .field("check_value", &self.check_value())
+            .finish()
+    }
+}
+
+impl BlockCipher128 for Sm4 {
+    #[inline]
+    fn encrypt_block(&self, block: &mut [u8; 16]) {
+        Sm4::encrypt_block(self, block)
+    }
+}
+
+/// OFB keystream XORed into data (encryption == decryption); same as `openssl enc -sm4-ofb`.
+pub fn ofb_apply(c: &Sm4, iv: &[u8; 16], data: &mut [u8]) {
+    let mut ks = *iv;
+    let (blocks, rest) = data.as_chunks_mut::<16>();
+    for block in blocks {
+        c.encrypt_block(&mut ks);
+        xor16(block, &ks);
+    }
+    if !rest.is_empty() {
+        c.encrypt_block(&mut ks);
+        xor_partial(rest, &ks);
+    }
+}
+
+/// CTR with a 128-bit big-endian counter; same as `openssl enc -sm4-ctr`.
+pub fn ctr_apply(c: &Sm4, iv: &[u8; 16], data: &mut [u8]) {
+    rfc3711::cm_apply(c, iv, data)
+}
+
+/// ECB without padding; Err if len % 16 != 0 (data untouched then).
+pub fn ecb_encrypt(c: &Sm4, data: &mut [u8]) -> Result<(), crate::Error> {
+    ecb(data, |b| c.encrypt_block(b))
+}
+
+/// ECB decryption without padding; Err if len % 16 != 0 (data untouched then).
+pub fn ecb_decrypt(c: &Sm4, data: &mut [u8]) -> Result<(), crate::Error> {
+    ecb(data, |b| c.decrypt_block(b))
+}
+
+fn ecb(data: &mut [u8], f: impl Fn(&mut [u8; 16])) -> Result<(), crate::Error> {
+    if !data.len().is_multiple_of(16) {
+        return Err(crate::Error::NotBlockAligned { len: data.len() });
+    }
+    for block in data.as_chunks_mut::<16>().0 {
+        f(block);
+    }
+    Ok(())
+}
+
+/// VEK = SM4-ECB-Decrypt(VKEK, wrapped).
+pub fn unwrap_key(vkek: &[u8; 16], wrapped: &[u8; 16]) -> [u8; 16] {
+    let mut b = *wrapped;
+    Sm4::new(vkek).decrypt_block(&mut b);
+    b
+}
+
+/// wrapped = SM4-ECB-Encrypt(VKEK, VEK), the inverse of [`unwrap_key`].
+pub fn wrap_key(vkek: &[u8; 16], vek: &[u8; 16]) -> [u8; 16] {
+    let mut b = *vek;
+    Sm4::new(vkek).encrypt_block(&mut b);
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: [u8; 16] = [
+        0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32,
+        0x10,
+    ];
+
+    #[test]
+    fn gbt32907_example_1() {
+        let c = Sm4::new(&K);
+        let mut b = K;
+        c.encrypt_block(&mut b);
+        assert_eq!(
+            b,
+            [
+                0x68, 0x1e, 0xdf, 0x34, 0xd2, 0x06, 0x96, 0x5e, 0x86, 0xb3, 0xe9, 0x4f, 0x53, 0x6e,
+                0x42, 0x46
+            ]
+        );
+        c.decrypt_block(&mut b);
+        assert_eq!(b, K);
+    }
+
+    #[test]
+    fn gbt32907_example_2_million_iterations() {
+        let c = Sm4::new(&K);
+        let mut b = K;
+        for _ in 0..1_000_000 {
+            c.encrypt_block(&mut b);
+        }
+        assert_eq!(
+            b,
+            [
+                0x59, 0x52, 0x98, 0xc7, 0xc6, 0xfd, 0x27, 0x1f, 0x04, 0x02, 0xf8, 0x04, 0xc3, 0x3d,
+                0x3f, 0x66
+            ]
+        );
+    }
+
+    #[test]
+    fn check_value_and_debug_hide_the_key() {
+        let c = Sm4::new(&K);
+        // openssl enc -sm4-ecb -nopad -K 0123..3210 of 16 zero bytes = 2677f46b09c1...
+        assert_eq!(c.check_value(), "2677f46b");
+        assert_eq!(c.check_value().len(), 8);
+        let dbg = format!("{c:?}");
+        assert!(dbg.contains(&c.check_value()));
+        assert!(!dbg.contains("0123"), "{dbg}");
+        assert_eq!(c.clone().check_value(), c.check_value());
+    }
+
+    #[test]
+    fn ofb_streams_like_blockwise_ofb() {
+        let c = Sm4::new(&K);
+        let iv = [7u8; 16];
+        let mut data: Vec<u8> = (0..53u8).collect();
+        ofb_apply(&c, &iv, &mut data);
+        // reference: O_j = E(O_{j-1}), C = P xor O
+        let mut o = iv;
+        for (j, chunk) in (0..53u8).collect::<Vec<_>>().chunks(16).enumerate() {
+            c.encrypt_block(&mut o);
+            for (k, p) in chunk.iter().enumerate() {
+                assert_eq!(data[j * 16 + k], p ^ o[k]);
+            }
+        }
+        ofb_apply(&c, &iv, &mut data);
+        assert_eq!(data, (0..53u8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn ecb_rejects_partial_blocks_and_round_trips() {
+        let c = Sm4::new(&K);
+        let mut d = [1u8; 17];
+        assert_eq!(
+            ecb_encrypt(&c, &mut d),
+            Err(crate::Error::NotBlockAligned { len: 17 })
+        );
+        assert_eq!(d, [1u8; 17]);
+        assert!(ecb_decrypt(&c, &mut d[..15]).is_err());
+        let mut d = [3u8; 32];
+        ecb_encrypt(&c, &mut d).unwrap();
+        assert_ne!(d, [3u8; 32]);
+        assert_eq!(d[..16], d[16..]);
+        ecb_decrypt(&c, &mut d).unwrap();
+        assert_eq!(d, [3u8; 32]);
+        let mut empty: [u8; 0] = [];
+        assert!(ecb_encrypt(&c, &mut empty).is_ok());
+    }
+
+    #[test]
+    fn wrap_unwrap() {
+        let vkek = [9u8; 16];
+        let vek = [0x42u8; 16];
+        let w = wrap_key(&vkek, &vek);
+        assert_ne!(w, vek);
+        assert_eq!(unwrap_key(&vkek, &w), vek);
+        let mut b = w;
+        Sm4::new(&vkek).decrypt_block(&mut b);
+        assert_eq!(b, vek);
+    }
+}
