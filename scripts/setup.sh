@@ -21,6 +21,8 @@ apt_pkgs=(
   ca-certificates
   sip-tester      # sipp: the third-party SIP peer of the signalling tests and benchmark
   ffmpeg          # ffmpeg/ffprobe: encode test media, validate recordings
+  openssl         # SM4/SM3 reference the crypto tests and crypto-bench compare against
+  prometheus      # a real Prometheus server and promtool for the metrics tests
 )
 if [ "${SETUP_SKIP_APT:-0}" != 1 ]; then
   missing=()
@@ -65,4 +67,64 @@ if ! "$cargo_bin/cargo-fuzz" --version 2>/dev/null | grep -q "$cargo_fuzz_versio
   log "installing cargo-fuzz $cargo_fuzz_version"
   rustup run "$toolchain" cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked
 fi
+# --- Edge builds: cargo xtask dist / cross-test -----------------------------
+# Static musl binaries for x86_64, aarch64 and loongarch64, linked with Zig
+# through cargo-zigbuild (both from PyPI, in a venv of their own), and
+# qemu-user to run the aarch64/loongarch64 ones here. LoongArch's std is
+# built from rust-src by the xtask (rustup has no prebuilt one for it).
+zig_venv=${GATEWAY_ZIG_VENV:-/opt/gateway-zig}
+ziglang_version=0.17.0
+cargo_zigbuild_version=0.24.0
+cross_targets=(aarch64-unknown-linux-musl x86_64-unknown-linux-musl)
+codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+if [ "${SETUP_SKIP_APT:-0}" != 1 ]; then
+  cross_missing=()
+  for p in python3-venv systemd; do   # venv for Zig; systemd-analyze checks the unit
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || cross_missing+=("$p")
+  done
+  if [ ${#cross_missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${cross_missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${cross_missing[@]}" >/dev/null
+  fi
+  # QEMU 10 runs LoongArch binaries that use LSX (Rust's default for the
+  # target, and Zig's musl start-up code); bookworm's 7.2 does not.
+  if ! qemu-loongarch64 --version 2>/dev/null | grep -Eq 'version (1[0-9]|[2-9][0-9])\.' \
+     || ! command -v qemu-aarch64 >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "$codename" = bookworm ]; then
+      if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        mirror=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
+        mirror=${mirror:-http://deb.debian.org/debian}
+        log "adding the bookworm-backports suite ($mirror)"
+        printf '%s\n' 'Types: deb' "URIs: $mirror" 'Suites: bookworm-backports' 'Components: main' \
+          'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+          > /etc/apt/sources.list.d/bookworm-backports.sources
+      fi
+      log "installing qemu-user from bookworm-backports"
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-user >/dev/null
+    else
+      log "installing qemu-user"
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends qemu-user >/dev/null
+    fi
+  fi
+fi
+installed_targets=$(rustup target list --toolchain "$toolchain" --installed 2>/dev/null || true)
+for t in "${cross_targets[@]}"; do
+  if ! grep -qx "$t" <<<"$installed_targets"; then
+    log "adding Rust target $t"
+    rustup target add --toolchain "$toolchain" "$t"
+  fi
+done
+if ! "$zig_venv/bin/cargo-zigbuild" --version 2>/dev/null | grep -q "$cargo_zigbuild_version" \
+   || [ "$("$zig_venv/bin/python3" -m ziglang version 2>/dev/null)" != "$ziglang_version" ]; then
+  log "installing ziglang $ziglang_version and cargo-zigbuild $cargo_zigbuild_version into $zig_venv"
+  [ -x "$zig_venv/bin/pip" ] || python3 -m venv "$zig_venv"
+  "$zig_venv/bin/pip" install -q "ziglang==$ziglang_version" "cargo-zigbuild==$cargo_zigbuild_version"
+fi
+log "edge builds: $("$zig_venv/bin/cargo-zigbuild" --version), zig $("$zig_venv/bin/python3" -m ziglang version), $(qemu-aarch64 --version | head -n1)"
+
 log "ready: $(rustup run "$toolchain" rustc --version); $("$cargo_bin/bpf-linker" --version); $(sipp -v 2>/dev/null | grep -o 'SIPp v[0-9.]*' | head -1)"

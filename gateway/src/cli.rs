@@ -65,6 +65,8 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// End a live stream (BYE).
     Hangup(HangupArgs),
+    /// Tell whether this machine's kernel can run the eBPF programs, and why not.
+    Check(crate::check::CheckArgs),
 }
 
 /// Where the daemon's API is.
@@ -425,6 +427,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Play(a) => play(a)?,
         Command::Sessions(a) => sessions(a)?,
         Command::Hangup(a) => hangup(a)?,
+        Command::Check(a) => crate::check::run(a, cli.netns.as_deref(), &cli.bpffs)?,
     }
     Ok(())
 }

@@ -32,6 +32,8 @@ pub struct Config {
     #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub store: StoreConfig,
     /// Media keys (`[[keys]]`): SM4 keys per device and channel, see
     /// docs/media-encryption.md.
@@ -203,6 +205,29 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: default_api_listen(),
             token: None,
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint (`GET /metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9330))
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: default_metrics_listen(),
         }
     }
 }

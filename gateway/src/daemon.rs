@@ -16,6 +16,7 @@ use crate::{
         flows::describe,
         Error,
     },
+    exporter,
     keys::KeyStore,
     metrics::SipMetrics,
     sip, store,
@@ -81,6 +82,7 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
     rt.block_on(async move {
         let registry = prometheus::Registry::new();
         let sip_metrics = SipMetrics::new(&registry);
+        let view = Arc::new(exporter::View::default());
         let mut keys = None;
         let service = match &cfg.sip {
             Some(sc) => {
@@ -102,12 +104,34 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
                         sip_metrics,
                         target.clone(),
                         ks,
+                        view.clone(),
                     )
                     .await?,
                 )
             }
             None => None,
         };
+        let kernel = match &target {
+            Some(t) => {
+                let maps = t.open()?;
+                let mode = match maps.config().map(|c| c.xdp_mode) {
+                    Ok(gateway_common::XDP_MODE_NATIVE) => "native",
+                    Ok(gateway_common::XDP_MODE_SKB) => "skb",
+                    _ => "unknown",
+                };
+                Some(exporter::Kernel {
+                    maps: std::sync::Mutex::new(maps),
+                    iface: t.iface.clone(),
+                    mode,
+                })
+            }
+            None => None,
+        };
+        let exp = exporter::Exporter::new(registry.clone(), view, kernel);
+        if cfg.metrics.enabled {
+            exporter::serve(cfg.metrics.listen, exp.clone()).await?;
+        }
+        let readout = exp.readout_histogram();
         let state = api::ApiState {
             sip: service.as_ref().map(|s| s.commands.clone()),
             token: cfg.api.token.as_deref().map(Arc::from),
@@ -128,8 +152,10 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
             tokio::select! {
                 _ = tick.tick() => {
                     let Some(maps) = maps.as_mut() else { continue };
+                    let t = std::time::Instant::now();
                     let streams = maps.streams()?;
                     let counters = maps.counters()?;
+                    readout.observe(t.elapsed().as_secs_f64());
                     let packets: u64 = streams.iter().map(|s| s.stats.packets).sum();
                     let lost: u64 = streams.iter().map(|s| s.stats.lost).sum();
                     if last != Some((packets, lost)) {

@@ -2,10 +2,12 @@
 //! benchmarks drive the same code.
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod exporter;
 pub mod keys;
 pub mod metrics;
 pub mod registry;

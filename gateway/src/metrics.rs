@@ -65,7 +65,7 @@ impl SipMetrics {
             let _ = reg.register(Box::new(g.clone()));
             g
         };
-        SipMetrics {
+        let m = SipMetrics {
             requests: vec(
                 reg,
                 "gateway_sip_requests_total",
@@ -154,7 +154,41 @@ impl SipMetrics {
             devices: gauge("gateway_devices", "Devices in the registry"),
             devices_online: gauge("gateway_devices_online", "Devices online"),
             tcp_connections: gauge("gateway_sip_tcp_connections", "Open SIP TCP connections"),
+        };
+        // Known outcomes exist from the start at 0, so a rate() sees their
+        // first increase (a series born at its first event would not).
+        for r in [
+            "challenged",
+            "ok",
+            "unregistered",
+            "forbidden",
+            "stale",
+            "bad_request",
+            "wrong_domain",
+            "interval_too_brief",
+        ] {
+            m.registrations.with_label_values(&[r]);
         }
+        for r in [
+            "malformed",
+            "username",
+            "unknown_device",
+            "stale_nonce",
+            "realm",
+            "password",
+        ] {
+            m.auth_failures.with_label_values(&[r]);
+        }
+        for e in [
+            "invited",
+            "established",
+            "failed",
+            "closed",
+            "ssrc_mismatch",
+        ] {
+            m.sessions.with_label_values(&[e]);
+        }
+        m
     }
 }
 

@@ -7,6 +7,8 @@
 
 pub mod frames;
 pub mod netns;
+pub mod prom;
+pub mod sipclient;
 pub mod sipp;
 pub mod testmedia;
 

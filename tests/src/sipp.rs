@@ -77,10 +77,17 @@ impl Daemon {
         extra_sip: &str,
         extra: &str,
     ) -> PathBuf {
+        // Tests run daemons side by side: /metrics on an ephemeral port
+        // unless the test configures it.
+        let metrics = if extra.contains("[metrics]") {
+            ""
+        } else {
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n"
+        };
         let cfg = format!(
             "[sip]\nid = \"{PLATFORM}\"\nlisten = [\"127.0.0.1:{sip_port}\"]\n{extra_sip}\n\
              [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
-             [store]\npath = \"{}\"\n{extra}\n",
+             {metrics}[store]\npath = \"{}\"\n{extra}\n",
             dir.join("registry.redb").display()
         );
         let path = dir.join("gateway.toml");

@@ -7,8 +7,14 @@
 //!   the recordings checked with ffprobe, then clean-up.
 //! - test: fmt check, clippy -D warnings, every unit and integration test.
 //! - bench: the data-plane benchmarks (release build).
+//! - dist: static musl release binaries and a tarball per edge target
+//!   (x86_64, aarch64, loongarch64); see dist.rs.
+//! - cross-test: those binaries and the pure-logic crates' unit tests
+//!   under qemu-user.
 //!
 //! Run scripts/setup.sh once before (it installs the toolchain and tools).
+
+mod dist;
 
 use std::process::{Command, Stdio};
 
@@ -42,6 +48,20 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u32,
+    },
+    /// Static musl release binaries and target/dist/gateway-VERSION-ARCH.tar.gz.
+    Dist {
+        /// x86_64, aarch64, loongarch64 (or full triples), comma-separated or
+        /// repeated, or all.
+        #[arg(long, required = true, value_name = "TARGET")]
+        target: Vec<String>,
+    },
+    /// Cross-built binaries and the pure-logic crates' unit tests under qemu-user.
+    CrossTest {
+        /// aarch64, loongarch64, x86_64 (or full triples), comma-separated or
+        /// repeated, or all.
+        #[arg(long, required = true, value_name = "TARGET")]
+        target: Vec<String>,
     },
 }
 
@@ -105,8 +125,9 @@ fn sh(prog: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// $CARGO_TARGET_DIR, else the workspace's target directory.
 fn target_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
+    dist::target_dir()
 }
 
 fn main() -> Result<()> {
@@ -136,7 +157,13 @@ fn main() -> Result<()> {
                 "gateway-tests",
                 "--bins",
             ])?;
-            for b in ["gateway-bench", "sip-bench", "media-bench"] {
+            for b in [
+                "gateway-bench",
+                "sip-bench",
+                "media-bench",
+                "crypto-bench",
+                "metrics-bench",
+            ] {
                 let mut c = Command::new(target_dir().join("release").join(b));
                 if quick {
                     c.arg("--quick");
@@ -149,6 +176,8 @@ fn main() -> Result<()> {
         }
         Cmd::Fuzz { seconds } => fuzz(seconds.clamp(1, 3600)),
         Cmd::Demo { seconds } => demo(seconds.clamp(2, 120)),
+        Cmd::Dist { target } => dist::dist(&dist::parse_targets(&target)?),
+        Cmd::CrossTest { target } => dist::cross_test(&dist::parse_targets(&target)?),
     }
 }
 
@@ -165,6 +194,7 @@ fn fuzz(seconds: u32) -> Result<()> {
         "rtp_parse",
         "rfc4571",
         "ps_demux",
+        "sm4_media",
     ] {
         let corpus = dir.join("corpus").join(t);
         let regress = dir.join("regressions").join(t);

@@ -367,20 +367,41 @@ impl Maps {
     pub fn counters(&mut self) -> Result<[u64; counter::COUNT as usize]> {
         let mut out = [0u64; counter::COUNT as usize];
         let fd = dup(self.counters.fd().as_fd())?;
-        self.counter_reader
-            .read_all(fd.as_fd(), |k, v| {
-                let idx = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]) as usize;
-                if let Some(slot) = out.get_mut(idx) {
-                    *slot = v
-                        .as_chunks::<8>()
-                        .0
-                        .iter()
-                        .map(|c| u64::from_ne_bytes(*c))
-                        .sum();
+        let sum = |v: &[u8]| -> u64 {
+            v.as_chunks::<8>()
+                .0
+                .iter()
+                .map(|c| u64::from_ne_bytes(*c))
+                .sum()
+        };
+        let batch = self.counter_reader.read_all(fd.as_fd(), |k, v| {
+            let idx = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]) as usize;
+            if let Some(slot) = out.get_mut(idx) {
+                *slot = sum(v);
+            }
+        });
+        match batch {
+            Ok(_) => Ok(out),
+            // Batch lookup on per-CPU arrays came with 5.13; before, one
+            // lookup per counter (16 of them), so 5.9-5.12 kernels work.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+                ) =>
+            {
+                let mut v = vec![0u8; sys::value_stride(8) * self.ncpus as usize];
+                for (i, slot) in out.iter_mut().enumerate() {
+                    if sys::lookup_elem(fd.as_fd(), &(i as u32).to_ne_bytes(), &mut v)
+                        .map_err(|e| Error::io("reading global counters", e))?
+                    {
+                        *slot = sum(&v);
+                    }
                 }
-            })
-            .map_err(|e| Error::io("reading global counters", e))?;
-        Ok(out)
+                Ok(out)
+            }
+            Err(e) => Err(Error::io("reading global counters", e)),
+        }
     }
 
     /// Egress counters per destination, summed over CPUs.

@@ -127,12 +127,23 @@ pub fn create_map(
     value_size: u32,
     max_entries: u32,
 ) -> io::Result<std::os::fd::OwnedFd> {
+    create_map_flags(map_type, key_size, value_size, max_entries, 0)
+}
+
+/// [`create_map`] with `map_flags` (`gateway check` probes BPF_F_MMAPABLE).
+pub fn create_map_flags(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
     let mut attr = CreateAttr {
         map_type,
         key_size,
         value_size,
         max_entries,
-        map_flags: 0,
+        map_flags,
     };
     // SAFETY: as in sys_bpf; BPF_MAP_CREATE returns a new fd we take ownership of.
     let r = unsafe {
@@ -522,7 +533,8 @@ pub fn recv_mmsg(
             fd.as_raw_fd(),
             msgs.as_mut_ptr(),
             n as libc::c_uint,
-            libc::MSG_DONTWAIT,
+            // c_int on glibc, c_uint on musl.
+            libc::MSG_DONTWAIT as _,
             std::ptr::null_mut(),
         )
     };
@@ -639,4 +651,133 @@ mod tests {
         let e = recv_mmsg(rx.as_fd(), &mut bufs, &mut lens).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
+}
+
+// --- Probes of `gateway check` ------------------------------------------------
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// `union bpf_attr` for BPF_LINK_CREATE (the common prefix of every kind).
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// BPF_LINK_CREATE of attach type `attach_type` with an invalid program fd
+/// (-1), so that nothing can be created. Kernels that know the command and
+/// the attach type fail with EBADF (the program fd); older ones with EINVAL.
+/// Returns the error the kernel gave (`None` if it unexpectedly succeeded,
+/// which cannot happen without a program).
+pub fn link_create_without_program(attach_type: u32) -> Option<io::Error> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: u32::MAX,
+        attach_type,
+        ..Default::default()
+    };
+    sys_bpf(BPF_LINK_CREATE, &mut attr).err()
+}
+
+/// RLIMIT_MEMLOCK (soft, hard) in bytes; `u64::MAX` is unlimited. Kernels
+/// before 5.11 charge BPF maps against it.
+pub fn memlock_limit() -> io::Result<(u64, u64)> {
+    // SAFETY: rlimit is plain data; getrlimit fills it.
+    let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid resource and a valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // rlim_t is u64 on every 64-bit Linux target (glibc and musl).
+    let conv = |v: libc::rlim_t| -> u64 {
+        if v == libc::RLIM_INFINITY {
+            u64::MAX
+        } else {
+            v
+        }
+    };
+    Ok((conv(r.rlim_cur), conv(r.rlim_max)))
+}
+
+/// A netlink socket of `protocol` (e.g. NETLINK_GENERIC) in the calling
+/// thread's network namespace, as a `File`: requests are written to it and
+/// answers read from it (the kernel is the default peer).
+pub fn netlink_socket(protocol: i32) -> io::Result<std::fs::File> {
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// The driver name of an interface (ETHTOOL_GDRVINFO), looked up in the
+/// calling thread's network namespace.
+pub fn ethtool_driver(iface: &str) -> io::Result<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    /// `struct ethtool_drvinfo` (linux/ethtool.h).
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    /// `struct ifreq` with the `ifr_data` member.
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    if iface.is_empty() || iface.len() >= libc::IFNAMSIZ || iface.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    // SAFETY: DrvInfo is plain data; all-zero is valid.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut info,
+        _pad: [0; 16],
+    };
+    req.name[..iface.len()].copy_from_slice(iface.as_bytes());
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: SIOCETHTOOL takes a `struct ifreq` whose ifr_data points to
+    // an ethtool command struct; both live for the duration of the call and
+    // the kernel writes at most size_of::<DrvInfo>() bytes into `info`.
+    // (The request argument is c_ulong on glibc and c_int on musl.)
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }

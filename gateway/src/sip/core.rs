@@ -181,6 +181,8 @@ pub struct Core {
     last_media_check: Instant,
     /// Media keys (SM4 profiles) the receivers decrypt with.
     keys: Arc<crate::keys::KeyStore>,
+    /// Streams and devices published for `/metrics` (every second).
+    view: Arc<crate::exporter::View>,
 }
 
 impl Core {
@@ -263,6 +265,7 @@ impl Core {
             dataplane: None,
             last_media_check: now,
             keys: crate::keys::KeyStore::new(None),
+            view: Arc::new(crate::exporter::View::default()),
         };
         // UDP devices can be reached again at their last address.
         let ids: Vec<(String, Transport, SocketAddr, SocketAddr)> = core
@@ -285,6 +288,46 @@ impl Core {
     /// The daemon's key store (default: an empty one of its own).
     pub fn set_keys(&mut self, keys: Arc<crate::keys::KeyStore>) {
         self.keys = keys;
+    }
+
+    /// Where the metrics view is published.
+    pub fn set_view(&mut self, view: Arc<crate::exporter::View>) {
+        self.view = view;
+        self.publish_view();
+    }
+
+    /// Streams and devices for `/metrics`.
+    fn publish_view(&self) {
+        use crate::exporter::{DeviceRow, StreamEntry};
+        let streams = self
+            .sessions
+            .active
+            .values()
+            .filter_map(|s| {
+                s.stats.as_ref().map(|st| StreamEntry {
+                    id: s.id.clone(),
+                    device: s.device.clone(),
+                    channel: s.channel.clone(),
+                    transport: s.transport.as_str(),
+                    stats: st.clone(),
+                    opened_ms: s.established_ms.unwrap_or(s.created_ms),
+                })
+            })
+            .collect();
+        self.view.set_streams(streams);
+        let devices = self
+            .reg
+            .devices
+            .values()
+            .map(|d| DeviceRow {
+                id: d.id.clone(),
+                online: d.online,
+                registrations: d.registrations,
+                keepalives: d.keepalives,
+                last_keepalive_ms: d.last_keepalive_ms,
+            })
+            .collect();
+        self.view.set_devices(devices);
     }
 
     /// Session flows go into this attachment's XDP flow table.
@@ -1119,6 +1162,7 @@ impl Core {
         if now.duration_since(self.last_media_check) >= Duration::from_secs(1) {
             self.last_media_check = now;
             self.media_timers();
+            self.publish_view();
             for k in self.keys.purge_expired(now_wall) {
                 info!(device = %k.device, channel = %k.channel, profile = k.profile.as_str(), version = k.version, "media key retired after rotation");
             }

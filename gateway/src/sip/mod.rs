@@ -29,6 +29,7 @@ pub async fn start(
     metrics: SipMetrics,
     dataplane: Option<crate::dataplane::attach::Target>,
     keys: Arc<crate::keys::KeyStore>,
+    view: Arc<crate::exporter::View>,
 ) -> Result<Service> {
     let (in_tx, in_rx) = mpsc::channel(16_384);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -52,6 +53,7 @@ pub async fn start(
         core.set_dataplane(t)?;
     }
     core.start_static_streams();
+    core.set_view(view);
     let task = tokio::spawn(core.run(in_rx, cmd_rx));
     Ok(Service {
         commands: cmd_tx,
