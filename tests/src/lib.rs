@@ -8,6 +8,7 @@
 pub mod frames;
 pub mod netns;
 pub mod prom;
+pub mod sim;
 pub mod sipclient;
 pub mod sipp;
 pub mod testmedia;

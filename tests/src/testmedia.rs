@@ -62,3 +62,49 @@ pub fn ffprobe_frames(path: impl AsRef<Path>) -> u64 {
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Runs ffmpeg on a lavfi test source (e.g. `testsrc=size=320x240:rate=25`)
+/// into `out`; `args` (frame count, codec and its settings, output format)
+/// go between the input and the output file.
+pub fn ffmpeg_encode(out: &Path, source: &str, args: &[&str]) -> anyhow::Result<()> {
+    let st = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(source)
+        .args(args)
+        .arg(out)
+        .status()
+        .map_err(|e| anyhow::anyhow!("running ffmpeg: {e}"))?;
+    anyhow::ensure!(st.success(), "ffmpeg failed ({st})");
+    Ok(())
+}
+
+/// A camera's worth of test media: `frames` frames of 320x240 at 25 fps,
+/// a key frame every 25, no B-frames; `cam.h264` or `cam.h265` in `dir`.
+pub fn camera_file(dir: &Path, frames: usize, hevc: bool) -> std::path::PathBuf {
+    let out = dir.join(if hevc { "cam.h265" } else { "cam.h264" });
+    let n = frames.to_string();
+    let codec: &[&str] = if hevc {
+        &[
+            "-c:v",
+            "libx265",
+            "-x265-params",
+            "keyint=25:bframes=0:log-level=error",
+            "-f",
+            "hevc",
+        ]
+    } else {
+        &["-c:v", "libx264", "-g", "25", "-bf", "0", "-f", "h264"]
+    };
+    let mut args = vec!["-frames:v", n.as_str()];
+    args.extend_from_slice(codec);
+    ffmpeg_encode(&out, "testsrc=size=320x240:rate=25", &args).expect("ffmpeg");
+    out
+}

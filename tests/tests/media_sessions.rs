@@ -15,7 +15,7 @@ use std::{
 use gateway_tests::sipp::{
     free_port, scenarios, write_csv, write_device_scenario, Daemon, Invite, Sipp, TempDir,
 };
-use gateway_tests::testmedia::{ffprobe_frames, ps_rtp, split_aus};
+use gateway_tests::testmedia::{ffmpeg_encode, ffprobe_frames, ps_rtp, split_aus};
 
 const DEV: &str = "34020000001320000401";
 const CH1: &str = "34020000001310000001";
@@ -31,32 +31,26 @@ fn tools() -> bool {
 /// units can be split without parsing slices).
 fn encode(dir: &Path, n: usize) -> Vec<Vec<u8>> {
     let out = dir.join("src.h264");
-    let st = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg("testsrc=size=320x240:rate=25")
-        .args([
+    let frames = n.to_string();
+    ffmpeg_encode(
+        &out,
+        "testsrc=size=320x240:rate=25",
+        &[
             "-frames:v",
-            &n.to_string(),
+            &frames,
             "-c:v",
             "libx264",
             "-g",
             "25",
             "-bf",
             "0",
-        ])
-        .args(["-bsf:v", "h264_metadata=aud=insert", "-f", "h264"])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success(), "ffmpeg failed");
+            "-bsf:v",
+            "h264_metadata=aud=insert",
+            "-f",
+            "h264",
+        ],
+    )
+    .expect("ffmpeg");
     let aus = split_aus(&std::fs::read(&out).unwrap());
     assert_eq!(aus.len(), n);
     aus

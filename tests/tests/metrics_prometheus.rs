@@ -21,15 +21,15 @@ use std::{
 };
 
 use gateway_tests::{
-    gateway_bin,
     netns::NetnsPair,
     prom::{
         dashboard_exprs, dashboards_dir, instantiate, promtool_check_metrics, rule_exprs,
         without_threshold, Prometheus,
     },
-    require_root,
+    require_root, sim,
     sipclient::Client,
     sipp::{free_port, Daemon, TempDir, DOMAIN, PLATFORM},
+    testmedia::camera_file,
 };
 use gb28181::digest::Challenge;
 use serde_json::Value;
@@ -43,52 +43,12 @@ const BAD_PASSWORD: &str = "34020000001320000956";
 const KEY: &str = "00112233445566778899aabbccddeeff";
 const SALT: &str = "0102030405060708090a0b0c0d0e";
 
-fn sim_bin() -> PathBuf {
-    gateway_bin().with_file_name("gb-sim")
-}
-
-fn channel(dev: &str) -> String {
-    format!("{}131{}{:06}", &dev[..10], &dev[13..14], 1)
-}
-
-fn encode(dir: &Path) -> PathBuf {
-    let out = dir.join("cam.h264");
-    let st = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg("testsrc=size=320x240:rate=25")
-        .args([
-            "-frames:v",
-            "75",
-            "-c:v",
-            "libx264",
-            "-g",
-            "25",
-            "-bf",
-            "0",
-            "-f",
-            "h264",
-        ])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    out
-}
-
 fn sim(net: &NetnsPair, dir: &Path, dev: &str, args: &[&str]) -> (Child, PathBuf) {
     let status = dir.join(format!("{dev}.json"));
     let log = std::fs::File::create(dir.join(format!("{dev}.log"))).unwrap();
     let child = Command::new("ip")
         .args(["netns", "exec", &net.b])
-        .arg(sim_bin())
+        .arg(sim::bin())
         .args([
             "--server",
             &format!("{}:5060", net.addr_a),
@@ -105,21 +65,6 @@ fn sim(net: &NetnsPair, dir: &Path, dev: &str, args: &[&str]) -> (Child, PathBuf
         .spawn()
         .expect("gb-sim");
     (child, status)
-}
-
-fn sim_stream(path: &Path, y: &str) -> Value {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|r| {
-            r["streams"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|s| s["y"] == y)
-                .cloned()
-        })
-        .unwrap_or_default()
 }
 
 /// Runs `f` on a thread inside namespace `ns`.
@@ -164,7 +109,7 @@ fn root_prometheus_scrapes_and_every_rule_and_panel_has_data() {
     }
     let net = NetnsPair::new("prom").expect("namespaces");
     let dir = TempDir::new("prom");
-    let media = encode(dir.path());
+    let media = camera_file(dir.path(), 75, false);
     let (api_port, metrics_port) = (free_port(), free_port());
     let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
     let cfg = dir.path().join("gateway.toml");
@@ -233,7 +178,10 @@ fn root_prometheus_scrapes_and_every_rule_and_panel_has_data() {
         let (code, v) = d
             .post_json(
                 "/api/streams",
-                &format!(r#"{{"device":"{dev}","channel":"{}"}}"#, channel(dev)),
+                &format!(
+                    r#"{{"device":"{dev}","channel":"{}"}}"#,
+                    sim::channel(dev, 1)
+                ),
             )
             .unwrap();
         assert_eq!(code, 201, "{dev}: {v}");
@@ -292,10 +240,10 @@ fn root_prometheus_scrapes_and_every_rule_and_panel_has_data() {
     let once = ids[ONCE].clone();
     let once_status = sims[1].1.clone();
     d.wait_until(Duration::from_secs(30), "file sent once", |_| {
-        sim_stream(&once_status, &once)["state"] == "idle"
+        sim::stream(&once_status, &once)["state"] == "idle"
     })
     .unwrap();
-    let sent = sim_stream(&once_status, &once)["packets_sent"]
+    let sent = sim::stream(&once_status, &once)["packets_sent"]
         .as_u64()
         .unwrap();
     let q = format!("gateway_stream_received_packets_total{{stream=\"{once}\"}} == {sent}");

@@ -15,60 +15,21 @@ use std::{
 use gateway_tests::{
     gateway_bin,
     netns::NetnsPair,
-    require_root,
+    require_root, sim,
     sipp::{free_port, Daemon, TempDir},
-    testmedia::ffprobe_frames,
+    testmedia::{camera_file, ffprobe_frames},
 };
 use serde_json::Value;
 
 const DEV: &str = "34020000001320000701";
 const LOSSY: &str = "34020000001320000801";
 
-fn sim_bin() -> PathBuf {
-    gateway_bin().with_file_name("gb-sim")
-}
-
-fn channel(dev: &str, n: u32) -> String {
-    format!("{}131{}{:06}", &dev[..10], &dev[13..14], n)
-}
-
-fn encode(dir: &Path, frames: usize) -> PathBuf {
-    let out = dir.join("cam.h264");
-    let st = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg("testsrc=size=320x240:rate=25")
-        .args([
-            "-frames:v",
-            &frames.to_string(),
-            "-c:v",
-            "libx264",
-            "-g",
-            "25",
-            "-bf",
-            "0",
-        ])
-        .args(["-f", "h264"])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    out
-}
-
 fn sim(net: &NetnsPair, dir: &Path, dev: &str, media: &Path, extra: &[&str]) -> (Child, PathBuf) {
     let status = dir.join(format!("{dev}.json"));
     let log = std::fs::File::create(dir.join(format!("{dev}.log"))).unwrap();
     let child = Command::new("ip")
         .args(["netns", "exec", &net.b])
-        .arg(sim_bin())
+        .arg(sim::bin())
         .args([
             "--server",
             &format!("{}:5060", net.addr_a),
@@ -86,23 +47,6 @@ fn sim(net: &NetnsPair, dir: &Path, dev: &str, media: &Path, extra: &[&str]) -> 
         .spawn()
         .expect("gb-sim (cargo build -p gb-sim)");
     (child, status)
-}
-
-fn report(path: &Path) -> Value {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-fn sim_stream(path: &Path, y: &str) -> Value {
-    report(path)["streams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["y"] == y)
-        .cloned()
-        .unwrap_or_default()
 }
 
 fn post(d: &Daemon, body: String) -> Value {
@@ -126,7 +70,7 @@ fn root_simulated_camera_over_every_transport() {
     }
     let net = NetnsPair::new("sim").expect("namespaces");
     let dir = TempDir::new("simns");
-    let media = encode(dir.path(), 100);
+    let media = camera_file(dir.path(), 100, false);
     let api_port = free_port();
     let cfg = dir.path().join("gateway.toml");
     std::fs::write(
@@ -168,7 +112,7 @@ fn root_simulated_camera_over_every_transport() {
     );
 
     for (i, transport) in ["udp", "tcp-passive", "tcp-active"].iter().enumerate() {
-        let ch = channel(DEV, i as u32 + 1);
+        let ch = sim::channel(DEV, i as u32 + 1);
         let s = post(
             &d,
             format!(r#"{{"device":"{DEV}","channel":"{ch}","transport":"{transport}"}}"#),
@@ -183,13 +127,13 @@ fn root_simulated_camera_over_every_transport() {
             .to_string();
         // The file is sent once; then the simulator's stream goes idle.
         d.wait_until(Duration::from_secs(30), "file sent and received", |d| {
-            let sent = sim_stream(&cam_status, &id);
+            let sent = sim::stream(&cam_status, &id);
             sent["state"] == "idle"
                 && d.get(&format!("/api/streams/{id}"))
                     .is_ok_and(|v| v["media"]["packets"] == sent["packets_sent"])
         })
         .unwrap();
-        let sent = sim_stream(&cam_status, &id);
+        let sent = sim::stream(&cam_status, &id);
         let v = d.get(&format!("/api/streams/{id}")).unwrap();
         assert_eq!(
             v["media"]["frames"], sent["frames_sent"],
@@ -229,7 +173,7 @@ fn root_simulated_camera_over_every_transport() {
 
     // Injected loss: exactly that loss in the kernel and in the API; then
     // the device hangs up and the flow leaves the kernel table.
-    let ch = channel(LOSSY, 1);
+    let ch = sim::channel(LOSSY, 1);
     let s = post(
         &d,
         format!(r#"{{"device":"{LOSSY}","channel":"{ch}","transport":"udp"}}"#),
@@ -246,7 +190,7 @@ fn root_simulated_camera_over_every_transport() {
         Duration::from_secs(30),
         "lossy file sent and counted",
         |d| {
-            let sent = sim_stream(&lossy_status, &id);
+            let sent = sim::stream(&lossy_status, &id);
             sent["state"] == "idle"
                 && d.get(&format!("/api/streams/{id}")).is_ok_and(|v| {
                     v["media"]["packets"] == sent["packets_sent"]
@@ -255,7 +199,7 @@ fn root_simulated_camera_over_every_transport() {
         },
     )
     .unwrap();
-    let sent = sim_stream(&lossy_status, &id);
+    let sent = sim::stream(&lossy_status, &id);
     assert_eq!(sent["packets_dropped"], 4);
     let v = d.get(&format!("/api/streams/{id}")).unwrap();
     assert_eq!(v["media"]["lost"], 4, "{v}");

@@ -15,8 +15,9 @@ use std::{
 };
 
 use gateway_tests::{
-    gateway_bin,
+    sim,
     sipp::{free_port, Daemon, TempDir},
+    testmedia::camera_file,
 };
 use serde_json::Value;
 
@@ -24,44 +25,6 @@ const K1: &str = "00112233445566778899aabbccddeeff";
 const K2: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
 const VKEK: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf";
 const SALT: &str = "0102030405060708090a0b0c0d0e";
-
-fn sim_bin() -> PathBuf {
-    gateway_bin().with_file_name("gb-sim")
-}
-
-fn channel(dev: &str) -> String {
-    format!("{}131{}{:06}", &dev[..10], &dev[13..14], 1)
-}
-
-fn encode(dir: &Path, hevc: bool, frames: usize) -> PathBuf {
-    let out = dir.join(if hevc { "cam.h265" } else { "cam.h264" });
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args([
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "lavfi",
-        "-i",
-    ])
-    .arg("testsrc=size=320x240:rate=25")
-    .args(["-frames:v", &frames.to_string()]);
-    if hevc {
-        cmd.args([
-            "-c:v",
-            "libx265",
-            "-x265-params",
-            "keyint=25:bframes=0:log-level=error",
-            "-f",
-            "hevc",
-        ]);
-    } else {
-        cmd.args(["-c:v", "libx264", "-g", "25", "-bf", "0", "-f", "h264"]);
-    }
-    assert!(cmd.arg(&out).status().unwrap().success());
-    out
-}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -84,7 +47,7 @@ struct Cam {
 fn sim(sip: u16, dir: &Path, dev: &'static str, media: &Path, extra: &[String]) -> Cam {
     let status = dir.join(format!("{dev}.json"));
     let log = std::fs::File::create(dir.join(format!("{dev}.log"))).unwrap();
-    let child = Command::new(sim_bin())
+    let child = Command::new(sim::bin())
         .args([
             "--server",
             &format!("127.0.0.1:{sip}"),
@@ -102,21 +65,6 @@ fn sim(sip: u16, dir: &Path, dev: &'static str, media: &Path, extra: &[String]) 
         .spawn()
         .expect("gb-sim (cargo build -p gb-sim)");
     Cam { dev, child, status }
-}
-
-fn sim_stream(path: &Path, y: &str) -> Value {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|r| {
-            r["streams"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|s| s["y"] == y)
-                .cloned()
-        })
-        .unwrap_or_default()
 }
 
 fn failures(v: &Value, reason: &str) -> u64 {
@@ -175,7 +123,7 @@ fn keys_api(d: &Daemon) {
         gb35114::sm4::Sm4::new(&unhex16(K2)).check_value(),
         "{v}"
     );
-    let ch = channel("34020000001320000902");
+    let ch = sim::channel("34020000001320000902", 1);
     let (code, v) = d
         .post_json(
             "/api/keys",
@@ -246,8 +194,8 @@ fn keys_api(d: &Daemon) {
 #[test]
 fn encrypted_cameras_record_the_clear_source() {
     let dir = TempDir::new("sm4");
-    let h264 = encode(dir.path(), false, 100);
-    let h265 = encode(dir.path(), true, 100);
+    let h264 = camera_file(dir.path(), 100, false);
+    let h265 = camera_file(dir.path(), 100, true);
     let (sip, api) = (free_port(), free_port());
     let rec = dir.path().join("records");
     let keys = format!(
@@ -437,7 +385,7 @@ fn encrypted_cameras_record_the_clear_source() {
                 &format!(
                     r#"{{"device":"{}","channel":"{}","record":true{extra}}}"#,
                     c.dev,
-                    channel(c.dev)
+                    sim::channel(c.dev, 1)
                 ),
             )
             .unwrap();
@@ -446,7 +394,7 @@ fn encrypted_cameras_record_the_clear_source() {
     }
     for ((c, ..), id) in cams.iter().zip(&ids) {
         d.wait_until(Duration::from_secs(60), "file sent and taken in", |d| {
-            let sent = sim_stream(&c.status, id);
+            let sent = sim::stream(&c.status, id);
             sent["state"] == "idle"
                 && d.get(&format!("/api/streams/{id}"))
                     .is_ok_and(|v| seen(&v) == sent["packets_sent"].as_u64().unwrap_or(1))
@@ -456,12 +404,12 @@ fn encrypted_cameras_record_the_clear_source() {
                 "{}: {e}\nstream: {}\nsent: {}",
                 c.dev,
                 d.get(&format!("/api/streams/{id}")).unwrap_or_default(),
-                sim_stream(&c.status, id)
+                sim::stream(&c.status, id)
             )
         });
     }
     for ((c, source, _, want), id) in cams.iter().zip(&ids) {
-        let sent = sim_stream(&c.status, id);
+        let sent = sim::stream(&c.status, id);
         let v = d.get(&format!("/api/streams/{id}")).unwrap();
         let dec = &v["media"]["decrypt"];
         let (code, _) = d

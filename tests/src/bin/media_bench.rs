@@ -42,35 +42,33 @@ fn cpu_secs(pid: u32) -> f64 {
 
 fn encode(dir: &Path, secs: u32) -> Result<Vec<Vec<u8>>> {
     let out = dir.join("src.h264");
-    let st = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg("testsrc2=size=1280x720:rate=25")
-        .args([
+    let secs = secs.to_string();
+    gateway_tests::testmedia::ffmpeg_encode(
+        &out,
+        "testsrc2=size=1280x720:rate=25",
+        &[
             "-t",
-            &secs.to_string(),
+            &secs,
             "-c:v",
             "libx264",
             "-preset",
             "ultrafast",
-        ])
-        .args([
-            "-b:v", "4M", "-maxrate", "4M", "-bufsize", "2M", "-g", "50", "-bf", "0",
-        ])
-        .args(["-bsf:v", "h264_metadata=aud=insert", "-f", "h264"])
-        .arg(&out)
-        .status()
-        .context("running ffmpeg")?;
-    if !st.success() {
-        bail!("ffmpeg failed");
-    }
+            "-b:v",
+            "4M",
+            "-maxrate",
+            "4M",
+            "-bufsize",
+            "2M",
+            "-g",
+            "50",
+            "-bf",
+            "0",
+            "-bsf:v",
+            "h264_metadata=aud=insert",
+            "-f",
+            "h264",
+        ],
+    )?;
     let aus = gateway_tests::testmedia::split_aus(&std::fs::read(&out)?);
     Ok(aus)
 }
