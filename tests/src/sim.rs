@@ -33,3 +33,28 @@ pub fn stream(path: &Path, y: &str) -> Value {
         .cloned()
         .unwrap_or_default()
 }
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a test that
+/// fails half-way leaves no simulator running. Tests that end normally
+/// stop it first with SIGTERM (the simulator then unregisters).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -16,7 +16,7 @@
 use std::{
     net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -43,7 +43,7 @@ const BAD_PASSWORD: &str = "34020000001320000956";
 const KEY: &str = "00112233445566778899aabbccddeeff";
 const SALT: &str = "0102030405060708090a0b0c0d0e";
 
-fn sim(net: &NetnsPair, dir: &Path, dev: &str, args: &[&str]) -> (Child, PathBuf) {
+fn sim(net: &NetnsPair, dir: &Path, dev: &str, args: &[&str]) -> (sim::KillOnDrop, PathBuf) {
     let status = dir.join(format!("{dev}.json"));
     let log = std::fs::File::create(dir.join(format!("{dev}.log"))).unwrap();
     let child = Command::new("ip")
@@ -64,7 +64,7 @@ fn sim(net: &NetnsPair, dir: &Path, dev: &str, args: &[&str]) -> (Child, PathBuf
         .stderr(log)
         .spawn()
         .expect("gb-sim");
-    (child, status)
+    (sim::KillOnDrop(child), status)
 }
 
 /// Runs `f` on a thread inside namespace `ns`.

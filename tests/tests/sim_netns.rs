@@ -8,7 +8,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -24,7 +24,13 @@ use serde_json::Value;
 const DEV: &str = "34020000001320000701";
 const LOSSY: &str = "34020000001320000801";
 
-fn sim(net: &NetnsPair, dir: &Path, dev: &str, media: &Path, extra: &[&str]) -> (Child, PathBuf) {
+fn sim(
+    net: &NetnsPair,
+    dir: &Path,
+    dev: &str,
+    media: &Path,
+    extra: &[&str],
+) -> (sim::KillOnDrop, PathBuf) {
     let status = dir.join(format!("{dev}.json"));
     let log = std::fs::File::create(dir.join(format!("{dev}.log"))).unwrap();
     let child = Command::new("ip")
@@ -46,7 +52,7 @@ fn sim(net: &NetnsPair, dir: &Path, dev: &str, media: &Path, extra: &[&str]) -> 
         .stderr(log)
         .spawn()
         .expect("gb-sim (cargo build -p gb-sim)");
-    (child, status)
+    (sim::KillOnDrop(child), status)
 }
 
 fn post(d: &Daemon, body: String) -> Value {

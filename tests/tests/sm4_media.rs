@@ -10,7 +10,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -40,7 +40,7 @@ fn unhex16(s: &str) -> [u8; 16] {
 
 struct Cam {
     dev: &'static str,
-    child: Child,
+    child: sim::KillOnDrop,
     status: PathBuf,
 }
 
@@ -64,7 +64,11 @@ fn sim(sip: u16, dir: &Path, dev: &'static str, media: &Path, extra: &[String]) 
         .stderr(log)
         .spawn()
         .expect("gb-sim (cargo build -p gb-sim)");
-    Cam { dev, child, status }
+    Cam {
+        dev,
+        child: sim::KillOnDrop(child),
+        status,
+    }
 }
 
 fn failures(v: &Value, reason: &str) -> u64 {
