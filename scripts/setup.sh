@@ -23,6 +23,8 @@ apt_pkgs=(
   ffmpeg          # ffmpeg/ffprobe: encode test media, validate recordings
   openssl         # SM4/SM3 reference the crypto tests and crypto-bench compare against
   prometheus      # a real Prometheus server and promtool for the metrics tests
+  python3-venv    # edge builds: the venv for Zig and cargo-zigbuild
+  systemd         # edge builds: systemd-analyze checks the shipped unit
 )
 if [ "${SETUP_SKIP_APT:-0}" != 1 ]; then
   missing=()
@@ -78,16 +80,6 @@ cargo_zigbuild_version=0.24.0
 cross_targets=(aarch64-unknown-linux-musl x86_64-unknown-linux-musl)
 codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
 if [ "${SETUP_SKIP_APT:-0}" != 1 ]; then
-  cross_missing=()
-  for p in python3-venv systemd; do   # venv for Zig; systemd-analyze checks the unit
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || cross_missing+=("$p")
-  done
-  if [ ${#cross_missing[@]} -gt 0 ]; then
-    log "installing Debian packages: ${cross_missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${cross_missing[@]}" >/dev/null
-  fi
   # QEMU 10 runs LoongArch binaries that use LSX (Rust's default for the
   # target, and Zig's musl start-up code); bookworm's 7.2 does not.
   if ! qemu-loongarch64 --version 2>/dev/null | grep -Eq 'version (1[0-9]|[2-9][0-9])\.' \

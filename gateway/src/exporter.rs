@@ -26,7 +26,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use gateway_common::{counter, stats::StreamSummary};
-use prometheus::{Encoder as _, Histogram, HistogramOpts, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntGaugeVec, Opts, Registry};
 use tracing::info;
 
 use crate::{
@@ -124,6 +124,20 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A whole family: HELP and TYPE, then `name{labels} value` per row.
+fn family<'a, V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: impl Iterator<Item = (&'a str, V)>,
+) {
+    header(out, name, kind, help);
+    for (labels, v) in rows {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    }
+}
+
 /// A per-stream family: name, help, and how to get its value.
 type Family<T> = (&'static str, &'static str, fn(&Sample) -> T);
 
@@ -215,13 +229,7 @@ impl Exporter {
             self.readout.observe(t.elapsed().as_secs_f64());
             (rows, counters, capacity)
         });
-        let mut buf = Vec::with_capacity(16 * 1024);
-        if prometheus::TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .is_ok()
-        {
-            out.push_str(&String::from_utf8_lossy(&buf));
-        }
+        let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
         let by_name: HashMap<&str, &StreamSummary> = kernel
             .as_ref()
             .map(|(rows, ..)| {
@@ -355,10 +363,8 @@ impl Exporter {
             ),
         ];
         for (name, help, get) in counters {
-            header(out, name, "counter", help);
-            for x in &samples {
-                let _ = writeln!(out, "{name}{{{}}} {}", x.labels, get(x));
-            }
+            let rows = samples.iter().map(|x| (x.labels.as_str(), get(x)));
+            family(out, name, "counter", help, rows);
         }
         let gauges: [Family<f64>; 2] = [
             (
@@ -373,10 +379,8 @@ impl Exporter {
             ),
         ];
         for (name, help, get) in gauges {
-            header(out, name, "gauge", help);
-            for x in &samples {
-                let _ = writeln!(out, "{name}{{{}}} {}", x.labels, get(x));
-            }
+            let rows = samples.iter().map(|x| (x.labels.as_str(), get(x)));
+            family(out, name, "gauge", help, rows);
         }
         header(
             out,
@@ -421,56 +425,41 @@ impl Exporter {
             l.push('"');
             labels.push(l);
         }
-        header(
+        let rows: Vec<(&DeviceRow, &str)> = devices
+            .iter()
+            .zip(labels.iter().map(String::as_str))
+            .collect();
+        family(
             out,
             "gateway_device_online",
             "gauge",
             "Device online (1) or offline (0)",
+            rows.iter().map(|(d, l)| (*l, d.online as u8)),
         );
-        for (d, l) in devices.iter().zip(&labels) {
-            let _ = writeln!(out, "gateway_device_online{{{l}}} {}", d.online as u8);
-        }
-        header(
+        family(
             out,
             "gateway_device_registrations_total",
             "counter",
             "Accepted REGISTERs of the device (refreshes included)",
+            rows.iter().map(|(d, l)| (*l, d.registrations)),
         );
-        for (d, l) in devices.iter().zip(&labels) {
-            let _ = writeln!(
-                out,
-                "gateway_device_registrations_total{{{l}}} {}",
-                d.registrations
-            );
-        }
-        header(
+        family(
             out,
             "gateway_device_keepalives_total",
             "counter",
             "Keepalives of the device",
+            rows.iter().map(|(d, l)| (*l, d.keepalives)),
         );
-        for (d, l) in devices.iter().zip(&labels) {
-            let _ = writeln!(
-                out,
-                "gateway_device_keepalives_total{{{l}}} {}",
-                d.keepalives
-            );
-        }
-        header(
+        family(
             out,
             "gateway_device_last_keepalive_age_seconds",
             "gauge",
             "Seconds since the device's last keepalive",
+            rows.iter().filter_map(|(d, l)| {
+                d.last_keepalive_ms
+                    .map(|t| (*l, (now - t).max(0) as f64 / 1000.0))
+            }),
         );
-        for (d, l) in devices.iter().zip(&labels) {
-            if let Some(t) = d.last_keepalive_ms {
-                let _ = writeln!(
-                    out,
-                    "gateway_device_last_keepalive_age_seconds{{{l}}} {}",
-                    (now - t).max(0) as f64 / 1000.0
-                );
-            }
-        }
     }
 }
 

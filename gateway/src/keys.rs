@@ -533,12 +533,12 @@ impl KeyStore {
         let st = self.read();
         let mut out = ChannelKeys::default();
         for profile in [Profile::NalOfb, Profile::SrtpSm4] {
+            // The channel's own keys of the profile, else the device's "*".
             for ch in [channel, "*"] {
+                let lo: Slot = (device.into(), ch.into(), profile, 0);
+                let hi: Slot = (device.into(), ch.into(), profile, u32::MAX);
                 let mut any = false;
-                for (slot, e) in &st.keys {
-                    if slot.0 != device || slot.1 != ch || slot.2 != profile {
-                        continue;
-                    }
+                for e in st.keys.range(lo..=hi).map(|(_, e)| e) {
                     any = true;
                     match &e.material {
                         Material::Nal(c) => out.nal.push((e.spec.version, e.id, c.clone())),
@@ -551,11 +551,6 @@ impl KeyStore {
             }
         }
         out
-    }
-
-    /// Whether a channel would be received as SRTP (it has srtp-sm4 keys).
-    pub fn has_srtp(&self, device: &str, channel: &str) -> bool {
-        !self.channel_keys(device, channel).srtp.is_empty()
     }
 }
 
@@ -640,6 +635,7 @@ impl KeyView {
         &self.snap
     }
 
+    /// The stream is SRTP: the channel has srtp-sm4 keys, or SDP agreed one.
     pub fn srtp_configured(&mut self) -> bool {
         !self.get().srtp.is_empty()
     }
@@ -770,7 +766,10 @@ mod tests {
         let mut s = spec(Profile::SrtpSm4, 1, K1);
         s.channel = "*".into();
         ks.add(s).unwrap();
-        assert!(ks.has_srtp("34020000001320000001", "anychannel1"));
+        assert!(!ks
+            .channel_keys("34020000001320000001", "anychannel1")
+            .srtp
+            .is_empty());
         ks.add(spec(Profile::SrtpSm4, 5, K2)).unwrap();
         let ck = ks.channel_keys("34020000001320000001", "34020000001320000001");
         assert_eq!(ck.srtp.len(), 1, "own keys take precedence");

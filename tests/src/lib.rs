@@ -47,3 +47,21 @@ pub fn gateway_bin() -> PathBuf {
     );
     bin
 }
+
+/// CPU seconds (user + system) used so far by a process, from
+/// /proc/PID/stat (benchmarks).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let tck = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let rest = s.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat: 11 and 12 after ") ".
+    (ticks(11) + ticks(12)) / tck
+}

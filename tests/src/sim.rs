@@ -1,13 +1,51 @@
 //! The device simulator (gb-sim) as the tests drive it: where its binary
 //! is, the channel IDs it gives a device, and its per-stream report.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
 use serde_json::Value;
 
 /// `gb-sim` next to the gateway binary (`cargo build -p gb-sim`).
 pub fn bin() -> PathBuf {
     crate::gateway_bin().with_file_name("gb-sim")
+}
+
+/// Starts gb-sim as device `dev` (password "pw") against the SIP server
+/// `server`, bound to `bind`, inside namespace `netns` when given. Its log
+/// goes to `<dir>/<dev>.log`; the returned path is its `--status-file`.
+/// `args` add the rest (channels, media, impairments, encryption).
+pub fn spawn(
+    netns: Option<&str>,
+    server: &str,
+    bind: &str,
+    dev: &str,
+    dir: &Path,
+    args: &[&str],
+) -> (KillOnDrop, PathBuf) {
+    let status = dir.join(format!("{dev}.json"));
+    let log = std::fs::File::create(dir.join(format!("{dev}.log"))).expect("simulator log");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
+    let child = cmd
+        .args(["--server", server, "--bind", bind])
+        .args(["--device-id", dev, "--password", "pw"])
+        .arg("--status-file")
+        .arg(&status)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("gb-sim (cargo build -p gb-sim)");
+    (KillOnDrop(child), status)
 }
 
 /// Channel `n` (1-based) of a simulated device, as gb-sim numbers them.

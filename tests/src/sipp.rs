@@ -440,6 +440,32 @@ pub fn scenarios() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sipp")
 }
 
+/// sipp as one device `id` (password "pw") from `local_port` over UDP: it
+/// registers (register.xml), then stays `hold_ms`, answering what the
+/// gateway sends with the out-of-call scenario `ooc`. Add `-timeout` and
+/// the like with [`Sipp::args`].
+pub fn registering_device(
+    dir: &Path,
+    gw: SocketAddr,
+    local_port: u16,
+    id: &str,
+    ooc: &Path,
+    hold_ms: u64,
+) -> Sipp {
+    let csv = dir.join(format!("{id}.csv"));
+    write_csv(&csv, &[(id.into(), "pw".into())]);
+    Sipp::new(dir, gw, &scenarios().join("register.xml"), local_port, "u1").args(&[
+        "-inf",
+        csv.to_str().unwrap_or_default(),
+        "-m",
+        "1",
+        "-d",
+        &hold_ms.to_string(),
+        "-oocsf",
+        ooc.to_str().unwrap_or_default(),
+    ])
+}
+
 /// Writes the CSV for register.xml & co: `device;platform;domain;[authentication ...]`.
 pub fn write_csv(path: &Path, devices: &[(String, String)]) {
     let mut s = String::from("SEQUENTIAL\n");

@@ -13,7 +13,7 @@ use gateway_tests::{
     gateway_bin,
     netns::NetnsPair,
     require_root,
-    sipp::{free_port, scenarios, write_csv, write_device_scenario, Daemon, Invite, Sipp, TempDir},
+    sipp::{free_port, registering_device, write_device_scenario, Daemon, Invite, TempDir},
     testmedia::ps_rtp,
 };
 
@@ -102,20 +102,9 @@ fn root_session_flows_and_kernel_counters_agree() {
     let sip: std::net::SocketAddr = format!("{}:5060", net.addr_a).parse().unwrap();
     let mut d = Daemon::start_in(Some(&net.a), &cfg, sip, api_port).unwrap();
 
-    let csv = dir.path().join("dev.csv");
-    write_csv(&csv, &[(DEV.into(), "pw".into())]);
     let ooc = dir.path().join("dev.xml");
     write_device_scenario(&ooc, 1, false, Invite::Accept);
-    let mut sipp = Sipp::new(
-        dir.path(),
-        sip,
-        &scenarios().join("register.xml"),
-        5060,
-        "u1",
-    )
-    .args(&["-inf", csv.to_str().unwrap(), "-m", "1", "-d", "25000"])
-    .args(&["-oocsf", ooc.to_str().unwrap()])
-    .in_netns(&net.b);
+    let mut sipp = registering_device(dir.path(), sip, 5060, DEV, &ooc, 25_000).in_netns(&net.b);
     // sipp binds its local address on the device side.
     if let Some(i) = sipp.args.iter().position(|a| a == "-i") {
         sipp.args[i + 1] = net.addr_b.clone();

@@ -13,7 +13,7 @@ use std::{
 };
 
 use gateway_tests::sipp::{
-    free_port, scenarios, write_csv, write_device_scenario, Daemon, Invite, Sipp, TempDir,
+    free_port, registering_device, write_device_scenario, Daemon, Invite, TempDir,
 };
 use gateway_tests::testmedia::{ffmpeg_encode, ffprobe_frames, ps_rtp, split_aus};
 
@@ -122,27 +122,9 @@ fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
         ),
     );
     let mut d = Daemon::start(&cfg, sip_port, api_port).unwrap();
-    let csv = dir.path().join("dev.csv");
-    write_csv(&csv, &[(DEV.into(), "pw".into())]);
     let ooc = dir.path().join("dev.xml");
     write_device_scenario(&ooc, 1, false, Invite::Accept);
-    let sipp = Sipp::new(
-        dir.path(),
-        d.sip,
-        &scenarios().join("register.xml"),
-        free_port(),
-        "u1",
-    )
-    .args(&[
-        "-inf",
-        csv.to_str().unwrap(),
-        "-m",
-        "1",
-        "-d",
-        "20000",
-        "-oocsf",
-        ooc.to_str().unwrap(),
-    ]);
+    let sipp = registering_device(dir.path(), d.sip, free_port(), DEV, &ooc, 20_000);
     let child = sipp.spawn().unwrap();
     d.wait_until(Duration::from_secs(30), "device with catalog", |d| {
         d.device(DEV)

@@ -16,7 +16,7 @@
 use std::{
     net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -44,27 +44,16 @@ const KEY: &str = "00112233445566778899aabbccddeeff";
 const SALT: &str = "0102030405060708090a0b0c0d0e";
 
 fn sim(net: &NetnsPair, dir: &Path, dev: &str, args: &[&str]) -> (sim::KillOnDrop, PathBuf) {
-    let status = dir.join(format!("{dev}.json"));
-    let log = std::fs::File::create(dir.join(format!("{dev}.log"))).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &net.b])
-        .arg(sim::bin())
-        .args([
-            "--server",
-            &format!("{}:5060", net.addr_a),
-            "--bind",
-            &net.addr_b,
-        ])
-        .args(["--device-id", dev, "--password", "pw", "--channels", "1"])
-        .args(["--keepalive-secs", "2"])
-        .arg("--status-file")
-        .arg(&status)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("gb-sim");
-    (sim::KillOnDrop(child), status)
+    let mut all = vec!["--channels", "1", "--keepalive-secs", "2"];
+    all.extend_from_slice(args);
+    sim::spawn(
+        Some(&net.b),
+        &format!("{}:5060", net.addr_a),
+        &net.addr_b,
+        dev,
+        dir,
+        &all,
+    )
 }
 
 /// Runs `f` on a thread inside namespace `ns`.

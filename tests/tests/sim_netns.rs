@@ -8,7 +8,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -31,28 +31,17 @@ fn sim(
     media: &Path,
     extra: &[&str],
 ) -> (sim::KillOnDrop, PathBuf) {
-    let status = dir.join(format!("{dev}.json"));
-    let log = std::fs::File::create(dir.join(format!("{dev}.log"))).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &net.b])
-        .arg(sim::bin())
-        .args([
-            "--server",
-            &format!("{}:5060", net.addr_a),
-            "--bind",
-            &net.addr_b,
-        ])
-        .args(["--device-id", dev, "--password", "pw", "--channels", "3"])
-        .arg("--media")
-        .arg(media)
-        .arg("--status-file")
-        .arg(&status)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("gb-sim (cargo build -p gb-sim)");
-    (sim::KillOnDrop(child), status)
+    let media = media.to_str().unwrap();
+    let mut args = vec!["--channels", "3", "--media", media];
+    args.extend_from_slice(extra);
+    sim::spawn(
+        Some(&net.b),
+        &format!("{}:5060", net.addr_a),
+        &net.addr_b,
+        dev,
+        dir,
+        &args,
+    )
 }
 
 fn post(d: &Daemon, body: String) -> Value {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use gateway_tests::sipp::{
-    free_port, scenarios, write_csv, write_device_scenario, Daemon, Invite, Sipp, TempDir, DOMAIN,
+    free_port, registering_device, write_device_scenario, Daemon, Invite, Sipp, TempDir, DOMAIN,
     PLATFORM,
 };
 use gb28181::{digest::Challenge, sip::Head, wire};
@@ -25,29 +25,10 @@ fn post_stream(d: &Daemon, body: &str) -> (u16, serde_json::Value) {
 
 /// One sipp device with its own ooc behaviour, running in the background.
 fn device(dir: &TempDir, d: &Daemon, id: &str, invite: Invite) -> (Sipp, std::process::Child) {
-    let csv = dir.path().join(format!("{id}.csv"));
-    write_csv(&csv, &[(id.into(), "pw".into())]);
     let ooc = dir.path().join(format!("{id}.xml"));
     write_device_scenario(&ooc, 1, false, invite);
-    let s = Sipp::new(
-        dir.path(),
-        d.sip,
-        &scenarios().join("register.xml"),
-        free_port(),
-        "u1",
-    )
-    .args(&[
-        "-inf",
-        csv.to_str().unwrap(),
-        "-m",
-        "1",
-        "-d",
-        "20000",
-        "-oocsf",
-        ooc.to_str().unwrap(),
-        "-timeout",
-        "60s",
-    ]);
+    let s = registering_device(dir.path(), d.sip, free_port(), id, &ooc, 20_000)
+        .args(&["-timeout", "60s"]);
     let c = s.spawn().unwrap();
     (s, c)
 }

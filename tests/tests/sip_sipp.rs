@@ -6,8 +6,8 @@
 use std::{process::Command, time::Duration};
 
 use gateway_tests::sipp::{
-    free_port, scenarios, write_answer_scenario, write_answer_scenario_with, write_csv, Daemon,
-    Sipp, TempDir, CHANNELS,
+    free_port, registering_device, scenarios, write_answer_scenario, write_answer_scenario_with,
+    write_csv, Daemon, Sipp, TempDir, CHANNELS,
 };
 
 const DEV: &str = "34020000001320000001";
@@ -341,27 +341,9 @@ fn registry_survives_restart() {
     let (sip_port, api_port) = (free_port(), free_port());
     let cfg = Daemon::config(dir.path(), sip_port, api_port, "password = \"pw\"\n", "");
     let mut d = Daemon::start(&cfg, sip_port, api_port).unwrap();
-    let csv = dir.path().join("dev.csv");
-    write_csv(&csv, &[(DEV.into(), "pw".into())]);
     let answer = dir.path().join("answer.xml");
     write_answer_scenario(&answer, 2);
-    let sipp = Sipp::new(
-        dir.path(),
-        d.sip,
-        &scenarios().join("register.xml"),
-        free_port(),
-        "u1",
-    )
-    .args(&[
-        "-inf",
-        csv.to_str().unwrap(),
-        "-m",
-        "1",
-        "-d",
-        "15000",
-        "-oocsf",
-        answer.to_str().unwrap(),
-    ]);
+    let sipp = registering_device(dir.path(), d.sip, free_port(), DEV, &answer, 15_000);
     let child = sipp.spawn().unwrap();
     d.wait_until(Duration::from_secs(30), "catalog and info", |d| {
         d.device(DEV)
@@ -412,27 +394,10 @@ fn sipp_cut_off_catalog_is_kept_as_partial() {
         "",
     );
     let mut d = Daemon::start(&cfg, sip_port, api_port).unwrap();
-    let csv = dir.path().join("dev.csv");
-    write_csv(&csv, &[(DEV.into(), "pw".into())]);
     let answer = dir.path().join("answer.xml");
     // Three channels in three messages; the third is never sent.
     write_answer_scenario_with(&answer, 3, true);
-    let sipp = Sipp::new(
-        dir.path(),
-        d.sip,
-        &scenarios().join("register.xml"),
-        free_port(),
-        "u1",
-    )
-    .args(&[
-        "-inf",
-        csv.to_str().unwrap(),
-        "-m",
-        "1",
-        "-d",
-        "1000",
-        "-oocsf",
-        answer.to_str().unwrap(),
+    let sipp = registering_device(dir.path(), d.sip, free_port(), DEV, &answer, 1_000).args(&[
         "-timeout",
         "30s",
         "-timeout_error",

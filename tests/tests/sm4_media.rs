@@ -10,7 +10,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -45,30 +45,17 @@ struct Cam {
 }
 
 fn sim(sip: u16, dir: &Path, dev: &'static str, media: &Path, extra: &[String]) -> Cam {
-    let status = dir.join(format!("{dev}.json"));
-    let log = std::fs::File::create(dir.join(format!("{dev}.log"))).unwrap();
-    let child = Command::new(sim::bin())
-        .args([
-            "--server",
-            &format!("127.0.0.1:{sip}"),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args(["--device-id", dev, "--password", "pw", "--channels", "1"])
-        .arg("--media")
-        .arg(media)
-        .arg("--status-file")
-        .arg(&status)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("gb-sim (cargo build -p gb-sim)");
-    Cam {
+    let mut args = vec!["--channels", "1", "--media", media.to_str().unwrap()];
+    args.extend(extra.iter().map(String::as_str));
+    let (child, status) = sim::spawn(
+        None,
+        &format!("127.0.0.1:{sip}"),
+        "127.0.0.1",
         dev,
-        child: sim::KillOnDrop(child),
-        status,
-    }
+        dir,
+        &args,
+    );
+    Cam { dev, child, status }
 }
 
 fn failures(v: &Value, reason: &str) -> u64 {

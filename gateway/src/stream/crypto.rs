@@ -161,15 +161,15 @@ impl StreamCrypto {
         let Some((_, d)) = &mut self.nal else {
             return;
         };
-        let before = d.stats().clone();
+        let (failures, encrypted) = (d.stats().failures, d.stats().encrypted_aus);
         let data = std::mem::take(&mut f.data);
         let keyframe = f.keyframe;
         d.push(data, keyframe, f, keys, &mut self.out);
         let after = d.stats();
-        if after.failures != before.failures {
+        if after.failures != failures {
             self.last_ok = false;
             self.last_failure = after.last_failure.map(|x| (x, false));
-        } else if after.encrypted_aus > before.encrypted_aus {
+        } else if after.encrypted_aus > encrypted {
             self.last_ok = true;
         }
         for (data, mut tag) in self.out.drain(..) {

@@ -23,23 +23,6 @@ use anyhow::{bail, Context as _, Result};
 use gateway_tests::sipp::{free_port, Daemon, TempDir};
 use media::{ps::PsDemuxer, ps::PsMuxer, rtp::RtpHeader, Codec};
 
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn cpu_secs(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = s.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / clk_tck()
-}
-
 fn encode(dir: &Path, secs: u32) -> Result<Vec<Vec<u8>>> {
     let out = dir.join("src.h264");
     let secs = secs.to_string();
@@ -232,7 +215,7 @@ fn main() -> Result<()> {
         let pid = gw.pid().context("pid")?;
         let sock = UdpSocket::bind("127.0.0.1:0")?;
         let _ = socket2::SockRef::from(&sock).set_send_buffer_size(8 << 20);
-        let c0 = cpu_secs(pid);
+        let c0 = gateway_tests::cpu_secs(pid);
         let t0 = Instant::now();
         let mut sent = 0u64;
         let mut seqs = vec![0u16; n];
@@ -261,7 +244,7 @@ fn main() -> Result<()> {
         }
         let elapsed = t0.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(500));
-        let cpu = cpu_secs(pid) - c0;
+        let cpu = gateway_tests::cpu_secs(pid) - c0;
         let list = gw.get("/api/streams")?;
         let (mut recv, mut frames) = (0u64, 0u64);
         for s in list["streams"].as_array().into_iter().flatten() {

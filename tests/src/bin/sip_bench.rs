@@ -18,26 +18,6 @@ use gateway_tests::sipp::{
     free_port, scenarios, write_answer_scenario, write_csv, Daemon, Sipp, TempDir,
 };
 
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// CPU seconds (user + system) used so far by a process.
-fn cpu_secs(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start at ") ".
-    let rest = s.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat: 11 and 12 after ") ".
-    (ticks(11) + ticks(12)) / clk_tck()
-}
-
 struct Step {
     ok: u64,
     failed: u64,
@@ -98,11 +78,11 @@ fn drive(
     if let Some(o) = ooc {
         s = s.args(&["-oocsf", o.to_str().unwrap_or_default()]);
     }
-    let c0 = cpu_secs(server_pid);
+    let c0 = gateway_tests::cpu_secs(server_pid);
     let t0 = Instant::now();
     let r = s.run()?;
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu_secs(server_pid) - c0;
+    let cpu = gateway_tests::cpu_secs(server_pid) - c0;
     let (ok, failed) = sipp_counts(&stat);
     if ok == 0 {
         bail!("sipp made no successful call: {}\n{}", r.errors, r.stdout);
@@ -238,9 +218,9 @@ fn main() -> Result<()> {
         .unwrap_or(0);
     // Idle: the liveness sweep and timers over all devices, no traffic.
     let idle_secs = if quick { 3.0 } else { 5.0 };
-    let c0 = cpu_secs(gw_pid);
+    let c0 = gateway_tests::cpu_secs(gw_pid);
     std::thread::sleep(Duration::from_secs_f64(idle_secs));
-    let idle = (cpu_secs(gw_pid) - c0) / idle_secs;
+    let idle = (gateway_tests::cpu_secs(gw_pid) - c0) / idle_secs;
 
     let ka_rate = 1000u32;
     let ka_n = ka_rate * if quick { 4 } else { 10 };

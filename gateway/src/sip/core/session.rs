@@ -653,18 +653,18 @@ impl Core {
                 Err(e) => warn!(stream = %s.id, dest = %f.dest, error = %e, "cannot forward"),
             }
         }
-        let configured = self.keys.has_srtp(&s.device, &s.channel);
-        let srtp = configured || s.session_key.is_some();
-        let view = KeyView::new(
+        let mut view = KeyView::new(
             self.keys.clone(),
             &s.device,
             &s.channel,
             s.session_key.clone(),
         );
+        // SRTP when the channel has srtp-sm4 keys or SDP agreed one.
+        let srtp = view.srtp_configured();
         let pipe = Pipeline::new(&s.id, Some(s.ssrc), recorder)
             .with_forwards(forwards)
             .with_keys(Some(view), srtp);
-        if configured && s.srtp.is_none() {
+        if srtp && s.srtp.is_none() {
             if let Some(sess) = self.sessions.active.get_mut(&s.id) {
                 sess.srtp = Some(SrtpView {
                     key_source: "configured",
@@ -963,8 +963,8 @@ impl Core {
             };
             let device = st.device.clone().unwrap_or_else(|| st.name.clone());
             let channel = st.channel.clone().unwrap_or_else(|| st.name.clone());
-            let srtp = self.keys.has_srtp(&device, &channel);
-            let view = KeyView::new(self.keys.clone(), &device, &channel, None);
+            let mut view = KeyView::new(self.keys.clone(), &device, &channel, None);
+            let srtp = view.srtp_configured();
             let pipe = Pipeline::new(&st.name, None, recorder)
                 .with_payload(&st.payload)
                 .with_keys(Some(view), srtp);
