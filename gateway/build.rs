@@ -33,7 +33,10 @@ fn main() -> anyhow::Result<()> {
 
     // SAFETY: build scripts are single-threaded at this point; the variable
     // only affects the child cargo that aya-build spawns.
-    unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("RUSTC_BOOTSTRAP", "1")
+    };
     let ebpf_dir = root.join("gateway-ebpf");
     let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(

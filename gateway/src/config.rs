@@ -6,15 +6,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::{
-    cli::{parse_dscp, parse_range},
-    dataplane::{
-        attach::{Mode, Settings},
-        flows::FlowSpec,
-    },
-};
+use gb28181::manscdp::Charset;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,10 +32,10 @@ pub struct Config {
     /// Media keys (`[[keys]]`): SM4 keys per device and channel, see
     /// docs/media-encryption.md.
     #[serde(default)]
-    pub keys: Vec<crate::keys::KeySpec>,
+    pub keys: Vec<KeySpec>,
     /// Devices' key-encryption keys (`[[vkeks]]`), for wrapped keys.
     #[serde(default)]
-    pub vkeks: Vec<crate::keys::VkekSpec>,
+    pub vkeks: Vec<VkekSpec>,
 }
 
 /// `[sip]`: the gateway as the platform devices register with.
@@ -127,7 +121,7 @@ pub struct MediaConfig {
     pub open_timeout_secs: u64,
     /// Record sessions (`[media.record]`); unset: no recording unless a
     /// stream asks (then into the default directory).
-    pub record: Option<crate::stream::RecordConfig>,
+    pub record: Option<RecordConfig>,
     /// An established session without a packet for this long is ended
     /// with BYE (last-packet time from the kernel when the data plane is
     /// attached, else from the receiver). 0 = never.
@@ -333,7 +327,7 @@ impl SipConfig {
             self.nonce_ttl_secs >= 10,
             "sip.nonce_ttl_secs must be >= 10"
         );
-        crate::sip::core::charset(&self.charset)
+        charset(&self.charset)
             .ok_or_else(|| anyhow::anyhow!("sip.charset must be GB2312, GB18030 or UTF-8"))?;
         let mut seen = std::collections::HashSet::new();
         for d in &self.devices {
@@ -445,29 +439,11 @@ impl Config {
             (1..=300).contains(&c.media.open_timeout_secs),
             "media.open_timeout_secs must be in 1..=300"
         );
-        // Keys are checked here so a typo stops the daemon at start-up
-        // with the file named, not later in a stream.
-        crate::keys::KeyStore::new(None)
-            .load_config(&c.vkeks, &c.keys)
-            .map_err(|e| anyhow::anyhow!("{}: [[keys]]: {e}", path.display()))?;
         anyhow::ensure!(
             c.dataplane.is_some() || c.sip.is_some(),
             "nothing to run: configure [dataplane] and/or [sip]"
         );
         Ok(c)
-    }
-
-    pub fn flow_specs(&self) -> Vec<FlowSpec> {
-        self.flows
-            .iter()
-            .map(|f| FlowSpec {
-                local: Some(f.local),
-                ssrc: f.ssrc,
-                expect_ssrc: f.expect_ssrc,
-                name: f.name.clone(),
-                clock_rate: f.clock_rate,
-            })
-            .collect()
     }
 }
 
@@ -493,9 +469,221 @@ impl DataplaneConfig {
     }
 }
 
+// --- shared value types and parsers (the CLI and the daemon read the same) --
+
+/// XDP attach mode as asked for on the command line.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+    Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Native (driver) mode, falling back to generic (skb) mode.
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Kernel-side settings of an attachment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub media_ports: (u16, u16),
+    pub unknown_drop: bool,
+    /// DSCP value (0..=63) for egress media, or None.
+    pub dscp: Option<u8>,
+    pub egress_ports: (u16, u16),
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            media_ports: (30000, 30999),
+            unknown_drop: false,
+            dscp: None,
+            egress_ports: (30000, 30999),
+        }
+    }
+}
+
+/// `[record]`: where and how sessions are recorded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    #[serde(default = "default_dir")]
+    pub dir: PathBuf,
+    /// Write the elementary stream (Annex-B .h264/.h265).
+    #[serde(default = "yes")]
+    pub es: bool,
+    /// Write the original PS byte stream (.ps).
+    #[serde(default)]
+    pub ps: bool,
+    /// Start a new file (at the next key frame) beyond this size; 0 = never.
+    #[serde(default = "default_max_bytes")]
+    pub max_file_bytes: u64,
+    /// ... or beyond this age in seconds; 0 = never.
+    #[serde(default)]
+    pub max_file_secs: u64,
+}
+
+fn default_dir() -> PathBuf {
+    PathBuf::from("/var/lib/gateway/records")
+}
+fn default_max_bytes() -> u64 {
+    1 << 30
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        RecordConfig {
+            dir: default_dir(),
+            es: true,
+            ps: false,
+            max_file_bytes: default_max_bytes(),
+            max_file_secs: 0,
+        }
+    }
+}
+
+/// The two media-encryption profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Profile {
+    /// NAL unit payloads, SM4-OFB, parameters in an SEI.
+    #[serde(rename = "sm4-nal-ofb")]
+    NalOfb,
+    /// SRTP with SM4 counter mode and HMAC-SM3-80.
+    #[serde(rename = "srtp-sm4")]
+    SrtpSm4,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::NalOfb => "sm4-nal-ofb",
+            Profile::SrtpSm4 => "srtp-sm4",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Profile> {
+        match s {
+            "sm4-nal-ofb" => Some(Profile::NalOfb),
+            "srtp-sm4" => Some(Profile::SrtpSm4),
+            _ => None,
+        }
+    }
+}
+
+/// A key as provisioned (config, API body, persisted form).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    pub device: String,
+    /// Channel ID, or "*" for every channel of the device without keys of
+    /// its own.
+    #[serde(default = "any_channel")]
+    pub channel: String,
+    pub profile: Profile,
+    /// `sm4-nal-ofb`: the key_version the device puts in its SEI.
+    /// `srtp-sm4`: a label telling keys apart (rotation).
+    #[serde(default = "one")]
+    pub version: u32,
+    /// The key in clear (32 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The key wrapped under the device's VKEK (32 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped: Option<String>,
+    /// `srtp-sm4`: the 14-byte master salt (28 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// `srtp-sm4`: key and salt as in SDP (`inline:<base64>`), instead of
+    /// `key`/`salt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+    /// Wall-clock ms after which the key is retired (set by a rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
+}
+
+fn any_channel() -> String {
+    "*".into()
+}
+fn one() -> u32 {
+    1
+}
+
+/// A device's key-encryption key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VkekSpec {
+    pub device: String,
+    /// 32 hex digits.
+    pub key: String,
+}
+
+/// The charset named by a config label.
+pub fn charset(label: &str) -> Option<Charset> {
+    match label.to_ascii_uppercase().as_str() {
+        "GB2312" | "GBK" => Some(Charset::Gb2312),
+        "GB18030" => Some(Charset::Gb18030),
+        "UTF-8" | "UTF8" => Some(Charset::Utf8),
+        _ => None,
+    }
+}
+
+/// A port range `LO-HI` (or one port).
+pub fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let lo: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad port {a:?} in {s:?}"))?;
+    let hi: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad port {b:?} in {s:?}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("port range {s:?} must be LO-HI with 1 <= LO <= HI"));
+    }
+    Ok((lo, hi))
+}
+
+/// A DSCP value: a name (ef, af41, ...), 0-63, or off.
+pub fn parse_dscp(s: &str) -> Result<Option<u8>, String> {
+    let v = match s.to_ascii_lowercase().as_str() {
+        "off" | "none" => return Ok(None),
+        "ef" => 46,
+        "af41" => 34,
+        "af42" => 36,
+        "af43" => 38,
+        "cs4" => 32,
+        "cs5" => 40,
+        n => n
+            .parse::<u8>()
+            .map_err(|_| format!("DSCP must be off, af41, ef, cs4 or 0-63, not {s:?}"))?,
+    };
+    if v > 63 {
+        return Err(format!("DSCP {v} is above 63"));
+    }
+    Ok(Some(v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn charsets_by_label() {
+        assert_eq!(charset("gbk"), Some(Charset::Gb2312));
+        assert_eq!(charset("latin1"), None);
+    }
 
     #[test]
     fn parses_a_full_config() {
@@ -519,7 +707,7 @@ mod tests {
         assert_eq!(s.egress_ports, (40000, 40100));
         assert!(!s.unknown_drop);
         assert_eq!(s.dscp, Some(34));
-        assert_eq!(c.flow_specs()[0].ssrc, Some(12));
+        assert_eq!(c.flows[0].ssrc, Some(12));
     }
 
     #[test]

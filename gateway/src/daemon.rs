@@ -13,12 +13,12 @@ use crate::{
     config::Config,
     dataplane::{
         attach::{self, Target},
-        flows::describe,
-        Error,
+        flows::{describe, FlowSpec},
+        Error, Shared,
     },
-    exporter,
     keys::KeyStore,
-    metrics::SipMetrics,
+    metrics::{exporter, SipMetrics},
+    session::{kernel::Kernel, Sessions},
     sip, store,
 };
 
@@ -31,6 +31,11 @@ pub fn run(config: &Path, netns: Option<&str>, bpffs: &Path) -> Result<()> {
         )
         .try_init();
     let cfg = Config::load(config)?;
+    // Keys are checked before anything starts, so a typo stops the daemon
+    // with the file named, not later in a stream.
+    KeyStore::new(None)
+        .load_config(&cfg.vkeks, &cfg.keys)
+        .map_err(|e| anyhow::anyhow!("{}: [[keys]]: {e}", config.display()))?;
     let target = match &cfg.dataplane {
         None => None,
         Some(dp) => {
@@ -62,10 +67,12 @@ pub fn run(config: &Path, netns: Option<&str>, bpffs: &Path) -> Result<()> {
 }
 
 fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
-    if let Some(target) = target {
+    // The daemon's one handle on the maps (sessions, exporter, poll loop).
+    let maps = target.map(|t| t.open()).transpose()?.map(Shared::new);
+    if let (Some(target), Some(maps)) = (target, &maps) {
         let _lock = target.lock()?;
-        let mut maps = target.open()?;
-        for spec in cfg.flow_specs() {
+        let mut maps = maps.lock();
+        for spec in cfg.flows.iter().map(FlowSpec::from) {
             match maps.add_flow(&spec) {
                 Ok((k, v)) => info!(flow = %describe(&k), slot = v.slot, "flow added"),
                 Err(Error::FlowExists(f)) => info!(flow = %f, "flow already present"),
@@ -96,14 +103,17 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
                     warn!(problem = %p, "stored media key skipped");
                 }
                 keys = Some(ks.clone());
+                let mut sessions = Sessions::new(cfg.media.clone(), ks, sip_metrics.clone());
+                if let (Some(t), Some(m)) = (&target, &maps) {
+                    sessions.set_kernel(Kernel::new(t.clone(), m.clone()));
+                }
+                sessions.start_static();
                 Some(
                     sip::start(
                         Arc::new(sc.clone()),
-                        cfg.media.clone(),
+                        sessions,
                         Some(st),
                         sip_metrics,
-                        target.clone(),
-                        ks,
                         view.clone(),
                     )
                     .await?,
@@ -111,21 +121,20 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
             }
             None => None,
         };
-        let kernel = match &target {
-            Some(t) => {
-                let maps = t.open()?;
-                let mode = match maps.config().map(|c| c.xdp_mode) {
+        let kernel = match (&target, &maps) {
+            (Some(t), Some(maps)) => {
+                let mode = match maps.lock().config().map(|c| c.xdp_mode) {
                     Ok(gateway_common::XDP_MODE_NATIVE) => "native",
                     Ok(gateway_common::XDP_MODE_SKB) => "skb",
                     _ => "unknown",
                 };
                 Some(exporter::Kernel {
-                    maps: std::sync::Mutex::new(maps),
+                    maps: maps.clone(),
                     iface: t.iface.clone(),
                     mode,
                 })
             }
-            None => None,
+            _ => None,
         };
         let exp = exporter::Exporter::new(registry.clone(), view, kernel);
         if cfg.metrics.enabled {
@@ -139,7 +148,6 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
             keys: keys.unwrap_or_else(|| KeyStore::new(None)),
         };
         api::serve(cfg.api.listen, state).await?;
-        let mut maps = target.as_ref().map(|t| t.open()).transpose()?;
         let poll = Duration::from_secs_f64(
             cfg.dataplane.as_ref().map_or(5.0, |d| d.poll_interval_secs),
         );
@@ -151,10 +159,12 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let Some(maps) = maps.as_mut() else { continue };
+                    let Some(maps) = maps.as_ref() else { continue };
                     let t = std::time::Instant::now();
-                    let streams = maps.streams()?;
-                    let counters = maps.counters()?;
+                    let (streams, counters) = {
+                        let mut m = maps.lock();
+                        (m.streams()?, m.counters()?)
+                    };
                     readout.observe(t.elapsed().as_secs_f64());
                     let packets: u64 = streams.iter().map(|s| s.stats.packets).sum();
                     let lost: u64 = streams.iter().map(|s| s.stats.lost).sum();
@@ -175,7 +185,7 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
         }
         if let Some(s) = &service {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            if s.commands.send(sip::core::Command::Flush(tx)).await.is_ok() {
+            if s.commands.send(sip::Command::Flush(tx)).await.is_ok() {
                 match tokio::time::timeout(Duration::from_secs(10), rx).await {
                     Ok(_) => info!("registry saved"),
                     Err(_) => warn!("registry save timed out"),

@@ -25,37 +25,10 @@ use gb35114::{
     sm4::{self, Sm4},
     srtp::{MasterKey, SrtpKeys},
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::{registry::wall_ms, store};
-
-/// The two media-encryption profiles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Profile {
-    /// NAL unit payloads, SM4-OFB, parameters in an SEI.
-    #[serde(rename = "sm4-nal-ofb")]
-    NalOfb,
-    /// SRTP with SM4 counter mode and HMAC-SM3-80.
-    #[serde(rename = "srtp-sm4")]
-    SrtpSm4,
-}
-
-impl Profile {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Profile::NalOfb => "sm4-nal-ofb",
-            Profile::SrtpSm4 => "srtp-sm4",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Profile> {
-        match s {
-            "sm4-nal-ofb" => Some(Profile::NalOfb),
-            "srtp-sm4" => Some(Profile::SrtpSm4),
-            _ => None,
-        }
-    }
-}
+pub use crate::config::{KeySpec, Profile, VkekSpec};
+use crate::{store, sys::clock::wall_ms};
 
 /// A fresh random srtp-sm4 master key and salt (a session key the gateway
 /// offers in an INVITE).
@@ -68,54 +41,6 @@ pub fn random_master_key() -> std::io::Result<MasterKey> {
     key.copy_from_slice(&b[..16]);
     salt.copy_from_slice(&b[16..]);
     Ok(MasterKey { key, salt })
-}
-
-/// A key as provisioned (config, API body, persisted form).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeySpec {
-    pub device: String,
-    /// Channel ID, or "*" for every channel of the device without keys of
-    /// its own.
-    #[serde(default = "any_channel")]
-    pub channel: String,
-    pub profile: Profile,
-    /// `sm4-nal-ofb`: the key_version the device puts in its SEI.
-    /// `srtp-sm4`: a label telling keys apart (rotation).
-    #[serde(default = "one")]
-    pub version: u32,
-    /// The key in clear (32 hex digits).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// The key wrapped under the device's VKEK (32 hex digits).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wrapped: Option<String>,
-    /// `srtp-sm4`: the 14-byte master salt (28 hex digits).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub salt: Option<String>,
-    /// `srtp-sm4`: key and salt as in SDP (`inline:<base64>`), instead of
-    /// `key`/`salt`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inline: Option<String>,
-    /// Wall-clock ms after which the key is retired (set by a rotation).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_ms: Option<i64>,
-}
-
-fn any_channel() -> String {
-    "*".into()
-}
-fn one() -> u32 {
-    1
-}
-
-/// A device's key-encryption key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VkekSpec {
-    pub device: String,
-    /// 32 hex digits.
-    pub key: String,
 }
 
 /// What listings show of a key.

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 /// True when running as root; otherwise prints why the test is skipped.
 pub fn require_root(test: &str) -> bool {
-    if gateway::dataplane::sys::is_root() {
+    if gateway::sys::is_root() {
         true
     } else {
         eprintln!("SKIPPED {test}: needs root (BPF, network namespaces); CI runs it as root");

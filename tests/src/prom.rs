@@ -162,7 +162,7 @@ impl Prometheus {
             return http_get(&url, &query);
         };
         std::thread::spawn(move || {
-            gateway::dataplane::sys::enter_netns(&ns)?;
+            gateway::sys::enter_netns(&ns)?;
             http_get(&url, &query)
         })
         .join()

@@ -179,7 +179,7 @@ impl Daemon {
         let (method, path) = (method.to_string(), path.to_string());
         let (token, body) = (token.map(str::to_string), body.map(str::to_string));
         std::thread::spawn(move || {
-            gateway::dataplane::sys::enter_netns(&ns)?;
+            gateway::sys::enter_netns(&ns)?;
             request(api, &method, &path, token.as_deref(), body.as_deref())
         })
         .join()

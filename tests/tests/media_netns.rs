@@ -36,7 +36,7 @@ fn rtp_ps(frames: usize, ssrc: u32) -> Vec<Vec<u8>> {
 fn send_from(ns: &str, to: std::net::SocketAddr, pk: Vec<Vec<u8>>, skip: fn(usize) -> bool) {
     let ns = ns.to_string();
     std::thread::spawn(move || {
-        gateway::dataplane::sys::enter_netns(&ns).unwrap();
+        gateway::sys::enter_netns(&ns).unwrap();
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         for (i, p) in pk.iter().enumerate() {
             if !skip(i) {

@@ -60,7 +60,7 @@ fn sim(net: &NetnsPair, dir: &Path, dev: &str, args: &[&str]) -> (sim::KillOnDro
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let ns = ns.to_string();
     std::thread::spawn(move || {
-        gateway::dataplane::sys::enter_netns(&ns).expect("enter netns");
+        gateway::sys::enter_netns(&ns).expect("enter netns");
         f()
     })
     .join()

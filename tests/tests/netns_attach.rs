@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway::dataplane::sys;
+use gateway::sys;
 use gateway_tests::{frames::Rtp, gateway_bin, netns::NetnsPair, require_root};
 use serde_json::Value;
 

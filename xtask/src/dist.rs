@@ -334,7 +334,7 @@ fn stage_files(stage: &Path) -> Result<()> {
         ("dist/gateway.toml", "gateway.toml"),
         ("dist/INSTALL.md", "INSTALL.md"),
         ("README.md", "README.md"),
-        ("docs/kernel-requirements.md", "docs/kernel-requirements.md"),
+        ("simulator/README.md", "simulator/README.md"),
     ] {
         let s = root.join(src);
         let d = stage.join(dst);
@@ -343,6 +343,8 @@ fn stage_files(stage: &Path) -> Result<()> {
         }
         std::fs::copy(&s, &d).with_context(|| format!("copying {}", s.display()))?;
     }
+    // Every document the README links to.
+    copy_dir(&root.join("docs"), &stage.join("docs"))?;
     copy_dir(&root.join("dashboards"), &stage.join("dashboards"))
 }
 

@@ -5,8 +5,12 @@
 //!   camera (gb-sim) on the other registers, two live streams are opened
 //!   (UDP and TCP), the kernel's and the control plane's counters shown,
 //!   the recordings checked with ffprobe, then clean-up.
-//! - test: fmt check, clippy -D warnings, every unit and integration test.
-//! - bench: the data-plane benchmarks (release build).
+//! - test: the architecture check (arch), fmt check, clippy -D warnings,
+//!   every unit and integration test.
+//! - arch: the gateway crate's layering, `unsafe` only where allowed,
+//!   crate roots that forbid unsafe_code; see arch.rs.
+//! - bench: the benchmarks (release build): data plane, signalling, media,
+//!   crypto, metrics; see docs/benchmarks.md.
 //! - dist: static musl release binaries and a tarball per edge target
 //!   (x86_64, aarch64, loongarch64); see dist.rs.
 //! - cross-test: those binaries and the pure-logic crates' unit tests
@@ -14,6 +18,9 @@
 //!
 //! Run scripts/setup.sh once before (it installs the toolchain and tools).
 
+#![forbid(unsafe_code)]
+
+mod arch;
 mod dist;
 
 use std::process::{Command, Stdio};
@@ -35,8 +42,11 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         seconds: u32,
     },
-    /// fmt, clippy and all tests (root tests need root).
+    /// arch, fmt, clippy and all tests (root tests need root).
     Test,
+    /// Architecture check: the gateway crate's layering (a module imports only
+    /// from lower layers) and `unsafe` only in the allowed modules.
+    Arch,
     /// Data-plane (root) and signalling benchmarks.
     Bench {
         /// Fewer repetitions (CI).
@@ -130,9 +140,18 @@ fn target_dir() -> std::path::PathBuf {
     dist::target_dir()
 }
 
+/// The workspace's root directory (xtask's parent).
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from("."))
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Test => {
+            arch::run(&workspace_root())?;
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&[
                 "clippy",
@@ -174,6 +193,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Arch => arch::run(&workspace_root()),
         Cmd::Fuzz { seconds } => fuzz(seconds.clamp(1, 3600)),
         Cmd::Demo { seconds } => demo(seconds.clamp(2, 120)),
         Cmd::Dist { target } => dist::dist(&dist::parse_targets(&target)?),

@@ -24,7 +24,8 @@ use gateway_common::{
     XDP_MODE_NATIVE, XDP_MODE_SKB,
 };
 
-use super::{possible_cpus, sys, Error, Maps, Result};
+use super::{possible_cpus, Error, Maps, Result};
+use crate::sys;
 
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const XDP_PROG: &str = "xdp_prog";
@@ -104,47 +105,7 @@ impl Target {
     }
 }
 
-/// XDP attach mode as asked for on the command line.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-    Default,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Native (driver) mode, falling back to generic (skb) mode.
-    #[default]
-    Auto,
-    Native,
-    Skb,
-}
-
-/// Kernel-side settings of an attachment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub media_ports: (u16, u16),
-    pub unknown_drop: bool,
-    /// DSCP value (0..=63) for egress media, or None.
-    pub dscp: Option<u8>,
-    pub egress_ports: (u16, u16),
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            media_ports: (30000, 30999),
-            unknown_drop: false,
-            dscp: None,
-            egress_ports: (30000, 30999),
-        }
-    }
-}
+pub use crate::config::{Mode, Settings};
 
 impl Settings {
     pub fn apply(&self, c: &mut Config) {
@@ -189,7 +150,7 @@ pub fn load(max_streams: u32, pin_dir: Option<&Path>) -> Result<(aya::Ebpf, Maps
         .override_global(NCPUS_GLOBAL, &ncpus, true)
         .map_max_entries(map_names::FLOWS, max_streams)
         .map_max_entries(map_names::STREAM_STATS, slots)
-        .load(crate::EBPF_OBJECT)
+        .load(super::EBPF_OBJECT)
         .map_err(|e| Error::bpf("loading the eBPF object", e))?;
     let maps = Maps::from_ebpf(&mut ebpf, pin_dir)?;
     Ok((ebpf, maps))

@@ -9,7 +9,12 @@ use gateway_common::{
 
 use std::os::fd::AsFd;
 
-use super::{get, key_addr, make_key, put, sys, Error, Maps, Result};
+use super::{
+    key_addr, make_key,
+    maps::{get, put},
+    Error, Maps, Result,
+};
+use crate::sys::{self, bpf::BPF_NOEXIST};
 
 /// What an operator (or the daemon) asks for.
 #[derive(Clone, Debug, Default)]
@@ -24,6 +29,18 @@ pub struct FlowSpec {
     pub name: String,
     /// RTP clock rate (Hz) for jitter; default 90 000.
     pub clock_rate: u32,
+}
+
+impl From<&crate::config::FlowConfig> for FlowSpec {
+    fn from(f: &crate::config::FlowConfig) -> FlowSpec {
+        FlowSpec {
+            local: Some(f.local),
+            ssrc: f.ssrc,
+            expect_ssrc: f.expect_ssrc,
+            name: f.name.clone(),
+            clock_rate: f.clock_rate,
+        }
+    }
 }
 
 /// Display form of a key: `addr:port` or `addr:port/ssrc`.
@@ -165,7 +182,6 @@ impl Maps {
             created_unix: unix_now(),
             name,
         };
-        const BPF_NOEXIST: u64 = 1;
         put(&self.flows, &key, &value, BPF_NOEXIST).map_err(|e| match e.raw_os_error() {
             Some(libc::E2BIG) | Some(libc::ENOSPC) | Some(libc::ENOMEM) => {
                 Error::TableFull(self.max_streams())

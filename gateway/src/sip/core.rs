@@ -10,37 +10,27 @@ use std::{
 };
 
 use gb28181::{
-    digest::{Challenge, Credentials, Nonces, Verdict},
-    manscdp::{self, Body, CatalogItem, Charset, Kind},
-    sip::{self as gsip, Head, Outgoing, Transport},
+    digest::Nonces,
+    manscdp::{CatalogItem, Charset},
+    sip::{self as gsip, Head, Transport},
     transaction::{ClientEvent, ClientTransactions, Incoming, Matched, ServerTransactions},
 };
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-mod session;
-
-pub use session::{Session, StreamRequest};
-
-use super::transport::{local_ip_for, Dest, Inbound, Outbound};
-use crate::{
-    config::{MediaConfig, SipConfig},
-    metrics::{class, SipMetrics},
-    registry::{wall_ms, CatalogSync, Device, OfflineReason, Registry},
-    store::{Op, Store},
+use super::{
+    dialog::{Dialogs, OpenStream},
+    registry::{Device, OfflineReason, Registry, SyncState},
+    transport::{Dest, Inbound, Outbound},
 };
-
-/// The charset named by a config label.
-pub fn charset(label: &str) -> Option<Charset> {
-    match label.to_ascii_uppercase().as_str() {
-        "GB2312" | "GBK" => Some(Charset::Gb2312),
-        "GB18030" => Some(Charset::Gb18030),
-        "UTF-8" | "UTF8" => Some(Charset::Utf8),
-        _ => None,
-    }
-}
+use crate::{
+    config::{charset, SipConfig},
+    metrics::{class, exporter::View, SipMetrics},
+    session::{Error, Session, Sessions, State},
+    store::{Op, Store},
+    sys::clock::wall_ms,
+};
 
 /// What the API asks of the core.
 pub enum Command {
@@ -48,23 +38,23 @@ pub enum Command {
     Get(String, oneshot::Sender<Option<DeviceView>>),
     Channels(String, oneshot::Sender<Option<Vec<CatalogItem>>>),
     /// Ask the device for its catalog; replies with the SN.
-    RefreshCatalog(String, oneshot::Sender<Result<u32, ApiError>>),
+    RefreshCatalog(String, oneshot::Sender<Result<u32, Error>>),
     /// DeviceInfo or DeviceStatus, answered when the device answers.
     Query(
         String,
         QueryKind,
-        oneshot::Sender<Result<serde_json::Value, ApiError>>,
+        oneshot::Sender<Result<serde_json::Value, Error>>,
     ),
     Delete(String, oneshot::Sender<bool>),
     /// Persist everything now (shutdown).
     Flush(oneshot::Sender<()>),
     /// Open a live stream (INVITE); answered when established or failed.
-    OpenStream(StreamRequest, oneshot::Sender<Result<Session, ApiError>>),
+    OpenStream(OpenStream, oneshot::Sender<Result<Session, Error>>),
     /// Active streams (and recently closed ones with `true`).
     ListStreams(bool, oneshot::Sender<Vec<Session>>),
     GetStream(String, oneshot::Sender<Option<Session>>),
     /// BYE and forget.
-    CloseStream(String, oneshot::Sender<Result<Session, ApiError>>),
+    CloseStream(String, oneshot::Sender<Result<Session, Error>>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,17 +64,13 @@ pub enum QueryKind {
 }
 
 impl QueryKind {
-    fn cmd(self) -> &'static str {
+    pub(super) fn cmd(self) -> &'static str {
         match self {
             QueryKind::Info => "DeviceInfo",
             QueryKind::Status => "DeviceStatus",
         }
     }
 }
-
-/// An API error: HTTP status and message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError(pub u16, pub String);
 
 /// A device as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -97,7 +83,7 @@ pub struct DeviceView {
 }
 
 /// What one of our outgoing requests was for.
-enum Purpose {
+pub(super) enum Purpose {
     Query {
         device: String,
         cmd: &'static str,
@@ -110,27 +96,27 @@ enum Purpose {
 }
 
 /// Purposes are keyed by branch and method (a CANCEL shares its INVITE's branch).
-fn pkey(branch: &str, method: &str) -> String {
+pub(super) fn pkey(branch: &str, method: &str) -> String {
     format!("{branch}|{method}")
 }
 
-struct Assembly {
-    device: String,
-    sum_num: u32,
-    items: BTreeMap<String, CatalogItem>,
-    last: Instant,
+pub(super) struct Assembly {
+    pub(super) device: String,
+    pub(super) sum_num: u32,
+    pub(super) items: BTreeMap<String, CatalogItem>,
+    pub(super) last: Instant,
     /// DeviceInfo follows a completed sync (after registration).
-    then_info: bool,
+    pub(super) then_info: bool,
 }
 
-struct Waiter {
-    kind: QueryKind,
-    reply: oneshot::Sender<Result<serde_json::Value, ApiError>>,
-    deadline: Instant,
+pub(super) struct Waiter {
+    pub(super) kind: QueryKind,
+    pub(super) reply: oneshot::Sender<Result<serde_json::Value, Error>>,
+    pub(super) deadline: Instant,
 }
 
 /// Standard CmdTypes we accept but do not act on (answered 200).
-const KNOWN_CMDS: &[&str] = &[
+pub(super) const KNOWN_CMDS: &[&str] = &[
     "Alarm",
     "MobilePosition",
     "MediaStatus",
@@ -153,47 +139,43 @@ const KNOWN_CMDS: &[&str] = &[
 ];
 
 pub struct Core {
-    cfg: Arc<SipConfig>,
-    domain: String,
-    charset: Charset,
-    passwords: HashMap<String, String>,
-    intervals: HashMap<String, u32>,
-    reg: Registry,
-    routes: HashMap<String, Dest>,
-    nonces: Nonces,
-    started: Instant,
-    server: ServerTransactions,
-    client: ClientTransactions<Dest>,
-    purposes: HashMap<String, Purpose>,
-    assemblies: HashMap<(String, u32), Assembly>,
-    waiters: HashMap<(String, u32), Waiter>,
-    sn: u32,
-    out: Outbound,
-    store: Option<Store>,
-    dirty: HashSet<String>,
-    metrics: SipMetrics,
-    tag: String,
-    media: MediaConfig,
-    media_ports: (u16, u16),
-    sessions: session::Sessions,
-    /// The attached data plane: session flows go into its table.
-    dataplane: Option<(crate::dataplane::attach::Target, crate::dataplane::Maps)>,
-    last_media_check: Instant,
-    /// Media keys (SM4 profiles) the receivers decrypt with.
-    keys: Arc<crate::keys::KeyStore>,
+    pub(super) cfg: Arc<SipConfig>,
+    pub(super) domain: String,
+    pub(super) charset: Charset,
+    pub(super) passwords: HashMap<String, String>,
+    pub(super) intervals: HashMap<String, u32>,
+    pub(super) reg: Registry,
+    pub(super) routes: HashMap<String, Dest>,
+    pub(super) nonces: Nonces,
+    pub(super) started: Instant,
+    pub(super) server: ServerTransactions,
+    pub(super) client: ClientTransactions<Dest>,
+    pub(super) purposes: HashMap<String, Purpose>,
+    pub(super) assemblies: HashMap<(String, u32), Assembly>,
+    pub(super) waiters: HashMap<(String, u32), Waiter>,
+    pub(super) sn: u32,
+    pub(super) out: Outbound,
+    pub(super) store: Option<Store>,
+    pub(super) dirty: HashSet<String>,
+    pub(super) metrics: SipMetrics,
+    pub(super) tag: String,
+    /// The sessions (media, kernel flows) the dialogs carry.
+    pub(super) sessions: Sessions,
+    pub(super) dialogs: Dialogs,
+    pub(super) last_media_check: Instant,
     /// Streams and devices published for `/metrics` (every second).
-    view: Arc<crate::exporter::View>,
+    pub(super) view: Arc<View>,
 }
 
 impl Core {
     pub fn new(
         cfg: Arc<SipConfig>,
-        media: MediaConfig,
+        sessions: Sessions,
         out: Outbound,
         store: Option<(Store, crate::store::Loaded)>,
         metrics: SipMetrics,
+        view: Arc<View>,
     ) -> Core {
-        let media_ports = media.port_range().unwrap_or((30000, 30999));
         let domain = cfg.domain();
         let mut passwords = HashMap::new();
         let mut intervals = HashMap::new();
@@ -213,8 +195,8 @@ impl Core {
                     Ok(mut d) => {
                         d.restore_clock(now, now_wall);
                         // A sync that was running when we stopped is gone.
-                        if d.catalog.state == "pending" {
-                            d.catalog.state = "interrupted".into();
+                        if d.catalog.state == SyncState::Pending {
+                            d.catalog.state = SyncState::Interrupted;
                         }
                         reg.devices.insert(id, d);
                     }
@@ -259,13 +241,10 @@ impl Core {
             dirty: HashSet::new(),
             metrics,
             tag: gsip::token(10),
-            media,
-            media_ports,
-            sessions: session::Sessions::default(),
-            dataplane: None,
+            sessions,
+            dialogs: Dialogs::default(),
             last_media_check: now,
-            keys: crate::keys::KeyStore::new(None),
-            view: Arc::new(crate::exporter::View::default()),
+            view,
         };
         // UDP devices can be reached again at their last address.
         let ids: Vec<(String, Transport, SocketAddr, SocketAddr)> = core
@@ -282,39 +261,14 @@ impl Core {
             }
         }
         core.update_gauges();
+        core.publish_view();
         core
     }
 
-    /// The daemon's key store (default: an empty one of its own).
-    pub fn set_keys(&mut self, keys: Arc<crate::keys::KeyStore>) {
-        self.keys = keys;
-    }
-
-    /// Where the metrics view is published.
-    pub fn set_view(&mut self, view: Arc<crate::exporter::View>) {
-        self.view = view;
-        self.publish_view();
-    }
-
     /// Streams and devices for `/metrics`.
-    fn publish_view(&self) {
-        use crate::exporter::{DeviceRow, StreamEntry};
-        let streams = self
-            .sessions
-            .active
-            .values()
-            .filter_map(|s| {
-                s.stats.as_ref().map(|st| StreamEntry {
-                    id: s.id.clone(),
-                    device: s.device.clone(),
-                    channel: s.channel.clone(),
-                    transport: s.transport.as_str(),
-                    stats: st.clone(),
-                    opened_ms: s.established_ms.unwrap_or(s.created_ms),
-                })
-            })
-            .collect();
-        self.view.set_streams(streams);
+    pub(super) fn publish_view(&self) {
+        use crate::metrics::exporter::DeviceRow;
+        self.sessions.publish(&self.view);
         let devices = self
             .reg
             .devices
@@ -330,18 +284,11 @@ impl Core {
         self.view.set_devices(devices);
     }
 
-    /// Session flows go into this attachment's XDP flow table.
-    pub fn set_dataplane(&mut self, t: crate::dataplane::attach::Target) -> anyhow::Result<()> {
-        let maps = t.open()?;
-        self.dataplane = Some((t, maps));
-        Ok(())
-    }
-
-    fn secs(&self) -> u64 {
+    pub(super) fn secs(&self) -> u64 {
         self.started.elapsed().as_secs() + 1
     }
 
-    fn update_gauges(&self) {
+    pub(super) fn update_gauges(&self) {
         self.metrics.devices.set(self.reg.devices.len() as i64);
         self.metrics.devices_online.set(self.reg.online() as i64);
     }
@@ -384,7 +331,7 @@ impl Core {
 
     // ---- sending -------------------------------------------------------
 
-    fn reply(&mut self, m: &Inbound, code: u16, reason: &str, headers: &[(&str, &str)]) {
+    pub(super) fn reply(&mut self, m: &Inbound, code: u16, reason: &str, headers: &[(&str, &str)]) {
         let resp = gsip::response(
             &m.head,
             m.from.peer(),
@@ -411,110 +358,9 @@ impl Core {
         self.out.send(m.from, resp);
     }
 
-    fn next_sn(&mut self) -> u32 {
-        self.sn = self.sn.wrapping_add(1).max(1);
-        self.sn
-    }
-
-    /// Sends a MANSCDP query to a device; returns its SN.
-    fn send_query(&mut self, device: &str, cmd: &'static str) -> Result<u32, ApiError> {
-        let d = self
-            .reg
-            .devices
-            .get(device)
-            .ok_or_else(|| ApiError(404, format!("no device {device}")))?;
-        if !d.online {
-            return Err(ApiError(409, format!("device {device} is offline")));
-        }
-        let dest = *self.routes.get(device).ok_or_else(|| {
-            ApiError(
-                409,
-                format!("no route to device {device} (TCP connection closed)"),
-            )
-        })?;
-        if let Dest::Tcp { conn, .. } = dest {
-            if !self.out.tcp_alive(conn) {
-                return Err(ApiError(
-                    409,
-                    format!("device {device}'s TCP connection is closed"),
-                ));
-            }
-        }
-        let cs = d
-            .charset
-            .as_deref()
-            .and_then(charset)
-            .unwrap_or(self.charset);
-        let (d_local, d_addr) = (d.local, d.addr);
-        let sn = self.next_sn();
-        let body = manscdp::query(cmd, sn, device, cs);
-        let local = self.local_sip(d_local, d_addr);
-        let branch = gsip::branch();
-        let call_id = gsip::token(20);
-        let from = format!("sip:{}@{}", self.cfg.id, self.domain);
-        let to = format!("sip:{}@{}", device, self.domain);
-        let uri = format!("sip:{}@{}", device, fmt_addr(d_addr));
-        let req = Outgoing {
-            method: "MESSAGE",
-            uri: &uri,
-            transport: dest.transport(),
-            local: &local,
-            branch: &branch,
-            from: &from,
-            from_tag: &gsip::token(10),
-            to: &to,
-            to_tag: None,
-            call_id: &call_id,
-            cseq: 1,
-            contact: None,
-            headers: &[],
-            content_type: Some("Application/MANSCDP+xml"),
-            body: &body,
-        }
-        .build();
-        self.client.start(
-            &branch,
-            "MESSAGE",
-            req.clone(),
-            dest,
-            dest.transport().reliable(),
-            Instant::now(),
-        );
-        self.purposes.insert(
-            pkey(&branch, "MESSAGE"),
-            Purpose::Query {
-                device: device.to_string(),
-                cmd,
-                sn,
-            },
-        );
-        self.out.send(dest, req);
-        debug!(device, cmd, sn, "query sent");
-        Ok(sn)
-    }
-
-    fn start_catalog(&mut self, device: &str, then_info: bool) -> Result<u32, ApiError> {
-        let sn = self.send_query(device, "Catalog")?;
-        self.assemblies.insert(
-            (device.to_string(), sn),
-            Assembly {
-                device: device.to_string(),
-                sum_num: 0,
-                items: BTreeMap::new(),
-                last: Instant::now(),
-                then_info,
-            },
-        );
-        if let Some(d) = self.reg.devices.get_mut(device) {
-            d.catalog.sn = sn;
-            d.catalog.state = "pending".into();
-        }
-        Ok(sn)
-    }
-
     // ---- persistence ---------------------------------------------------
 
-    fn save(&mut self, id: &str) {
+    pub(super) fn save(&mut self, id: &str) {
         self.dirty.remove(id);
         if let (Some(s), Some(d)) = (&self.store, self.reg.devices.get(id)) {
             match serde_json::to_vec(d) {
@@ -524,7 +370,7 @@ impl Core {
         }
     }
 
-    fn persist_dirty(&mut self) {
+    pub(super) fn persist_dirty(&mut self) {
         let ids: Vec<String> = self.dirty.drain().collect();
         for id in ids {
             self.save(&id);
@@ -533,7 +379,7 @@ impl Core {
 
     // ---- incoming ------------------------------------------------------
 
-    fn on_message(&mut self, m: Inbound) {
+    pub(super) fn on_message(&mut self, m: Inbound) {
         if m.head.status.is_some() {
             return self.on_response(m);
         }
@@ -589,459 +435,7 @@ impl Core {
         }
     }
 
-    /// Our domain, our ID, `<domain>.spvmn.cn`, or an IP literal (devices
-    /// configured with the platform's address).
-    fn our_host(&self, uri: &str) -> bool {
-        let Some(na) = gsip::NameAddr::parse(uri) else {
-            return false;
-        };
-        let host = strip_port(&na.host);
-        host == self.domain
-            || host == self.cfg.id
-            || host.eq_ignore_ascii_case(&format!("{}.spvmn.cn", self.domain))
-            || host
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok()
-    }
-
-    fn password_of(&self, id: &str) -> Option<&str> {
-        self.passwords
-            .get(id)
-            .map(String::as_str)
-            .or(self.cfg.password.as_deref())
-    }
-
-    fn challenge(&mut self, m: &Inbound, stale: bool) {
-        let ch = Challenge {
-            realm: self.domain.clone(),
-            nonce: self.nonces.issue(self.secs()),
-            qop: self.cfg.qop,
-            stale,
-            opaque: None,
-        };
-        let hv = ch.to_header();
-        self.reply(m, 401, "Unauthorized", &[("WWW-Authenticate", &hv)]);
-    }
-
-    fn on_register(&mut self, m: &Inbound) {
-        let h = &m.head;
-        let result = |s: &Self, r: &str| s.metrics.registrations.with_label_values(&[r]).inc();
-        if !self.our_host(&h.uri) {
-            result(self, "wrong_domain");
-            warn!(device = %h.from.user, uri = %h.uri, source = %m.from.peer(), "REGISTER for another domain");
-            return self.reply(m, 404, "Not Found (domain)", &[]);
-        }
-        let id = h.from.user.clone();
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            result(self, "bad_request");
-            return self.reply(m, 400, "Bad Request (device ID)", &[]);
-        }
-        if h.to.user != id {
-            result(self, "forbidden");
-            return self.reply(m, 403, "Forbidden (third-party registration)", &[]);
-        }
-        let expires = h.expires.or_else(|| {
-            h.contact
-                .as_ref()
-                .and_then(|c| c.param("expires")?.parse().ok())
-        });
-        let Some(expires) = expires else {
-            result(self, "bad_request");
-            return self.reply(m, 400, "Bad Request (Expires missing)", &[]);
-        };
-        let Some(auth) = h.authorization.as_deref() else {
-            result(self, "challenged");
-            return self.challenge(m, false);
-        };
-        let creds = match Credentials::parse(auth) {
-            Ok(c) => c,
-            Err(e) => {
-                result(self, "bad_request");
-                self.metrics
-                    .auth_failures
-                    .with_label_values(&["malformed"])
-                    .inc();
-                return self.reply(m, 400, &format!("Bad Request ({e})"), &[]);
-            }
-        };
-        if creds.username != id {
-            result(self, "forbidden");
-            self.metrics
-                .auth_failures
-                .with_label_values(&["username"])
-                .inc();
-            return self.reply(m, 403, "Forbidden", &[]);
-        }
-        let Some(password) = self.password_of(&id).map(str::to_string) else {
-            result(self, "forbidden");
-            self.metrics
-                .auth_failures
-                .with_label_values(&["unknown_device"])
-                .inc();
-            warn!(device = %id, source = %m.from.peer(), "REGISTER from a device with no password configured");
-            return self.reply(m, 403, "Forbidden", &[]);
-        };
-        let secs = self.secs();
-        match self
-            .nonces
-            .verify(&creds, "REGISTER", &self.domain, &password, secs)
-        {
-            Verdict::Ok => {}
-            Verdict::Stale => {
-                result(self, "stale");
-                self.metrics
-                    .auth_failures
-                    .with_label_values(&["stale_nonce"])
-                    .inc();
-                return self.challenge(m, true);
-            }
-            Verdict::Forbidden => {
-                result(self, "forbidden");
-                let why = if creds.realm != self.domain {
-                    "realm"
-                } else {
-                    "password"
-                };
-                self.metrics.auth_failures.with_label_values(&[why]).inc();
-                debug!(device = %id, source = %m.from.peer(), why, "authentication failed");
-                return self.reply(m, 403, "Forbidden", &[]);
-            }
-        }
-        let now_wall = wall_ms();
-        if expires == 0 {
-            result(self, "unregistered");
-            if let Some(d) = self.reg.devices.get_mut(&id) {
-                let was = d.online;
-                d.go_offline(OfflineReason::Unregistered, now_wall);
-                if was {
-                    self.metrics
-                        .transitions
-                        .with_label_values(&["offline", "unregistered"])
-                        .inc();
-                }
-                info!(device = %id, reason = "unregistered", "device offline");
-            }
-            self.close_device_sessions(&id, "device unregistered");
-            self.routes.remove(&id);
-            self.save(&id);
-            self.update_gauges();
-            let date = gb_date();
-            return self.reply(m, 200, "OK", &[("Date", &date), ("Expires", "0")]);
-        }
-        if expires < self.cfg.min_expires {
-            result(self, "interval_too_brief");
-            let min = self.cfg.min_expires.to_string();
-            return self.reply(m, 423, "Interval Too Brief", &[("Min-Expires", &min)]);
-        }
-        let granted = expires.min(self.cfg.max_expires);
-        result(self, "ok");
-        let now = Instant::now();
-        let interval = self
-            .intervals
-            .get(&id)
-            .copied()
-            .unwrap_or(self.cfg.keepalive_interval_secs);
-        let contact = h
-            .contact
-            .as_ref()
-            .map(|c| c.uri.clone())
-            .unwrap_or_else(|| format!("sip:{id}@{}", fmt_addr(m.from.peer())));
-        let transport = m.from.transport();
-        let new = !self.reg.devices.contains_key(&id);
-        let d = self
-            .reg
-            .devices
-            .entry(id.clone())
-            .or_insert_with(|| Device {
-                id: id.clone(),
-                online: false,
-                registered: false,
-                transport,
-                addr: m.from.peer(),
-                local: m.local,
-                contact: contact.clone(),
-                expires: granted,
-                registered_ms: now_wall,
-                expires_ms: now_wall,
-                last_alive_ms: now_wall,
-                last_keepalive_ms: None,
-                keepalive_interval: interval,
-                keepalive_count: 0,
-                online_since_ms: None,
-                offline_reason: None,
-                offline_since_ms: None,
-                user_agent: None,
-                gb_version: None,
-                charset: None,
-                registrations: 0,
-                keepalives: 0,
-                faulty: Vec::new(),
-                info: None,
-                info_ms: None,
-                status: None,
-                status_ms: None,
-                catalog: CatalogSync::default(),
-                last_alive: now,
-                expires_at: now,
-            });
-        let was_online = d.online;
-        if d.addr != m.from.peer() && !new {
-            info!(device = %id, old = %d.addr, new = %m.from.peer(), "device address changed");
-        }
-        d.transport = transport;
-        d.addr = m.from.peer();
-        d.local = m.local;
-        d.contact = contact;
-        d.expires = granted;
-        d.registered = true;
-        d.online = true;
-        d.registered_ms = now_wall;
-        d.expires_ms = now_wall + granted as i64 * 1000;
-        d.expires_at = now + Duration::from_secs(granted as u64);
-        d.last_alive = now;
-        d.last_alive_ms = now_wall;
-        d.keepalive_interval = interval;
-        d.keepalive_count = self.cfg.keepalive_timeout_count;
-        d.user_agent = h.user_agent.clone();
-        d.gb_version = h.gb_ver.clone();
-        d.registrations += 1;
-        d.offline_reason = None;
-        if !was_online {
-            d.online_since_ms = Some(now_wall);
-            self.metrics
-                .transitions
-                .with_label_values(&["online", "registered"])
-                .inc();
-            info!(device = %id, source = %m.from.peer(), transport = transport.as_str(), expires = granted, "device online (registered)");
-        }
-        let never_synced = d.catalog.state.is_empty() || d.catalog.state == "interrupted";
-        self.routes.insert(id.clone(), m.from);
-        let date = gb_date();
-        let exp = granted.to_string();
-        let contact_hdr = h.contact.as_ref().map(|c| c.raw.clone());
-        let mut hdrs: Vec<(&str, &str)> = vec![("Date", &date), ("Expires", &exp)];
-        if let Some(c) = &contact_hdr {
-            hdrs.push(("Contact", c));
-        }
-        self.reply(m, 200, "OK", &hdrs);
-        self.save(&id);
-        self.update_gauges();
-        if !was_online || never_synced {
-            if let Err(ApiError(_, e)) = self.start_catalog(&id, self.cfg.query_info) {
-                warn!(device = %id, error = %e, "cannot ask for the catalog");
-            }
-        }
-    }
-
-    fn on_manscdp(&mut self, m: &Inbound) {
-        let h = &m.head;
-        let id = h.from.user.clone();
-        let registered = self.reg.devices.get(&id).is_some_and(|d| d.registered);
-        if !registered {
-            self.metrics
-                .dropped
-                .with_label_values(&["unregistered"])
-                .inc();
-            debug!(device = %id, source = %m.from.peer(), "MESSAGE from an unregistered device");
-            return self.reply(m, 403, "Forbidden (not registered)", &[]);
-        }
-        if h.content_type.is_some() && !h.is_manscdp() {
-            return self.reply(
-                m,
-                415,
-                "Unsupported Media Type",
-                &[("Accept", "Application/MANSCDP+xml")],
-            );
-        }
-        // Fuzzed, must not panic; if it did, it must not take the core down.
-        let parsed = std::panic::catch_unwind(|| manscdp::parse(&h.body));
-        let Ok(parsed) = parsed else {
-            self.metrics
-                .manscdp_errors
-                .with_label_values(&["panic"])
-                .inc();
-            tracing::error!(device = %id, "MANSCDP parser panicked; message refused (please report)");
-            return self.reply(m, 500, "Server Internal Error", &[]);
-        };
-        let msg = match parsed {
-            Ok(x) => x,
-            Err(e) => {
-                self.metrics
-                    .manscdp_errors
-                    .with_label_values(&[e.reason()])
-                    .inc();
-                debug!(device = %id, error = %e, "bad MANSCDP body");
-                return self.reply(m, 400, &format!("Bad Request ({})", e.reason()), &[]);
-            }
-        };
-        let known = KNOWN_CMDS
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case(&msg.cmd_type));
-        if !known {
-            self.metrics
-                .manscdp_errors
-                .with_label_values(&["unknown_cmd"])
-                .inc();
-            return self.reply(m, 400, "Bad Request (unknown CmdType)", &[]);
-        }
-        self.reply(m, 200, "OK", &[]);
-        // Any request from the device is a sign of life; a NAT rebinding
-        // moves its address.
-        let now_wall = wall_ms();
-        let cs = Charset::for_encoding(msg.encoding).label().to_string();
-        if let Some(d) = self.reg.devices.get_mut(&id) {
-            d.charset = Some(cs);
-            if d.addr != m.from.peer() {
-                info!(device = %id, old = %d.addr, new = %m.from.peer(), "device address changed");
-                d.addr = m.from.peer();
-                d.local = m.local;
-                d.transport = m.from.transport();
-                self.routes.insert(id.clone(), m.from);
-            } else if !self.routes.contains_key(&id) || d.transport == Transport::Tcp {
-                self.routes.insert(id.clone(), m.from);
-            }
-        }
-        match (msg.kind, msg.body) {
-            (Kind::Notify, Body::Keepalive { faulty, .. }) => {
-                self.metrics.keepalives.inc();
-                let now = Instant::now();
-                let mut resumed = false;
-                if let Some(d) = self.reg.devices.get_mut(&id) {
-                    d.keepalives += 1;
-                    d.last_alive = now;
-                    d.last_alive_ms = now_wall;
-                    d.last_keepalive_ms = Some(now_wall);
-                    d.faulty = faulty;
-                    if !d.online {
-                        d.online = true;
-                        d.online_since_ms = Some(now_wall);
-                        d.offline_reason = None;
-                        resumed = true;
-                    }
-                }
-                if resumed {
-                    self.metrics
-                        .transitions
-                        .with_label_values(&["online", "keepalive"])
-                        .inc();
-                    info!(device = %id, "device online (keepalive resumed)");
-                    self.save(&id);
-                    self.update_gauges();
-                } else {
-                    self.dirty.insert(id);
-                }
-            }
-            (Kind::Response, Body::Catalog(c)) => self.on_catalog_part(&id, msg.sn, c),
-            (Kind::Response, Body::DeviceInfo(info)) => {
-                let v = serde_json::to_value(&info).unwrap_or_default();
-                if let Some(d) = self.reg.devices.get_mut(&id) {
-                    d.info = Some(info);
-                    d.info_ms = Some(now_wall);
-                }
-                self.save(&id);
-                self.resolve(&id, msg.sn, QueryKind::Info, v);
-            }
-            (Kind::Response, Body::DeviceStatus(st)) => {
-                let v = serde_json::to_value(&st).unwrap_or_default();
-                if let Some(d) = self.reg.devices.get_mut(&id) {
-                    d.status = Some(st);
-                    d.status_ms = Some(now_wall);
-                }
-                self.save(&id);
-                self.resolve(&id, msg.sn, QueryKind::Status, v);
-            }
-            (kind, _) => {
-                debug!(device = %id, cmd = %msg.cmd_type, kind = kind.as_str(), "MANSCDP message not acted on");
-                self.metrics
-                    .dropped
-                    .with_label_values(&["ignored_cmd"])
-                    .inc();
-            }
-        }
-    }
-
-    fn resolve(&mut self, id: &str, sn: u32, kind: QueryKind, v: serde_json::Value) {
-        let key = (id.to_string(), sn);
-        if self.waiters.get(&key).is_some_and(|w| w.kind == kind) {
-            if let Some(w) = self.waiters.remove(&key) {
-                let _ = w.reply.send(Ok(v));
-            }
-        }
-    }
-
-    fn on_catalog_part(&mut self, id: &str, sn: u32, c: manscdp::Catalog) {
-        let key = (id.to_string(), sn);
-        let a = self
-            .assemblies
-            .entry(key.clone())
-            .or_insert_with(|| Assembly {
-                // Unsolicited (or after a timeout): collect it all the same.
-                device: id.to_string(),
-                sum_num: 0,
-                items: BTreeMap::new(),
-                last: Instant::now(),
-                then_info: false,
-            });
-        a.sum_num = c.sum_num;
-        a.last = Instant::now();
-        for item in c.items {
-            a.items.insert(item.device_id.clone(), item);
-        }
-        let (sum, got) = (a.sum_num, a.items.len() as u32);
-        if let Some(d) = self.reg.devices.get_mut(id) {
-            d.catalog.sn = sn;
-            d.catalog.sum_num = sum;
-            d.catalog.received = got;
-            d.catalog.state = "pending".into();
-        }
-        if got >= sum {
-            if let Some(a) = self.assemblies.remove(&key) {
-                self.finish_catalog(a, sn, true);
-            }
-        }
-    }
-
-    fn finish_catalog(&mut self, a: Assembly, sn: u32, complete: bool) {
-        let id = a.device.clone();
-        let got = a.items.len();
-        let rows: Vec<(String, Vec<u8>)> = a
-            .items
-            .iter()
-            .filter_map(|(k, v)| serde_json::to_vec(v).ok().map(|j| (k.clone(), j)))
-            .collect();
-        if complete {
-            self.reg.channels.insert(id.clone(), a.items);
-            if let Some(s) = &self.store {
-                s.send(Op::ReplaceChannels(id.clone(), rows));
-            }
-            self.metrics.catalogs.with_label_values(&["complete"]).inc();
-            info!(device = %id, sn, channels = got, "catalog synchronised");
-        } else {
-            // Keep what came; do not drop channels we did not hear about.
-            let ch = self.reg.channels.entry(id.clone()).or_default();
-            ch.extend(a.items);
-            if let Some(s) = &self.store {
-                s.send(Op::UpsertChannels(id.clone(), rows));
-            }
-            self.metrics.catalogs.with_label_values(&["partial"]).inc();
-            warn!(device = %id, sn, received = got, expected = a.sum_num, "catalog incomplete (timed out)");
-        }
-        if let Some(d) = self.reg.devices.get_mut(&id) {
-            d.catalog.state = if complete { "complete" } else { "partial" }.into();
-            d.catalog.received = got as u32;
-            d.catalog.sum_num = a.sum_num;
-            d.catalog.at_ms = wall_ms();
-        }
-        self.save(&id);
-        if a.then_info {
-            if let Err(ApiError(_, e)) = self.send_query(&id, "DeviceInfo") {
-                debug!(device = %id, error = %e, "DeviceInfo not asked");
-            }
-        }
-    }
-
-    fn on_response(&mut self, m: Inbound) {
+    pub(super) fn on_response(&mut self, m: Inbound) {
         let h = &m.head;
         let status = h.status.unwrap_or(0);
         self.metrics
@@ -1104,28 +498,7 @@ impl Core {
         }
     }
 
-    fn query_failed(&mut self, p: Purpose, why: &str) {
-        let Purpose::Query { device, cmd, sn } = p else {
-            return;
-        };
-        warn!(device = %device, cmd, sn, why, "query failed");
-        let key = (device.clone(), sn);
-        if let Some(a) = self.assemblies.remove(&key) {
-            self.metrics.catalogs.with_label_values(&["failed"]).inc();
-            if let Some(d) = self.reg.devices.get_mut(&a.device) {
-                d.catalog.state = "failed".into();
-                d.catalog.at_ms = wall_ms();
-            }
-            self.save(&device);
-        }
-        if let Some(w) = self.waiters.remove(&key) {
-            let _ = w
-                .reply
-                .send(Err(ApiError(502, format!("{cmd} query failed: {why}"))));
-        }
-    }
-
-    fn on_client_timers(&mut self) {
+    pub(super) fn on_client_timers(&mut self) {
         for ev in self.client.poll(Instant::now()) {
             match ev {
                 ClientEvent::Retransmit(bytes, dest) => {
@@ -1154,7 +527,7 @@ impl Core {
         }
     }
 
-    fn on_sweep(&mut self) {
+    pub(super) fn on_sweep(&mut self) {
         let now = Instant::now();
         let now_wall = wall_ms();
         self.server.expire(now);
@@ -1163,7 +536,7 @@ impl Core {
             self.last_media_check = now;
             self.media_timers();
             self.publish_view();
-            for k in self.keys.purge_expired(now_wall) {
+            for k in self.sessions.keys().purge_expired(now_wall) {
                 info!(device = %k.device, channel = %k.channel, profile = k.profile.as_str(), version = k.version, "media key retired after rotation");
             }
         }
@@ -1208,7 +581,7 @@ impl Core {
                     self.metrics.catalogs.with_label_values(&["failed"]).inc();
                     warn!(device = %a.device, sn = key.1, "no catalog answer");
                     if let Some(d) = self.reg.devices.get_mut(&a.device) {
-                        d.catalog.state = "failed".into();
+                        d.catalog.state = SyncState::Failed;
                         d.catalog.at_ms = now_wall;
                     }
                     self.save(&a.device);
@@ -1225,15 +598,12 @@ impl Core {
             .collect();
         for key in late {
             if let Some(w) = self.waiters.remove(&key) {
-                let _ = w.reply.send(Err(ApiError(
-                    504,
-                    format!(
-                        "device {} did not answer {} (SN {})",
-                        key.0,
-                        w.kind.cmd(),
-                        key.1
-                    ),
-                )));
+                let _ = w.reply.send(Err(Error::Timeout(format!(
+                    "device {} did not answer {} (SN {})",
+                    key.0,
+                    w.kind.cmd(),
+                    key.1
+                ))));
             }
         }
         if now_wall % 60_000 < 250 {
@@ -1244,7 +614,7 @@ impl Core {
 
     // ---- API -----------------------------------------------------------
 
-    fn view(&self, d: &Device) -> DeviceView {
+    pub(super) fn view(&self, d: &Device) -> DeviceView {
         DeviceView {
             device: d.clone(),
             channels: self.reg.channels.get(&d.id).map_or(0, |c| c.len()),
@@ -1252,7 +622,7 @@ impl Core {
         }
     }
 
-    fn on_command(&mut self, c: Command) {
+    pub(super) fn on_command(&mut self, c: Command) {
         match c {
             Command::List(tx) => {
                 let mut v: Vec<DeviceView> =
@@ -1308,15 +678,15 @@ impl Core {
             }
             Command::OpenStream(req, tx) => self.open_stream(req, tx),
             Command::ListStreams(all, tx) => {
-                let _ = tx.send(self.list_streams(all));
+                let _ = tx.send(self.sessions.list(all));
             }
             Command::GetStream(id, tx) => {
-                let _ = tx.send(self.get_stream(&id));
+                let _ = tx.send(self.sessions.view(&id));
             }
             Command::CloseStream(id, tx) => {
                 let r = self
-                    .close(&id, "closed through the API", true, "closed")
-                    .ok_or_else(|| ApiError(404, format!("no active stream {id}")));
+                    .close(&id, "closed through the API", true, State::Closed)
+                    .ok_or_else(|| Error::NotFound(format!("no active stream {id}")));
                 let _ = tx.send(r);
             }
             Command::Flush(tx) => {
@@ -1348,7 +718,7 @@ fn server_key(h: &Head) -> Option<String> {
     ))
 }
 
-fn strip_port(host: &str) -> &str {
+pub(super) fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
@@ -1358,7 +728,7 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn fmt_addr(a: SocketAddr) -> String {
+pub(super) fn fmt_addr(a: SocketAddr) -> String {
     a.to_string()
 }
 
@@ -1367,11 +737,6 @@ pub fn gb_date() -> String {
     chrono::Local::now()
         .format("%Y-%m-%dT%H:%M:%S%.3f")
         .to_string()
-}
-
-/// The JSON error body of the API.
-pub fn error_json(e: &ApiError) -> serde_json::Value {
-    json!({ "error": e.1, "status": e.0 })
 }
 
 #[cfg(test)]
@@ -1386,7 +751,5 @@ mod tests {
         let d = gb_date();
         assert_eq!(d.len(), 23);
         assert_eq!(&d[10..11], "T");
-        assert_eq!(charset("gbk"), Some(Charset::Gb2312));
-        assert_eq!(charset("latin1"), None);
     }
 }

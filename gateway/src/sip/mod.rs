@@ -1,8 +1,15 @@
 //! GB/T 28181 signalling: the gateway as the platform devices register
-//! with. `transport` moves bytes, `core` holds the state; see
-//! docs/architecture.md ("Signalling").
+//! with. `transport` moves bytes; `core` holds the state and dispatches to
+//! `registrar` (REGISTER), `catalog` (MANSCDP queries and answers) and
+//! `dialog` (INVITE dialogs); the device records are in `registry`. What
+//! a dialog carries is `crate::session`'s. See docs/architecture.md
+//! ("Signalling").
 
+pub mod catalog;
 pub mod core;
+pub mod dialog;
+pub mod registrar;
+pub mod registry;
 pub mod transport;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -10,26 +17,33 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Result;
 use tokio::sync::mpsc;
 
-use crate::{config::SipConfig, metrics::SipMetrics, store};
+pub use self::core::{Command, DeviceView, QueryKind};
+pub use dialog::OpenStream;
+
+use crate::{
+    config::SipConfig,
+    metrics::{exporter::View, SipMetrics},
+    session::Sessions,
+    store,
+};
 
 /// A running signalling service.
 pub struct Service {
     /// Where the API sends its commands.
-    pub commands: mpsc::Sender<core::Command>,
+    pub commands: mpsc::Sender<Command>,
     /// Bound addresses (with ephemeral ports resolved).
     pub bound: Vec<SocketAddr>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Binds the sockets and starts the core. Must run inside a Tokio runtime.
+/// Binds the sockets and starts the core with the sessions it will carry.
+/// Must run inside a Tokio runtime.
 pub async fn start(
     cfg: Arc<SipConfig>,
-    media: crate::config::MediaConfig,
+    sessions: Sessions,
     store: Option<(store::Store, store::Loaded)>,
     metrics: SipMetrics,
-    dataplane: Option<crate::dataplane::attach::Target>,
-    keys: Arc<crate::keys::KeyStore>,
-    view: Arc<crate::exporter::View>,
+    view: Arc<View>,
 ) -> Result<Service> {
     let (in_tx, in_rx) = mpsc::channel(16_384);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -47,13 +61,7 @@ pub async fn start(
         metrics.clone(),
     )
     .await?;
-    let mut core = core::Core::new(cfg, media, out, store, metrics);
-    core.set_keys(keys);
-    if let Some(t) = dataplane {
-        core.set_dataplane(t)?;
-    }
-    core.start_static_streams();
-    core.set_view(view);
+    let core = self::core::Core::new(cfg, sessions, out, store, metrics, view);
     let task = tokio::spawn(core.run(in_rx, cmd_rx));
     Ok(Service {
         commands: cmd_tx,

@@ -13,10 +13,12 @@
 use std::{net::SocketAddr, os::fd::AsFd, time::Instant};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use gateway::dataplane::{
-    attach::{self, Settings},
-    flows::FlowSpec,
-    sys::{self, BatchReader},
+use gateway::{
+    dataplane::{
+        attach::{self, Settings},
+        flows::FlowSpec,
+    },
+    sys::{self, bpf::BPF_MAP_TYPE_PERCPU_HASH, BatchReader},
 };
 use gateway_common::{stats, Config, StreamStats};
 use gateway_tests::frames::{Frame, Rtp};
@@ -139,7 +141,7 @@ fn readout(quick: bool) -> anyhow::Result<()> {
     let stride = sys::value_stride(size);
 
     // Baseline map: a per-CPU hash keyed by stream, as most designs keep it.
-    let fd = sys::create_map(sys::BPF_MAP_TYPE_PERCPU_HASH, 4, size as u32, N)?;
+    let fd = sys::create_map(BPF_MAP_TYPE_PERCPU_HASH, 4, size as u32, N)?;
     let mut value = vec![0u8; stride * ncpus];
     for i in 0..N {
         for c in 0..ncpus {

@@ -21,12 +21,14 @@ use std::{
 };
 
 use gateway::{
-    dataplane::{attach, flows::FlowSpec, sys},
-    exporter::{DeviceRow, Exporter, Kernel, StreamEntry, View},
+    dataplane::{attach, flows::FlowSpec, Shared},
+    metrics::exporter::{DeviceRow, Exporter, Kernel, StreamEntry, View},
     stream::MediaStats,
+    sys,
 };
 use prometheus::{Encoder as _, GaugeVec, IntCounterVec, Opts, Registry};
 
+#[allow(unsafe_code)] // a GlobalAlloc is an unsafe trait
 mod counting {
     use std::{
         alloc::{GlobalAlloc, Layout, System},
@@ -77,7 +79,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn entries(n: usize) -> (Vec<StreamEntry>, Vec<DeviceRow>) {
-    let now = gateway::registry::wall_ms();
+    let now = gateway::sys::clock::wall_ms();
     let streams = (0..n)
         .map(|i| {
             let m = MediaStats {
@@ -216,7 +218,7 @@ fn main() -> anyhow::Result<()> {
             registry,
             view,
             Some(Kernel {
-                maps: Mutex::new(maps),
+                maps: Shared::new(maps),
                 iface: "bench".into(),
                 mode: "native",
             }),

@@ -10,7 +10,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use gb28181::{
@@ -19,19 +19,7 @@ use gb28181::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Milliseconds since the Unix epoch.
-pub fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// The `Instant` matching a wall-clock time in the past, as seen now.
-pub fn instant_of(wall: i64, now: Instant, now_wall: i64) -> Instant {
-    let ago = Duration::from_millis(now_wall.saturating_sub(wall).max(0) as u64);
-    now.checked_sub(ago).unwrap_or(now)
-}
+use crate::sys::clock::instant_of;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,6 +42,23 @@ impl OfflineReason {
     }
 }
 
+/// Where a device's catalog synchronisation stands. Serialised (API and
+/// store) as the words of earlier versions: `""` (never asked),
+/// `pending`, `interrupted` (pending when the gateway stopped),
+/// `complete`, `partial` (timed out with some items), `failed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    #[default]
+    #[serde(rename = "")]
+    Never,
+    Pending,
+    Interrupted,
+    Complete,
+    Partial,
+    Failed,
+}
+
 /// State of the last catalog synchronisation.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CatalogSync {
@@ -63,8 +68,7 @@ pub struct CatalogSync {
     pub sum_num: u32,
     /// Distinct items received.
     pub received: u32,
-    /// "pending", "complete", "partial" (timed out), or "" (never asked).
-    pub state: String,
+    pub state: SyncState,
     /// Wall-clock ms of the last completed or timed-out sync.
     pub at_ms: i64,
 }
@@ -192,6 +196,23 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_states_keep_their_stored_words() {
+        for (st, w) in [
+            (SyncState::Never, ""),
+            (SyncState::Pending, "pending"),
+            (SyncState::Interrupted, "interrupted"),
+            (SyncState::Complete, "complete"),
+            (SyncState::Partial, "partial"),
+            (SyncState::Failed, "failed"),
+        ] {
+            let j = serde_json::to_value(st).unwrap();
+            assert_eq!(j, w);
+            // Records written by earlier versions (strings) still load.
+            assert_eq!(serde_json::from_value::<SyncState>(j).unwrap(), st);
+        }
+    }
 
     fn dev(now: Instant) -> Device {
         Device {

@@ -8,7 +8,7 @@
 //! through the mmapped array). With 10 000 streams that is about 130 000
 //! series; building them as prometheus `MetricFamily` values first would
 //! cost more than the rest of the scrape (see the `metrics-bench` figures
-//! in the README).
+//! in docs/architecture.md).
 //!
 //! Rendering runs on a blocking thread (`spawn_blocking`), not on the
 //! runtime's workers that carry the media receivers.
@@ -30,9 +30,9 @@ use prometheus::{Histogram, HistogramOpts, IntGaugeVec, Opts, Registry};
 use tracing::info;
 
 use crate::{
-    dataplane::{sys::monotonic_ns, Maps},
-    registry::wall_ms,
+    dataplane::Shared,
     stream::MediaStats,
+    sys::clock::{monotonic_ns, wall_ms},
 };
 
 /// A stream as the metrics see it.
@@ -87,7 +87,7 @@ impl View {
 
 /// The kernel side of a scrape.
 pub struct Kernel {
-    pub maps: Mutex<Maps>,
+    pub maps: Shared,
     pub iface: String,
     pub mode: &'static str,
 }
@@ -221,7 +221,7 @@ impl Exporter {
         let mut out = String::with_capacity(self.last_len.load(Ordering::Relaxed) + 4096);
         // The kernel first, once: every stream's summary and the counters.
         let kernel = self.kernel.as_ref().map(|k| {
-            let mut maps = k.maps.lock().unwrap_or_else(|e| e.into_inner());
+            let mut maps = k.maps.lock();
             let t = Instant::now();
             let rows = maps.streams().unwrap_or_default();
             let counters = maps.counters().ok();
@@ -607,7 +607,7 @@ mod tests {
     fn streams_and_devices_render_and_go_away() {
         let view = Arc::new(View::default());
         let reg = Registry::new();
-        let _sip = crate::metrics::SipMetrics::new(&reg);
+        let _sip = crate::metrics::sip::SipMetrics::new(&reg);
         let e = Exporter::new(reg, view.clone(), None);
         view.set_streams(vec![
             stream("0200000001", "udp", |m| {

@@ -1,6 +1,6 @@
 //! Counters of the control plane, in a prometheus registry owned by the
-//! daemon (exposed on `/metrics` by the metrics issue; `/api/stats` shows
-//! them as JSON meanwhile). Updating one is an atomic add.
+//! daemon: rendered on `/metrics` by the exporter and as JSON on
+//! `/api/stats`. Updating one is an atomic add.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 

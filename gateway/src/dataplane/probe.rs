@@ -1,25 +1,13 @@
-//! `gateway check`: can this machine's kernel run the gateway's eBPF
-//! programs, and if not, why not.
-//!
-//! Each check names what it looked at and, when it fails, the reason and
-//! what to do. The decisive checks load the embedded object (maps created
-//! at a small size, global data written) and run the verifier on the XDP
-//! and TC programs exactly as `attach` does, without attaching anything;
-//! then they read the maps the way the daemon does (mmap, and
-//! BPF_MAP_LOOKUP_BATCH, with one lookup per global counter where the
-//! kernel cannot batch-read per-CPU arrays). Nothing is pinned and nothing
-//! stays behind: every object is released when the command exits.
-//!
-//! The documented requirements, and why each one is needed, are in
-//! `docs/kernel-requirements.md`.
+//! Kernel probes behind `gateway check`: can this machine's kernel run
+//! the gateway's eBPF programs, and if not, why not. Each probe names what
+//! it looked at and, when it fails, the reason and what to do; [`report`]
+//! runs them all. The decisive probes load the embedded object and run
+//! the verifier exactly as `attach` does, without attaching anything.
+//! The bindings they use live in `crate::sys`; the CLI's rendering of the
+//! report in `cli::check`.
 
-use std::{
-    io::{Read as _, Write as _},
-    os::fd::AsFd,
-    path::Path,
-};
+use std::{os::fd::AsFd, path::Path};
 
-use anyhow::Result;
 use aya::{
     maps::MapType,
     programs::{ProgramError, SchedClassifier, Xdp},
@@ -28,7 +16,16 @@ use aya::{
 use gateway_common::prog_names;
 use serde::Serialize;
 
-use crate::dataplane::{attach, sys};
+use super::attach;
+use crate::sys::{
+    self,
+    bpf::{
+        BPF_F_MMAPABLE, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_PERCPU_HASH,
+        BPF_MAP_TYPE_PERCPU_ARRAY, BPF_XDP,
+    },
+    netlink::{xdp_features, NETDEV_XDP_ACT_BASIC, NETDEV_XDP_ACT_RX_SG},
+    process::{effective_caps, has, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN},
+};
 
 /// The oldest kernel whose features cover everything the gateway needs.
 /// The newest of them is XDP through a `bpf_link` (5.9), which `attach`
@@ -39,17 +36,6 @@ use crate::dataplane::{attach, sys};
 /// with one BPF_MAP_LOOKUP_ELEM each (`Maps::counters`). LoongArch itself
 /// needs 5.19 (6.1 for its BPF JIT).
 pub const MIN_KERNEL: (u8, u8) = (5, 9);
-
-/// `gateway check` options.
-#[derive(clap::Args, Debug)]
-pub struct CheckArgs {
-    /// Also tell whether native (driver) XDP is possible on this interface.
-    #[arg(long, value_name = "IF")]
-    pub iface: Option<String>,
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// Outcome of one check.
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +54,7 @@ pub enum Status {
 }
 
 impl Status {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Status::Ok => "ok",
             Status::Warn => "WARN",
@@ -108,83 +94,6 @@ impl Report {
             .iter()
             .filter(|c| c.required && c.status == Status::Fail)
     }
-}
-
-/// Runs the command: prints the report and fails (exit status 1) when a
-/// required check failed.
-pub fn run(args: &CheckArgs, netns: Option<&str>, bpffs: &Path) -> Result<()> {
-    let report = report(args.iface.as_deref(), netns, bpffs);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
-    let failed: Vec<&Check> = report.failed().collect();
-    if let Some(first) = failed.first() {
-        anyhow::bail!(
-            "not ready to run the data plane: {} required check{} failed ({}); first: {}: {}",
-            failed.len(),
-            if failed.len() == 1 { "" } else { "s" },
-            failed.iter().map(|c| c.id).collect::<Vec<_>>().join(", "),
-            first.name,
-            first.detail
-        );
-    }
-    Ok(())
-}
-
-fn print_table(r: &Report) {
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    let _ = writeln!(
-        out,
-        "gateway check: kernel {} ({}), documented minimum {}",
-        r.kernel, r.arch, r.min_kernel
-    );
-    let _ = writeln!(out);
-    let w = r.checks.iter().map(|c| c.name.len()).max().unwrap_or(10);
-    let _ = writeln!(out, "{:<w$}  {:<6}  DETAIL", "CHECK", "STATUS");
-    for c in &r.checks {
-        let status = if c.required || c.status != Status::Fail {
-            c.status.label().to_string()
-        } else {
-            "fail*".to_string()
-        };
-        let mut lines = c.detail.lines();
-        let _ = writeln!(
-            out,
-            "{:<w$}  {:<6}  {}",
-            c.name,
-            status,
-            lines.next().unwrap_or("")
-        );
-        for l in lines {
-            let _ = writeln!(out, "{:<w$}  {:<6}  {}", "", "", l);
-        }
-    }
-    let _ = writeln!(out);
-    let failed: Vec<&str> = r.failed().map(|c| c.id).collect();
-    if failed.is_empty() {
-        let warns = r.checks.iter().filter(|c| c.status == Status::Warn).count();
-        let _ = writeln!(
-            out,
-            "result: OK: this kernel can load and run the gateway's XDP and TC programs{}",
-            if warns > 0 {
-                format!(" ({warns} warning{})", if warns == 1 { "" } else { "s" })
-            } else {
-                String::new()
-            }
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "result: NOT OK: {} required check{} failed: {}",
-            failed.len(),
-            if failed.len() == 1 { "" } else { "s" },
-            failed.join(", ")
-        );
-    }
-    let _ = writeln!(out, "(requirements: docs/kernel-requirements.md)");
 }
 
 struct Builder {
@@ -411,22 +320,6 @@ pub fn report(iface: Option<&str>, netns: Option<&str>, bpffs: &Path) -> Report 
 
 // --- privileges -------------------------------------------------------------
 
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// The effective capability set (`CapEff` of /proc/self/status).
-fn effective_caps() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
-    u64::from_str_radix(hex, 16).ok()
-}
-
-fn has(caps: u64, cap: u32) -> bool {
-    caps & (1 << cap) != 0
-}
-
 fn privileges(caps: Option<u64>, has_cap_bpf: bool) -> (Status, String) {
     let Some(caps) = caps else {
         return warn("cannot read the capability set (/proc/self/status); the checks below decide");
@@ -500,14 +393,6 @@ fn memlock() -> (Status, String) {
 }
 
 // --- bpf(2) basics ---------------------------------------------------------
-
-const BPF_MAP_TYPE_HASH: u32 = 1;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
-const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
-const BPF_F_MMAPABLE: u32 = 1 << 10;
-/// `enum bpf_attach_type`: BPF_XDP.
-const BPF_XDP: u32 = 37;
 
 /// Explains an errno of a bpf(2) call.
 fn explain(e: &std::io::Error, memlock_matters: bool) -> String {
@@ -816,7 +701,7 @@ fn load_programs(percpu_batch: Option<bool>) -> LoadResult {
     let object = ok(format!(
         "6 maps created, NCPUS = {} written ({} bytes embedded)",
         maps.ncpus(),
-        crate::EBPF_OBJECT.len()
+        super::EBPF_OBJECT.len()
     ));
     let mut jitted = None;
     let xdp = match ebpf
@@ -950,144 +835,9 @@ fn interface(
     (status, lines.join("\n"))
 }
 
-/// `enum netdev_xdp_act` (linux/netdev.h).
-const NETDEV_XDP_ACT_BASIC: u64 = 1;
-const NETDEV_XDP_ACT_RX_SG: u64 = 32;
-
-/// The interface's XDP feature bits from the `netdev` generic netlink
-/// family (Linux 6.3+).
-fn xdp_features(ifindex: u32) -> std::io::Result<u64> {
-    const NETLINK_GENERIC: i32 = 16;
-    const GENL_ID_CTRL: u16 = 0x10;
-    const CTRL_CMD_GETFAMILY: u8 = 3;
-    const CTRL_ATTR_FAMILY_ID: u16 = 1;
-    const CTRL_ATTR_FAMILY_NAME: u16 = 2;
-    const NETDEV_CMD_DEV_GET: u8 = 1;
-    const NETDEV_A_DEV_IFINDEX: u16 = 1;
-    const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
-
-    let mut sock = sys::netlink_socket(NETLINK_GENERIC)?;
-    let family = genl_request(
-        &mut sock,
-        GENL_ID_CTRL,
-        CTRL_CMD_GETFAMILY,
-        1,
-        &[(CTRL_ATTR_FAMILY_NAME, b"netdev\0".as_slice())],
-    )
-    .map_err(|e| {
-        if e.raw_os_error() == Some(libc::ENOENT) {
-            std::io::Error::other("no netdev netlink family")
-        } else {
-            e
-        }
-    })?;
-    let id = find_attr(&family, CTRL_ATTR_FAMILY_ID)
-        .and_then(|v| v.get(..2))
-        .map(|v| u16::from_ne_bytes([v[0], v[1]]))
-        .ok_or_else(|| std::io::Error::other("no family id in the answer"))?;
-    let dev = genl_request(
-        &mut sock,
-        id,
-        NETDEV_CMD_DEV_GET,
-        1,
-        &[(NETDEV_A_DEV_IFINDEX, ifindex.to_ne_bytes().as_slice())],
-    )?;
-    find_attr(&dev, NETDEV_A_DEV_XDP_FEATURES)
-        .and_then(|v| v.get(..8))
-        .map(|v| u64::from_ne_bytes(v.try_into().unwrap_or([0; 8])))
-        .ok_or_else(|| std::io::Error::other("no xdp-features attribute"))
-}
-
-/// Sends one generic netlink request and returns the attributes of the
-/// answer (the bytes after the genetlink header).
-fn genl_request(
-    sock: &mut std::fs::File,
-    family: u16,
-    cmd: u8,
-    version: u8,
-    attrs: &[(u16, &[u8])],
-) -> std::io::Result<Vec<u8>> {
-    const NLM_F_REQUEST: u16 = 1;
-    const NLMSG_ERROR: u16 = 2;
-    let mut body = vec![cmd, version, 0, 0];
-    for (t, v) in attrs {
-        let len = 4 + v.len();
-        body.extend_from_slice(&(len as u16).to_ne_bytes());
-        body.extend_from_slice(&t.to_ne_bytes());
-        body.extend_from_slice(v);
-        body.resize(body.len().next_multiple_of(4), 0);
-    }
-    let mut msg = Vec::with_capacity(16 + body.len());
-    msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-    msg.extend_from_slice(&family.to_ne_bytes());
-    msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel assigns one
-    msg.extend_from_slice(&body);
-    sock.write_all(&msg)?;
-    let mut buf = vec![0u8; 32 * 1024];
-    let n = sock.read(&mut buf)?;
-    let buf = &buf[..n];
-    let bad = || std::io::Error::other("short netlink answer");
-    let len = u32::from_ne_bytes(
-        buf.get(0..4)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?,
-    ) as usize;
-    let kind = u16::from_ne_bytes(
-        buf.get(4..6)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?,
-    );
-    let msg = buf.get(16..len.min(buf.len())).ok_or_else(bad)?;
-    if kind == NLMSG_ERROR {
-        let errno = i32::from_ne_bytes(
-            msg.get(0..4)
-                .ok_or_else(bad)?
-                .try_into()
-                .map_err(|_| bad())?,
-        );
-        return Err(std::io::Error::from_raw_os_error(-errno));
-    }
-    Ok(msg.get(4..).ok_or_else(bad)?.to_vec())
-}
-
-/// The payload of the first netlink attribute of type `t`.
-fn find_attr(mut attrs: &[u8], t: u16) -> Option<&[u8]> {
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        if ty == t {
-            return Some(&attrs[4..len]);
-        }
-        attrs = attrs.get(len.next_multiple_of(4)..).unwrap_or(&[]);
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn netlink_attributes_are_found_and_bounded() {
-        // Two attributes: type 1 (2 bytes, padded to 4) and type 3 (8 bytes).
-        let mut a = vec![6, 0, 1, 0, 0x10, 0x00, 0, 0];
-        a.extend_from_slice(&[12, 0, 3, 0]);
-        a.extend_from_slice(&0x21u64.to_ne_bytes());
-        assert_eq!(find_attr(&a, 1), Some(&[0x10, 0x00][..]));
-        assert_eq!(find_attr(&a, 3), Some(&0x21u64.to_ne_bytes()[..]));
-        assert_eq!(find_attr(&a, 2), None);
-        // A length beyond the buffer, or below the header, stops the walk.
-        assert_eq!(find_attr(&[200, 0, 1, 0, 0, 0], 1), None);
-        assert_eq!(find_attr(&[2, 0, 1, 0, 0, 0], 1), None);
-        assert_eq!(find_attr(&[], 1), None);
-    }
 
     #[test]
     fn privileges_name_what_is_missing() {

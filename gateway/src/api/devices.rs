@@ -1,0 +1,109 @@
+//! `/api/devices`: the registry, catalogs, and queries asked of devices.
+
+use axum::{
+    extract::{rejection::QueryRejection, Path, Query, State},
+    http::StatusCode,
+    Json,
+};
+use serde_json::{json, Value};
+
+use super::{check_id, err, ApiResult, ApiState, Error};
+use crate::sip::{Command, QueryKind};
+
+/// `?state=online|offline&offset=N&limit=N` (devices sorted by ID;
+/// `count` and `online` are always totals, `limit=0` returns only them).
+#[derive(serde::Deserialize)]
+pub(super) struct ListQuery {
+    state: Option<String>,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+pub(super) async fn devices(
+    State(s): State<ApiState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| err(400, e.body_text()))?;
+    let want = match q.state.as_deref() {
+        None => None,
+        Some("online") => Some(true),
+        Some("offline") => Some(false),
+        Some(other) => {
+            return Err(err(
+                400,
+                format!("state must be online or offline, not {other:?}"),
+            ))
+        }
+    };
+    let list = s.ask(Command::List).await?;
+    let (count, online) = (list.len(), list.iter().filter(|d| d.device.online).count());
+    let page: Vec<_> = list
+        .into_iter()
+        .filter(|d| want.is_none_or(|w| d.device.online == w))
+        .skip(q.offset)
+        .take(q.limit.unwrap_or(usize::MAX))
+        .collect();
+    Ok(Json(
+        json!({ "count": count, "online": online, "devices": page }),
+    ))
+}
+
+pub(super) async fn device(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    check_id(&id)?;
+    match s.ask(|tx| Command::Get(id.clone(), tx)).await? {
+        Some(d) => Ok(Json(json!(d))),
+        None => Err(err(404, format!("no device {id}"))),
+    }
+}
+
+pub(super) async fn delete_device(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    check_id(&id)?;
+    if s.ask(|tx| Command::Delete(id.clone(), tx)).await? {
+        Ok(Json(json!({ "deleted": id })))
+    } else {
+        Err(err(404, format!("no device {id}")))
+    }
+}
+
+pub(super) async fn channels(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    check_id(&id)?;
+    match s.ask(|tx| Command::Channels(id.clone(), tx)).await? {
+        Some(c) => Ok(Json(
+            json!({ "device": id, "count": c.len(), "channels": c }),
+        )),
+        None => Err(err(404, format!("no device {id}"))),
+    }
+}
+
+pub(super) async fn refresh_catalog(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), Error> {
+    check_id(&id)?;
+    let sn = s
+        .ask(|tx| Command::RefreshCatalog(id.clone(), tx))
+        .await?
+        .map_err(Error::from)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "device": id, "sn": sn, "state": "pending" })),
+    ))
+}
+
+pub(super) async fn query(s: ApiState, id: String, kind: QueryKind) -> ApiResult {
+    check_id(&id)?;
+    let v = s
+        .ask(|tx| Command::Query(id.clone(), kind, tx))
+        .await?
+        .map_err(Error::from)?;
+    Ok(Json(v))
+}
+
+pub(super) async fn info_(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    query(s, id, QueryKind::Info).await
+}
+
+pub(super) async fn status(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    query(s, id, QueryKind::Status).await
+}

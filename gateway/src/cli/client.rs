@@ -1,0 +1,262 @@
+//! The commands that talk to a running daemon through its REST API:
+//! `play`, `sessions`, `hangup`, `devices`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{output::print_json, ApiArgs, DevicesArgs, HangupArgs, PlayArgs, SessionsArgs};
+
+/// GET on the daemon's API; a non-2xx answer becomes an error carrying
+/// the API's own message.
+fn api_get(base: &str, path: &str, token: Option<&str>) -> Result<serde_json::Value> {
+    api_call("GET", base, path, token, None)
+}
+
+impl ApiArgs {
+    /// (base address, token) from the flags, the config or the defaults.
+    fn resolve(&self) -> Result<(String, Option<String>)> {
+        let cfg = self
+            .config
+            .as_deref()
+            .map(crate::config::Config::load)
+            .transpose()?;
+        let base = self
+            .api
+            .clone()
+            .or_else(|| cfg.as_ref().map(|c| c.api.listen.to_string()))
+            .unwrap_or_else(|| crate::config::DEFAULT_API.to_string());
+        let token = self
+            .token
+            .clone()
+            .or_else(|| cfg.as_ref().and_then(|c| c.api.token.clone()))
+            .or_else(|| std::env::var("GATEWAY_API_TOKEN").ok());
+        Ok((base, token))
+    }
+}
+
+fn api_call(
+    method: &str,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let url = format!("http://{base}{path}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let sent = match (method, body) {
+        ("POST", Some(b)) => {
+            let mut r = agent.post(&url).header("Content-Type", "application/json");
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(b.to_string())
+        }
+        ("DELETE", _) => {
+            let mut r = agent.delete(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = agent.get(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+    };
+    let mut resp = sent.with_context(|| {
+        format!("cannot reach the daemon's API at {base} (is `gateway run` up?)")
+    })?;
+    let code = resp.status().as_u16();
+    let body: serde_json::Value = resp
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("{url}: answer is not JSON (HTTP {code})"))?;
+    if !(200..300).contains(&code) {
+        let msg = body["error"].as_str().unwrap_or("error");
+        bail!("{msg} (HTTP {code})");
+    }
+    Ok(body)
+}
+
+pub(super) fn play(a: &PlayArgs) -> Result<()> {
+    let (base, token) = a.api.resolve()?;
+    let token = token.as_deref();
+    let channel = match &a.channel {
+        Some(c) => c.clone(),
+        None => api_get(&base, &format!("/api/devices/{}/channels", a.device), token)?["channels"]
+            [0]["device_id"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| a.device.clone()),
+    };
+    let mut body = serde_json::json!({
+        "device": a.device, "channel": channel, "transport": a.transport,
+    });
+    if let Some(r) = a.record {
+        body["record"] = serde_json::json!(r);
+    }
+    let s = api_call("POST", &base, "/api/streams", token, Some(&body))?;
+    if a.json {
+        return print_json(&s);
+    }
+    println!(
+        "stream {} established: {} channel {} over {}, SSRC {}, media to {} from {}",
+        s["id"].as_str().unwrap_or("?"),
+        a.device,
+        channel,
+        a.transport,
+        s["ssrc"],
+        s["local"].as_str().unwrap_or("?"),
+        s["remote"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+pub(super) fn sessions(a: &SessionsArgs) -> Result<()> {
+    let (base, token) = a.api.resolve()?;
+    let path = if a.all {
+        "/api/streams?all=true"
+    } else {
+        "/api/streams"
+    };
+    let list = api_get(&base, path, token.as_deref())?;
+    if a.json {
+        return print_json(&list);
+    }
+    println!(
+        "{:<11} {:<22} {:<12} {:<12} {:>8} {:>6} {:>7} {:>8} {:>8}  REASON",
+        "STREAM", "CHANNEL", "TRANSPORT", "STATE", "PACKETS", "LOST", "FRAMES", "K.PKTS", "K.LOST"
+    );
+    for s in list["streams"].as_array().into_iter().flatten() {
+        let n = |v: &serde_json::Value| v.as_u64().map_or("-".to_string(), |x| x.to_string());
+        println!(
+            "{:<11} {:<22} {:<12} {:<12} {:>8} {:>6} {:>7} {:>8} {:>8}  {}",
+            s["id"].as_str().unwrap_or("-"),
+            s["channel"].as_str().unwrap_or("-"),
+            s["transport"].as_str().unwrap_or("-"),
+            s["state"].as_str().unwrap_or("-"),
+            n(&s["media"]["packets"]),
+            n(&s["media"]["lost"]),
+            n(&s["media"]["frames"]),
+            n(&s["kernel"]["packets"]),
+            n(&s["kernel"]["lost"]),
+            s["reason"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn hangup(a: &HangupArgs) -> Result<()> {
+    let (base, token) = a.api.resolve()?;
+    let s = api_call(
+        "DELETE",
+        &base,
+        &format!("/api/streams/{}", a.id),
+        token.as_deref(),
+        None,
+    )?;
+    if a.json {
+        return print_json(&s);
+    }
+    println!(
+        "stream {} closed; {} frames received{}",
+        a.id,
+        s["media"]["frames"],
+        s["media"]["files"][0]
+            .as_str()
+            .map(|f| format!(", recorded to {f}"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+pub(super) fn devices(a: &DevicesArgs) -> Result<()> {
+    let (base, token) = a.api.resolve()?;
+    let token = token.as_deref();
+    if let Some(id) = &a.id {
+        let dev = api_get(&base, &format!("/api/devices/{id}"), token)?;
+        let ch = api_get(&base, &format!("/api/devices/{id}/channels"), token)?;
+        if a.json {
+            return print_json(&serde_json::json!({ "device": dev, "channels": ch["channels"] }));
+        }
+        let s = |k: &str| match &dev[k] {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(x) => x.clone(),
+            v => v.to_string(),
+        };
+        for k in [
+            "id",
+            "online",
+            "registered",
+            "transport",
+            "addr",
+            "contact",
+            "expires",
+            "keepalive_interval",
+            "idle_secs",
+            "offline_reason",
+            "user_agent",
+            "gb_version",
+            "registrations",
+            "keepalives",
+            "charset",
+        ] {
+            println!("{k:<20} {}", s(k));
+        }
+        let cat = &dev["catalog"];
+        println!(
+            "{:<20} {} ({} of {}, SN {})",
+            "catalog", cat["state"], cat["received"], cat["sum_num"], cat["sn"]
+        );
+        println!("\n{:<22} {:<4} NAME", "CHANNEL", "ST");
+        for c in ch["channels"].as_array().into_iter().flatten() {
+            println!(
+                "{:<22} {:<4} {}",
+                c["device_id"].as_str().unwrap_or("-"),
+                c["status"].as_str().unwrap_or("-"),
+                c["name"].as_str().unwrap_or("-")
+            );
+        }
+        return Ok(());
+    }
+    let list = api_get(&base, "/api/devices", token)?;
+    if a.json {
+        return print_json(&list);
+    }
+    println!(
+        "{:<22} {:<7} {:<4} {:<24} {:>8} {:>9} {:>8}  REASON",
+        "DEVICE", "STATE", "TR", "ADDRESS", "CHANNELS", "IDLE(s)", "EXPIRES"
+    );
+    for d in list["devices"].as_array().into_iter().flatten() {
+        println!(
+            "{:<22} {:<7} {:<4} {:<24} {:>8} {:>9.1} {:>8}  {}",
+            d["id"].as_str().unwrap_or("-"),
+            if d["online"].as_bool() == Some(true) {
+                "online"
+            } else {
+                "offline"
+            },
+            d["transport"].as_str().unwrap_or("-"),
+            d["addr"].as_str().unwrap_or("-"),
+            d["channels"].as_u64().unwrap_or(0),
+            d["idle_secs"].as_f64().unwrap_or(0.0),
+            d["expires"].as_u64().unwrap_or(0),
+            d["offline_reason"].as_str().unwrap_or(""),
+        );
+    }
+    println!(
+        "{} devices, {} online",
+        list["count"].as_u64().unwrap_or(0),
+        list["online"].as_u64().unwrap_or(0)
+    );
+    Ok(())
+}

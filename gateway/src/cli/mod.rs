@@ -1,0 +1,346 @@
+//! Command-line interface (clap). Every command that prints data has `--json`.
+
+pub mod check;
+mod client;
+mod dataplane;
+mod output;
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+
+pub use dataplane::stream_rows;
+pub use output::{FlowJson, StreamJson};
+
+use crate::{
+    config::{parse_dscp, parse_range},
+    daemon,
+    dataplane::attach::{self, Mode, Settings, Target},
+    sys,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gateway",
+    version,
+    about = "eBPF-accelerated GB/T 28181 media gateway"
+)]
+pub struct Cli {
+    /// Work in this network namespace (/run/netns/NAME) instead of the
+    /// caller's; pins stay in the host's bpffs.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Mount point of the bpffs holding the pins (mounted if needed).
+    #[arg(long, global = true, value_name = "DIR", default_value = attach::DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load and attach XDP (ingress) and TC (egress) to an interface and pin them.
+    Attach(AttachArgs),
+    /// Detach the programs from an interface and remove its pins.
+    Detach(IfaceArg),
+    /// Change the kernel settings of an attached interface.
+    Set(SetArgs),
+    /// Manage the flow table.
+    #[command(subcommand)]
+    Flow(FlowCmd),
+    /// Per-stream counters with packet and bit rates.
+    Streams(StreamsArgs),
+    /// What is attached, in which mode, map fill and global counters.
+    Status(IfaceJson),
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Devices registered with the running daemon (asks its REST API).
+    Devices(DevicesArgs),
+    /// Open a live stream from a device (INVITE through the daemon).
+    Play(PlayArgs),
+    /// Live streams of the daemon (sessions and their media).
+    Sessions(SessionsArgs),
+    /// End a live stream (BYE).
+    Hangup(HangupArgs),
+    /// Tell whether this machine's kernel can run the eBPF programs, and why not.
+    Check(check::CheckArgs),
+}
+
+/// Where the daemon's API is.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// API address of the daemon (default: [api] listen of --config, else 127.0.0.1:7080).
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<String>,
+    /// Read the API address and token from the daemon's configuration.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Bearer token (default: [api] token of --config, or $GATEWAY_API_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PlayArgs {
+    /// Device ID.
+    pub device: String,
+    /// Channel ID (default: the device's first catalog channel, else the device).
+    pub channel: Option<String>,
+    /// udp, tcp-passive or tcp-active.
+    #[arg(long, default_value = "udp")]
+    pub transport: String,
+    /// Record (default: as the daemon's [media.record] says).
+    #[arg(long)]
+    pub record: Option<bool>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SessionsArgs {
+    /// Include the recently ended ones.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HangupArgs {
+    /// Stream ID (its y= value).
+    pub id: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DevicesArgs {
+    /// One device: its details and channels.
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct IfaceArg {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+}
+
+#[derive(Args, Debug)]
+pub struct IfaceJson {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SettingsArgs {
+    /// UDP port range of the media ports (unknown-flow policy applies there).
+    #[arg(long, value_name = "LO-HI", value_parser = parse_range)]
+    pub media_ports: Option<(u16, u16)>,
+    /// What to do with RTP to a media port that matches no flow.
+    #[arg(long, value_name = "pass|drop", value_parser = parse_policy)]
+    pub unknown: Option<bool>,
+    /// DSCP for media the gateway sends: off, af41, ef, cs4, or 0-63.
+    #[arg(long, value_name = "DSCP", value_parser = parse_dscp_arg)]
+    pub dscp: Option<Dscp>,
+    /// Source-port range of media the gateway sends (default: the media ports).
+    #[arg(long, value_name = "LO-HI", value_parser = parse_range)]
+    pub egress_ports: Option<(u16, u16)>,
+}
+
+impl SettingsArgs {
+    fn apply(&self, s: &mut Settings) {
+        if let Some(r) = self.media_ports {
+            s.media_ports = r;
+            if self.egress_ports.is_none() {
+                s.egress_ports = r;
+            }
+        }
+        if let Some(u) = self.unknown {
+            s.unknown_drop = u;
+        }
+        if let Some(Dscp(d)) = self.dscp {
+            s.dscp = d;
+        }
+        if let Some(r) = self.egress_ports {
+            s.egress_ports = r;
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    /// XDP mode: native (driver), skb (generic), or auto (native, else skb).
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+    /// Capacity of the flow table and statistics array.
+    #[arg(long, default_value_t = gateway_common::DEFAULT_MAX_STREAMS)]
+    pub max_streams: u32,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FlowCmd {
+    /// Add a flow: media to a local address and UDP port (and SSRC).
+    Add(FlowAddArgs),
+    /// Remove a flow.
+    Del(FlowKeyArgs),
+    /// List the flows.
+    List(IfaceJson),
+}
+
+#[derive(Args, Debug)]
+pub struct FlowKeyArgs {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    /// Local address and port; 0.0.0.0 or [::] match any local address.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_sockaddr)]
+    pub local: SocketAddr,
+    /// Split streams sharing the port by this RTP SSRC (decimal or 0x hex).
+    #[arg(long, value_name = "N", value_parser = parse_ssrc)]
+    pub ssrc: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct FlowAddArgs {
+    #[command(flatten)]
+    pub key: FlowKeyArgs,
+    /// Port-level flow that expects this SSRC and counts others as mismatches.
+    #[arg(long, value_name = "N", value_parser = parse_ssrc)]
+    pub expect_ssrc: Option<u32>,
+    /// A name for operators (up to 31 bytes).
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// RTP clock rate for jitter, Hz.
+    #[arg(long, default_value_t = 90_000)]
+    pub clock_rate: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StreamsArgs {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every SECS seconds until interrupted (or --count times).
+    #[arg(long, value_name = "SECS")]
+    pub watch: Option<f64>,
+    /// With --watch: stop after N refreshes.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Without --watch: seconds between the two samples the rates come from.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Daemon configuration (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+fn parse_policy(s: &str) -> Result<bool, String> {
+    match s {
+        "drop" => Ok(true),
+        "pass" => Ok(false),
+        _ => Err(format!("policy must be pass or drop, not {s:?}")),
+    }
+}
+
+/// A DSCP setting: a value, or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dscp(pub Option<u8>);
+
+fn parse_dscp_arg(s: &str) -> Result<Dscp, String> {
+    parse_dscp(s).map(Dscp)
+}
+
+fn parse_sockaddr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not ADDR:PORT (IPv6 as [ADDR]:PORT)"))
+}
+
+pub fn parse_ssrc(s: &str) -> Result<u32, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => s.parse::<u32>(),
+    };
+    r.map_err(|_| format!("SSRC must be a 32-bit number (decimal or 0x hex), not {s:?}"))
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(ns) = &cli.netns {
+        // Before any thread exists, so the whole process works in the namespace.
+        sys::enter_netns(ns).with_context(|| format!("entering network namespace {ns:?}"))?;
+    }
+    let target = |iface: &str| Target::new(iface, cli.netns.as_deref(), Some(&cli.bpffs));
+    match &cli.command {
+        Command::Attach(a) => dataplane::attach(&target(&a.iface)?, a)?,
+        Command::Detach(a) => dataplane::detach(&target(&a.iface)?)?,
+        Command::Set(a) => dataplane::set(&target(&a.iface)?, a)?,
+        Command::Flow(FlowCmd::Add(a)) => dataplane::flow_add(&target(&a.key.iface)?, a)?,
+        Command::Flow(FlowCmd::Del(a)) => dataplane::flow_del(&target(&a.iface)?, a)?,
+        Command::Flow(FlowCmd::List(a)) => dataplane::flow_list(&target(&a.iface)?, a)?,
+        Command::Streams(a) => dataplane::streams(&target(&a.iface)?, a)?,
+        Command::Status(a) => dataplane::status(&target(&a.iface)?, a.json)?,
+        Command::Run(a) => daemon::run(&a.config, cli.netns.as_deref(), &cli.bpffs)?,
+        Command::Devices(a) => client::devices(a)?,
+        Command::Play(a) => client::play(a)?,
+        Command::Sessions(a) => client::sessions(a)?,
+        Command::Hangup(a) => client::hangup(a)?,
+        Command::Check(a) => check::run(a, cli.netns.as_deref(), &cli.bpffs)?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_parsers() {
+        assert_eq!(parse_range("30000-30999"), Ok((30000, 30999)));
+        assert_eq!(parse_range("5004"), Ok((5004, 5004)));
+        assert!(parse_range("2-1").is_err());
+        assert!(parse_range("0-10").is_err());
+        assert!(parse_range("a-b").is_err());
+        assert_eq!(parse_dscp("af41"), Ok(Some(34)));
+        assert_eq!(parse_dscp("off"), Ok(None));
+        assert!(parse_dscp("64").is_err());
+        assert_eq!(parse_ssrc("0x10"), Ok(16));
+        assert_eq!(parse_ssrc("340200001"), Ok(340200001));
+        assert!(parse_ssrc("4294967296").is_err());
+        assert!(parse_ssrc("-1").is_err());
+        assert!(parse_sockaddr("1.2.3.4").is_err());
+        assert_eq!(parse_policy("drop"), Ok(true));
+        assert!(parse_policy("maybe").is_err());
+    }
+}

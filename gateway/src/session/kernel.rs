@@ -1,0 +1,129 @@
+//! The one facade of the session layer to the kernel fast path (as
+//! rtpengine's `kernel.c`): a session's flow enters the XDP flow table
+//! when its media starts and leaves it when it ends; its counters are read
+//! from the shared maps. Nothing else of the session or signalling layers
+//! touches the data plane.
+
+use std::net::{IpAddr, SocketAddr};
+
+use gb28181::sdp::MediaTransport;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::Sessions;
+use crate::{
+    dataplane::{
+        attach::Target,
+        flows::{describe, FlowSpec},
+        Shared,
+    },
+    sys::clock::monotonic_ns,
+};
+
+/// The kernel's view of a session's flow.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KernelView {
+    pub flow: String,
+    pub slot: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub lost: u64,
+    pub out_of_order: u64,
+    pub duplicates: u64,
+    pub ssrc_mismatches: u64,
+    /// Seconds since the last packet the kernel saw (None: none yet).
+    pub idle_secs: Option<f64>,
+    #[serde(skip)]
+    pub key: Option<gateway_common::FlowKey>,
+}
+
+/// The attachment whose flow table the sessions use.
+pub struct Kernel {
+    target: Target,
+    maps: Shared,
+}
+
+impl Kernel {
+    pub fn new(target: Target, maps: Shared) -> Kernel {
+        Kernel { target, maps }
+    }
+
+    /// Puts a flow (any local address, `port`, expecting `ssrc`) in the
+    /// table.
+    fn add(&self, id: &str, port: u16, ssrc: u32) -> Option<KernelView> {
+        let spec = FlowSpec {
+            local: Some(SocketAddr::new(IpAddr::from([0u8; 4]), port)),
+            ssrc: None,
+            expect_ssrc: Some(ssrc),
+            name: id.to_string(),
+            clock_rate: 90_000,
+        };
+        let _lock = self.target.lock();
+        match self.maps.lock().add_flow(&spec) {
+            Ok((k, v)) => {
+                let flow = describe(&k);
+                info!(stream = %id, %flow, slot = v.slot, "flow added to the kernel table");
+                Some(KernelView {
+                    flow,
+                    slot: v.slot,
+                    key: Some(k),
+                    ..KernelView::default()
+                })
+            }
+            Err(e) => {
+                warn!(stream = %id, error = %e, "cannot add the session's flow to the kernel table");
+                None
+            }
+        }
+    }
+
+    fn del(&self, id: &str, key: &gateway_common::FlowKey) {
+        let _lock = self.target.lock();
+        match self.maps.lock().del_flow(key) {
+            Ok(_) => info!(stream = %id, "flow removed from the kernel table"),
+            Err(e) => warn!(stream = %id, error = %e, "cannot remove the session's flow"),
+        }
+    }
+
+    /// Reads the flow's counters into `v`.
+    pub(super) fn refresh(&self, v: &mut KernelView) {
+        let sum = self.maps.lock().stream_summary(v.slot);
+        v.packets = sum.packets;
+        v.bytes = sum.bytes;
+        v.lost = sum.lost;
+        v.out_of_order = sum.out_of_order;
+        v.duplicates = sum.duplicates;
+        v.ssrc_mismatches = sum.ssrc_mismatch;
+        v.idle_secs =
+            (sum.last_ns > 0).then(|| monotonic_ns().saturating_sub(sum.last_ns) as f64 / 1e9);
+    }
+}
+
+impl Sessions {
+    /// Puts the session's flow in the XDP table (UDP only: XDP classifies
+    /// UDP; RTP over TCP is accounted by the receiver).
+    pub(super) fn add_kernel_flow(&mut self, id: &str) {
+        let Some(k) = &self.kernel else { return };
+        let Some(s) = self.active.get(id) else { return };
+        if s.transport != MediaTransport::Udp {
+            return;
+        }
+        let view = k.add(id, s.local.port(), s.ssrc);
+        if let (Some(s), Some(view)) = (self.active.get_mut(id), view) {
+            s.kernel = Some(view);
+        }
+    }
+
+    pub(super) fn del_kernel_flow(&mut self, id: &str) {
+        let Some(k) = &self.kernel else { return };
+        let Some(key) = self
+            .active
+            .get(id)
+            .and_then(|s| s.kernel.as_ref())
+            .and_then(|v| v.key)
+        else {
+            return;
+        };
+        k.del(id, &key);
+    }
+}

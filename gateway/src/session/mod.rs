@@ -1,0 +1,694 @@
+//! Sessions: what the gateway receives, independent of how it was asked
+//! for. The SIP layer opens, answers and ends dialogs and tells this layer
+//! what happened; this layer owns the sessions' state, their media
+//! receivers ([`media`]) and their entries in the kernel's flow table
+//! ([`kernel`], the one facade to the fast path). Static receivers
+//! (`[[media.streams]]`) are sessions without a dialog.
+//!
+//! As in rtpengine (`call.c` owns calls, `kernel.c` is the fast path,
+//! signalling never touches the kernel): sip -> session -> stream /
+//! dataplane.
+
+pub mod kernel;
+pub mod media;
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+};
+
+use gb28181::sdp::{self, MediaTransport};
+use gb35114::srtp::MasterKey;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::{
+    config::MediaConfig,
+    keys::KeyStore,
+    metrics::{
+        exporter::{StreamEntry, View},
+        SipMetrics,
+    },
+    stream::{self, Bound, MediaStats, Receiver},
+    sys::clock::wall_ms,
+};
+
+pub use kernel::KernelView;
+
+/// How many ended sessions are kept for the API.
+const KEEP_CLOSED: usize = 200;
+
+/// Why something asked of the session or signalling layer failed. The API
+/// turns the kind into an HTTP status (`api::error`); the message is the
+/// one sentence shown to the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// Not possible in the current state (offline, already open, no route).
+    #[error("{0}")]
+    Conflict(String),
+    /// Out of a resource (ports, stream numbers, randomness).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The device answered with an error, or its answer was unusable.
+    #[error("{0}")]
+    Upstream(String),
+    /// The device did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+impl Error {
+    /// The message without the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            Error::Invalid(m)
+            | Error::NotFound(m)
+            | Error::Conflict(m)
+            | Error::Unavailable(m)
+            | Error::Upstream(m)
+            | Error::Timeout(m) => m,
+        }
+    }
+}
+
+/// A session's life: `inviting -> proceeding -> established -> closed`,
+/// or `failed`; `static` for receivers without a dialog. Serialised as
+/// these lowercase words (the API's `state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Inviting,
+    Proceeding,
+    Established,
+    Static,
+    Failed,
+    Closed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Inviting => "inviting",
+            State::Proceeding => "proceeding",
+            State::Established => "established",
+            State::Static => "static",
+            State::Failed => "failed",
+            State::Closed => "closed",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stream as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    /// The y= value; also the API's stream ID.
+    pub id: String,
+    pub device: String,
+    pub channel: String,
+    pub transport: MediaTransport,
+    /// RTP SSRC asked for (y= as a number).
+    pub ssrc: u32,
+    /// Our media address put in the offer.
+    pub local: SocketAddr,
+    pub state: State,
+    pub reason: Option<String>,
+    /// The device's media address from its answer.
+    pub remote: Option<SocketAddr>,
+    /// SSRC from the answer's y= (None when it sent none).
+    pub answer_ssrc: Option<u32>,
+    /// The answer announced another SSRC than asked for.
+    pub ssrc_mismatch: bool,
+    /// `a=setup:` of the answer (TCP).
+    pub setup: Option<String>,
+    /// f= of the answer.
+    pub format: Option<String>,
+    pub created_ms: i64,
+    pub established_ms: Option<i64>,
+    pub closed_ms: Option<i64>,
+    /// Whether the media is recorded.
+    pub record: bool,
+    /// srtp-sm4 session: where its key came from ("configured": the
+    /// channel's keys, "offered": a session key the gateway offered in the
+    /// INVITE, "answer": the key of the device's SDP answer) and the key's
+    /// check value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<SrtpView>,
+    #[serde(skip)]
+    pub session_key: Option<MasterKey>,
+    /// Where the media is forwarded.
+    #[serde(skip)]
+    pub forward: Vec<Forward>,
+    /// What the media did (filled when shown).
+    pub media: Option<MediaStats>,
+    /// The session's entry in the XDP flow table and what the kernel
+    /// counted for it (updated every second).
+    pub kernel: Option<KernelView>,
+    #[serde(skip)]
+    stats: Option<Arc<Mutex<MediaStats>>>,
+}
+
+impl Session {
+    /// A session being opened (state `inviting`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn inviting(
+        id: String,
+        device: String,
+        channel: String,
+        transport: MediaTransport,
+        ssrc: u32,
+        local: SocketAddr,
+        record: bool,
+        session_key: Option<MasterKey>,
+        forward: Vec<Forward>,
+    ) -> Session {
+        Session {
+            id,
+            device,
+            channel,
+            transport,
+            ssrc,
+            local,
+            state: State::Inviting,
+            reason: None,
+            remote: None,
+            answer_ssrc: None,
+            ssrc_mismatch: false,
+            setup: None,
+            format: None,
+            created_ms: wall_ms(),
+            established_ms: None,
+            closed_ms: None,
+            record,
+            srtp: session_key.as_ref().map(|k| SrtpView {
+                key_source: "offered",
+                check: Some(k.check_value()),
+            }),
+            session_key,
+            forward,
+            media: None,
+            kernel: None,
+            stats: None,
+        }
+    }
+
+    /// A copy with the media counters filled in.
+    pub fn view(&self) -> Session {
+        let mut v = self.clone();
+        if let Some(s) = &self.stats {
+            v.media = s.lock().ok().map(|m| m.clone());
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SrtpView {
+    pub key_source: &'static str,
+    pub check: Option<String>,
+}
+
+/// Where a session's media is forwarded.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub dest: SocketAddr,
+    /// Default: derived from the stream's SSRC.
+    pub ssrc: Option<u32>,
+    /// Re-encrypt toward this destination with srtp-sm4 under this key.
+    pub srtp: Option<MasterKey>,
+}
+
+/// What the device's answer said about the media.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub remote: Option<SocketAddr>,
+    pub ssrc: Option<u32>,
+    pub setup: Option<String>,
+    pub format: Option<String>,
+    /// srtp-sm4 key of the answer (RFC 4568).
+    pub key: Option<MasterKey>,
+}
+
+/// The sessions of the gateway, their media and kernel flows. Owned by
+/// the signalling task (no locks on the control path).
+pub struct Sessions {
+    active: HashMap<String, Session>,
+    closed: VecDeque<Session>,
+    next_port: u16,
+    next_stream: u16,
+    /// Media sockets reserved for sessions not yet established.
+    bound: HashMap<String, Bound>,
+    receivers: HashMap<String, Receiver>,
+    media: MediaConfig,
+    ports: (u16, u16),
+    keys: Arc<KeyStore>,
+    kernel: Option<kernel::Kernel>,
+    metrics: SipMetrics,
+}
+
+impl Sessions {
+    pub fn new(media: MediaConfig, keys: Arc<KeyStore>, metrics: SipMetrics) -> Sessions {
+        let ports = media.port_range().unwrap_or((30000, 30999));
+        Sessions {
+            active: HashMap::new(),
+            closed: VecDeque::new(),
+            next_port: 0,
+            next_stream: 0,
+            bound: HashMap::new(),
+            receivers: HashMap::new(),
+            media,
+            ports,
+            keys,
+            kernel: None,
+            metrics,
+        }
+    }
+
+    /// Session flows go into this attachment's XDP flow table.
+    pub fn set_kernel(&mut self, k: kernel::Kernel) {
+        self.kernel = Some(k);
+    }
+
+    pub fn media_config(&self) -> &MediaConfig {
+        &self.media
+    }
+
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Session> {
+        self.active.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Session> {
+        self.active.get_mut(id)
+    }
+
+    /// The session of a device's channel, if one is open.
+    pub fn of_channel(&self, device: &str, channel: &str) -> Option<&Session> {
+        self.active
+            .values()
+            .find(|s| s.device == device && s.channel == channel)
+    }
+
+    /// IDs of the device's sessions.
+    pub fn of_device(&self, device: &str) -> Vec<String> {
+        self.active
+            .values()
+            .filter(|s| s.device == device)
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    fn alloc_port(&mut self) -> Option<u16> {
+        let (lo, hi) = self.ports;
+        let lo = lo + (lo & 1); // even RTP ports
+        if lo > hi {
+            return None;
+        }
+        let n = (hi - lo) / 2 + 1;
+        let used: HashSet<u16> = self.active.values().map(|s| s.local.port()).collect();
+        for i in 0..n {
+            let p = lo + 2 * ((self.next_port.wrapping_add(i)) % n);
+            if !used.contains(&p) {
+                self.next_port = self.next_port.wrapping_add(i + 1) % n;
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Binds a media port of `[media] ports` now (the device may send as
+    /// soon as it answers), of the family of `peer`.
+    pub fn reserve_port(
+        &mut self,
+        peer: IpAddr,
+        transport: MediaTransport,
+    ) -> Result<(u16, Bound), Error> {
+        let any: IpAddr = if peer.is_ipv4() {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u16; 8])
+        };
+        for _ in 0..64 {
+            let Some(p) = self.alloc_port() else { break };
+            match stream::bind(any, p, transport) {
+                Ok(b) => return Ok((p, b)),
+                Err(e) => warn!(port = p, error = %e, "media port unavailable, trying the next"),
+            }
+        }
+        Err(Error::Unavailable(
+            "no free media port in [media] ports".into(),
+        ))
+    }
+
+    /// A fresh live-view y= value (10 digits) of `domain`, unused by any
+    /// open session.
+    pub fn alloc_y(&mut self, domain: &str) -> Result<String, Error> {
+        for _ in 0..10_000 {
+            self.next_stream = self.next_stream % 9999 + 1;
+            let y = sdp::ssrc_y(true, domain, self.next_stream);
+            if !self.active.contains_key(&y) {
+                return Ok(y);
+            }
+        }
+        Err(Error::Unavailable("no free stream number".into()))
+    }
+
+    /// Adds a session being opened, with its reserved media socket.
+    pub fn insert(&mut self, s: Session, bound: Bound) {
+        self.metrics.sessions.with_label_values(&["invited"]).inc();
+        self.bound.insert(s.id.clone(), bound);
+        self.active.insert(s.id.clone(), s);
+    }
+
+    /// A provisional answer: `inviting -> proceeding`.
+    pub fn proceeding(&mut self, id: &str) {
+        if let Some(s) = self.active.get_mut(id) {
+            if s.state == State::Inviting {
+                s.state = State::Proceeding;
+            }
+        }
+    }
+
+    /// The device accepted: the media starts, its flow enters the kernel
+    /// table. Returns the session as shown.
+    pub fn establish(&mut self, id: &str, a: Answer) -> Option<Session> {
+        let s = self.active.get_mut(id)?;
+        if let Some(k) = a.key {
+            s.srtp = Some(SrtpView {
+                key_source: "answer",
+                check: Some(k.check_value()),
+            });
+            s.session_key = Some(k);
+        }
+        s.remote = a.remote;
+        s.answer_ssrc = a.ssrc;
+        s.ssrc_mismatch = a.ssrc.is_some_and(|x| x != s.ssrc);
+        s.setup = a.setup;
+        s.format = a.format;
+        s.state = State::Established;
+        s.established_ms = Some(wall_ms());
+        let snapshot = s.clone();
+        self.start_media(&snapshot);
+        self.add_kernel_flow(id);
+        let view = self.active.get(id).map(Session::view)?;
+        if view.ssrc_mismatch {
+            self.metrics
+                .sessions
+                .with_label_values(&["ssrc_mismatch"])
+                .inc();
+            warn!(stream = %id, asked = view.ssrc, answered = ?view.answer_ssrc, "device answered another SSRC; media is taken by port");
+        }
+        self.metrics
+            .sessions
+            .with_label_values(&["established"])
+            .inc();
+        info!(stream = %id, device = %view.device, remote = ?view.remote, "stream established");
+        Some(view)
+    }
+
+    fn stop_media(&mut self, id: &str) {
+        self.del_kernel_flow(id);
+        self.bound.remove(id);
+        if let Some(mut r) = self.receivers.remove(id) {
+            r.stop();
+        }
+    }
+
+    /// The session could not be opened: removed, kept as `failed`.
+    pub fn fail(&mut self, id: &str, why: &str) -> Option<Session> {
+        self.stop_media(id);
+        let mut s = self.active.remove(id)?;
+        s.state = State::Failed;
+        s.reason = Some(why.to_string());
+        s.closed_ms = Some(wall_ms());
+        self.metrics.sessions.with_label_values(&["failed"]).inc();
+        warn!(stream = %id, device = %s.device, why, "stream failed");
+        self.remember(s.clone());
+        Some(s)
+    }
+
+    /// Ends a session (`closed`, or `failed` when its answer was unusable).
+    pub fn close(&mut self, id: &str, reason: &str, state: State) -> Option<Session> {
+        self.stop_media(id);
+        let mut s = self.active.remove(id)?;
+        s.state = state;
+        s.reason = Some(reason.to_string());
+        s.closed_ms = Some(wall_ms());
+        self.metrics
+            .sessions
+            .with_label_values(&[state.as_str()])
+            .inc();
+        info!(stream = %id, device = %s.device, reason, "stream closed");
+        self.remember(s.clone());
+        Some(s.view())
+    }
+
+    fn remember(&mut self, s: Session) {
+        self.closed.push_back(s);
+        while self.closed.len() > KEEP_CLOSED {
+            self.closed.pop_front();
+        }
+    }
+
+    /// Active sessions, then (with `all`) the ended ones, newest first.
+    pub fn list(&self, all: bool) -> Vec<Session> {
+        let mut v: Vec<Session> = self.active.values().map(Session::view).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        if all {
+            v.extend(self.closed.iter().rev().map(Session::view));
+        }
+        v
+    }
+
+    pub fn view(&self, id: &str) -> Option<Session> {
+        self.active.get(id).map(Session::view).or_else(|| {
+            self.closed
+                .iter()
+                .rev()
+                .find(|s| s.id == id)
+                .map(Session::view)
+        })
+    }
+
+    /// Streams for `/metrics`.
+    pub fn publish(&self, view: &View) {
+        let streams = self
+            .active
+            .values()
+            .filter_map(|s| {
+                s.stats.as_ref().map(|st| StreamEntry {
+                    id: s.id.clone(),
+                    device: s.device.clone(),
+                    channel: s.channel.clone(),
+                    transport: s.transport.as_str(),
+                    stats: st.clone(),
+                    opened_ms: s.established_ms.unwrap_or(s.created_ms),
+                })
+            })
+            .collect();
+        view.set_streams(streams);
+    }
+
+    /// Every second: the kernel's counters of session flows, and the
+    /// sessions without media for `no_media_timeout_secs` (kernel
+    /// last-packet time when attached, else the receiver's), with the
+    /// reason to close them.
+    pub fn idle(&mut self) -> Vec<(String, String)> {
+        let timeout = self.media.no_media_timeout_secs;
+        let now_wall = wall_ms();
+        let ids: Vec<String> = self
+            .active
+            .values()
+            .filter(|s| s.state == State::Established)
+            .map(|s| s.id.clone())
+            .collect();
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(s) = self.active.get_mut(&id) else {
+                continue;
+            };
+            let idle = match (&self.kernel, s.kernel.as_mut()) {
+                (Some(k), Some(view)) => {
+                    k.refresh(view);
+                    view.idle_secs
+                }
+                _ => s
+                    .stats
+                    .as_ref()
+                    .and_then(|m| m.lock().ok().and_then(|m| m.last_packet_ms))
+                    .map(|l| (now_wall - l) as f64 / 1000.0),
+            };
+            // Never a packet: count from the moment it was established.
+            let idle = idle.unwrap_or_else(|| {
+                (now_wall - s.established_ms.unwrap_or(now_wall)) as f64 / 1000.0
+            });
+            if timeout > 0 && idle >= timeout as f64 {
+                let src = if self.kernel.is_some() {
+                    "kernel"
+                } else {
+                    "receiver"
+                };
+                self.metrics.sessions.with_label_values(&["no_media"]).inc();
+                out.push((
+                    id,
+                    format!("no media for {idle:.0} s ({src} last-packet time)"),
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(ports: &str, no_media: u64) -> Sessions {
+        let media = MediaConfig {
+            ports: ports.into(),
+            no_media_timeout_secs: no_media,
+            ..MediaConfig::default()
+        };
+        let reg = prometheus::Registry::new();
+        Sessions::new(media, KeyStore::new(None), SipMetrics::new(&reg))
+    }
+
+    fn open(t: &mut Sessions, device: &str) -> String {
+        let (port, bound) = t
+            .reserve_port(IpAddr::from([127, 0, 0, 1]), MediaTransport::Udp)
+            .unwrap();
+        let y = t.alloc_y("3402000000").unwrap();
+        let ssrc = y.parse().unwrap();
+        t.insert(
+            Session::inviting(
+                y.clone(),
+                device.into(),
+                device.into(),
+                MediaTransport::Udp,
+                ssrc,
+                SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port),
+                false,
+                None,
+                Vec::new(),
+            ),
+            bound,
+        );
+        y
+    }
+
+    #[test]
+    fn states_serialise_as_the_api_words() {
+        for (s, w) in [
+            (State::Inviting, "inviting"),
+            (State::Proceeding, "proceeding"),
+            (State::Established, "established"),
+            (State::Static, "static"),
+            (State::Failed, "failed"),
+            (State::Closed, "closed"),
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), w);
+            assert_eq!(s.to_string(), w);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_lives_from_invite_to_close() {
+        let mut t = table("39100-39109", 0);
+        let id = open(&mut t, "34020000001320000001");
+        assert_eq!(id.len(), 10);
+        assert_eq!(t.get(&id).unwrap().state, State::Inviting);
+        t.proceeding(&id);
+        assert_eq!(t.get(&id).unwrap().state, State::Proceeding);
+        let v = t
+            .establish(
+                &id,
+                Answer {
+                    remote: Some("127.0.0.1:9".parse().unwrap()),
+                    ssrc: Some(1),
+                    ..Answer::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(v.state, State::Established);
+        assert!(v.ssrc_mismatch, "the answer's SSRC differs from y=");
+        assert!(v.media.is_some(), "the receiver runs and is shown");
+        // The same device's channel is busy; another device's is not.
+        assert!(t
+            .of_channel("34020000001320000001", "34020000001320000001")
+            .is_some());
+        assert!(t.of_channel("x", "x").is_none());
+        let closed = t.close(&id, "done", State::Closed).unwrap();
+        assert_eq!(
+            (closed.state, closed.reason.as_deref()),
+            (State::Closed, Some("done"))
+        );
+        assert!(t.get(&id).is_none());
+        assert!(t.list(false).is_empty());
+        assert_eq!(t.list(true).len(), 1);
+        assert_eq!(t.view(&id).unwrap().state, State::Closed);
+        // Closing twice finds nothing.
+        assert!(t.close(&id, "again", State::Closed).is_none());
+    }
+
+    #[tokio::test]
+    async fn failures_are_kept_and_ports_and_numbers_run_out_cleanly() {
+        // Two even ports: 39120 and 39122.
+        let mut t = table("39120-39123", 0);
+        let a = open(&mut t, "a1");
+        let b = open(&mut t, "b1");
+        assert_ne!(a, b);
+        assert_ne!(
+            t.get(&a).unwrap().local.port(),
+            t.get(&b).unwrap().local.port()
+        );
+        assert_eq!(
+            t.reserve_port(IpAddr::from([127, 0, 0, 1]), MediaTransport::Udp)
+                .err(),
+            Some(Error::Unavailable(
+                "no free media port in [media] ports".into()
+            ))
+        );
+        let f = t.fail(&a, "device answered 486 Busy Here").unwrap();
+        assert_eq!(f.state, State::Failed);
+        assert_eq!(t.of_device("a1"), Vec::<String>::new());
+        assert_eq!(t.of_device("b1"), vec![b.clone()]);
+        // The failed session's port is free again.
+        assert!(t
+            .reserve_port(IpAddr::from([127, 0, 0, 1]), MediaTransport::Udp)
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn silent_sessions_are_reported_idle_by_the_receiver_clock() {
+        let mut t = table("39140-39141", 1);
+        let id = open(&mut t, "c1");
+        t.establish(&id, Answer::default()).unwrap();
+        // Established "now": not idle yet.
+        assert!(t.idle().is_empty());
+        if let Some(s) = t.get_mut(&id) {
+            s.established_ms = Some(wall_ms() - 5_000);
+        }
+        let idle = t.idle();
+        assert_eq!(idle.len(), 1);
+        assert_eq!(idle[0].0, id);
+        assert!(
+            idle[0].1.contains("receiver last-packet time"),
+            "{}",
+            idle[0].1
+        );
+    }
+}

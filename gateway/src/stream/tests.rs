@@ -1,0 +1,390 @@
+//! Unit tests of the pipeline, recorder and forwards.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use gb35114::srtp::MasterKey;
+use gb35114::srtp::SrtpSender;
+use media::{ps::PsDemuxer, rtp, Codec};
+
+use super::*;
+use super::{forward::*, pipeline::*, recorder::*};
+use crate::keys::KeyView;
+use media::{ps::PsMuxer, rtp::RtpHeader};
+
+fn au(idr: bool, n: usize, seed: u8) -> Vec<u8> {
+    let mut v = Vec::new();
+    if idr {
+        v.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0, 0x1f, 0xaa]);
+        v.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
+    }
+    v.extend_from_slice(&[0, 0, 0, 1, if idr { 0x65 } else { 0x41 }]);
+    v.extend((0..n).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed) | 1));
+    v
+}
+
+fn packets(aus: &[Vec<u8>], ssrc: u32) -> Vec<Vec<u8>> {
+    let mut mux = PsMuxer::new(Codec::H264);
+    let mut out = Vec::new();
+    let mut seq = 100u16;
+    for (i, a) in aus.iter().enumerate() {
+        let mut ps = Vec::new();
+        mux.write_video(a, i as u64 * 3600, None, &mut ps);
+        let chunks: Vec<&[u8]> = media::ps::packetize_rtp(&ps, 1388).collect();
+        for (j, c) in chunks.iter().enumerate() {
+            let mut p = Vec::new();
+            RtpHeader {
+                marker: j + 1 == chunks.len(),
+                pt: 96,
+                seq,
+                ts: i as u32 * 3600,
+                ssrc,
+            }
+            .write(&mut p);
+            p.extend_from_slice(c);
+            out.push(p);
+            seq = seq.wrapping_add(1);
+        }
+    }
+    out
+}
+
+#[test]
+fn pipeline_records_exactly_what_was_sent() {
+    let dir = std::env::temp_dir().join(format!("gw-rec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let aus: Vec<Vec<u8>> = (0..30)
+        .map(|i| au(i % 10 == 0, 3000 + i * 50, i as u8))
+        .collect();
+    let pk = packets(&aus, 7);
+    let rec = Recorder::new(
+        RecordConfig {
+            dir: dir.clone(),
+            ps: true,
+            ..RecordConfig::default()
+        },
+        "dev_ch_1",
+    )
+    .unwrap();
+    let mut p = Pipeline::new("1", Some(7), Some(rec));
+    // Swap two packets and duplicate one: still exact.
+    let mut order: Vec<usize> = (0..pk.len()).collect();
+    order.swap(3, 4);
+    order.insert(10, 9);
+    for (t, i) in order.into_iter().enumerate() {
+        p.packet(&pk[i], t as u64 * 1_000_000);
+    }
+    p.packet(b"garbage", 0);
+    p.finish();
+    assert_eq!(p.stats.frames, 30);
+    assert_eq!(p.stats.keyframes, 3);
+    assert_eq!(p.stats.lost, 0);
+    assert_eq!(p.stats.duplicates, 1);
+    assert_eq!(p.stats.garbage, 1);
+    assert_eq!(p.stats.ssrc_mismatches, 0);
+    assert_eq!(p.stats.files.len(), 2);
+    let find = |ext: &str| p.stats.files.iter().find(|f| f.ends_with(ext)).unwrap();
+    let es = std::fs::read(find(".h264")).unwrap();
+    assert!(es == aus.concat(), "recorded ES differs from what was sent");
+    let ps = std::fs::read(find(".ps")).unwrap();
+    assert!(ps.starts_with(&[0, 0, 1, 0xba]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// H.264 access units whose slice headers are plausible (the
+/// sm4-nal-ofb decryptor checks them): first_mb_in_slice 0, an I slice
+/// in IDRs, a P slice otherwise, PPS 0.
+fn plausible_au(idr: bool, n: usize, seed: u8) -> Vec<u8> {
+    let mut v = Vec::new();
+    if idr {
+        v.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0, 0x1f, 0xaa]);
+        v.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
+        v.extend_from_slice(&[0, 0, 0, 1, 0x65, 0x88, 0x84]);
+    } else {
+        v.extend_from_slice(&[0, 0, 1, 0x41, 0x9a, 0x02]);
+    }
+    v.extend((0..n).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed) | 1));
+    v
+}
+
+const DEV: &str = "34020000001320000001";
+
+fn key_store(spec: &str) -> Arc<crate::keys::KeyStore> {
+    let ks = crate::keys::KeyStore::new(None);
+    ks.add(serde_json::from_str(spec).unwrap()).unwrap();
+    ks
+}
+
+#[test]
+fn srtp_is_decrypted_tampering_and_replay_counted_forward_re_encrypted() {
+    let dir = std::env::temp_dir().join(format!("gw-srtp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let aus: Vec<Vec<u8>> = (0..12)
+        .map(|i| plausible_au(i % 6 == 0, 2500, i as u8))
+        .collect();
+    let clear = packets(&aus, 21);
+    let m = MasterKey::from_inline("inline:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd").unwrap();
+    let mut tx = SrtpSender::new(&m);
+    let srtp: Vec<Vec<u8>> = clear
+        .iter()
+        .map(|p| {
+            let mut o = Vec::new();
+            tx.protect(p, &mut o).unwrap();
+            o
+        })
+        .collect();
+    let ks = key_store(&format!(
+        r#"{{"device":"{DEV}","profile":"srtp-sm4","inline":"{}"}}"#,
+        m.to_inline()
+    ));
+    let fwd_key = MasterKey {
+        key: [9; 16],
+        salt: [7; 14],
+    };
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let f = Forward::new(rx.local_addr().unwrap(), 778)
+        .unwrap()
+        .with_srtp(&fwd_key);
+    let rec = Recorder::new(
+        RecordConfig {
+            dir: dir.clone(),
+            ..RecordConfig::default()
+        },
+        "srtp",
+    )
+    .unwrap();
+    let view = KeyView::new(ks, DEV, DEV, None);
+    let mut p = Pipeline::new("s", Some(21), Some(rec))
+        .with_forwards(vec![f])
+        .with_keys(Some(view), true);
+    for (t, pkt) in srtp.iter().enumerate() {
+        p.packet(pkt, t as u64);
+        if t == 3 {
+            p.packet(pkt, t as u64); // replayed
+                                     // The next packet, tampered, ahead of the real one (which
+                                     // must still be taken: the window moves on good tags only).
+            let mut bad = srtp[4].clone();
+            let last = bad.len() - 11;
+            bad[last] ^= 1;
+            p.packet(&bad, t as u64);
+        }
+    }
+    p.finish();
+    assert_eq!(p.stats.decrypt.srtp_packets, clear.len() as u64);
+    assert_eq!(p.stats.decrypt.failures.get("replay"), Some(&1));
+    assert_eq!(p.stats.decrypt.failures.get("bad_tag"), Some(&1));
+    assert_eq!(
+        p.stats.packets,
+        clear.len() as u64,
+        "refused packets are not accounted"
+    );
+    assert_eq!(p.stats.frames, 12);
+    let es = std::fs::read(&p.stats.files[0]).unwrap();
+    assert!(
+        es == aus.concat(),
+        "recording differs from the clear source"
+    );
+    // The forward is SRTP under its own key: decrypts to the payloads.
+    let mut rxc = gb35114::srtp::SrtpReceiver::new();
+    let keys: Vec<(u64, MasterKey)> = vec![(1, fwd_key)];
+    let mut buf = [0u8; 2048];
+    for orig in &clear {
+        let n = rx.recv(&mut buf).unwrap();
+        let mut out = Vec::new();
+        rxc.unprotect(&buf[..n], &keys, &mut out).unwrap();
+        let got = rtp::parse(&out).unwrap();
+        assert_eq!(got.payload, rtp::parse(orig).unwrap().payload);
+        assert_eq!(got.ssrc, 778);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nal_encrypted_units_are_decrypted_and_forwarded_clear() {
+    use gb35114::{nal, sm4::Sm4};
+    let dir = std::env::temp_dir().join(format!("gw-nal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let aus: Vec<Vec<u8>> = (0..12)
+        .map(|i| plausible_au(i % 6 == 0, 3000, i as u8))
+        .collect();
+    let key = [0x42u8; 16];
+    let enc: Vec<Vec<u8>> = aus
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            nal::encrypt_access_unit(nal::NalCodec::H264, a, 3, &Sm4::new(&key), &[i as u8; 16])
+        })
+        .collect();
+    assert!(enc.iter().zip(&aus).all(|(e, a)| e != a));
+    let pk = packets(&enc, 31);
+    let ks = key_store(&format!(
+        r#"{{"device":"{DEV}","profile":"sm4-nal-ofb","version":3,"key":"{}"}}"#,
+        "42".repeat(16)
+    ));
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let f = Forward::new(rx.local_addr().unwrap(), 779).unwrap();
+    let rec = Recorder::new(
+        RecordConfig {
+            dir: dir.clone(),
+            ps: true,
+            ..RecordConfig::default()
+        },
+        "nal",
+    )
+    .unwrap();
+    let mut p = Pipeline::new("n", Some(31), Some(rec))
+        .with_forwards(vec![f])
+        .with_keys(Some(KeyView::new(ks, DEV, DEV, None)), false);
+    for (t, pkt) in pk.iter().enumerate() {
+        p.packet(pkt, t as u64);
+    }
+    p.finish();
+    let d = &p.stats.decrypt;
+    assert_eq!(
+        (d.encrypted_frames, d.units, d.key_version),
+        (12, 12, Some(3)),
+        "{d:?}"
+    );
+    assert!(d.failures.is_empty(), "{d:?}");
+    assert_eq!(d.state, "decrypting");
+    let find = |ext: &str| p.stats.files.iter().find(|f| f.ends_with(ext)).unwrap();
+    assert!(std::fs::read(find(".h264")).unwrap() == aus.concat());
+    // The PS recording and the forward carry the clear frames.
+    let demux = |ps: &[u8]| -> Vec<Vec<u8>> {
+        let mut dm = PsDemuxer::new();
+        let mut out: Vec<Vec<u8>> = dm.push(ps, 0, true).into_iter().map(|f| f.data).collect();
+        out.extend(dm.flush().into_iter().map(|f| f.data));
+        out
+    };
+    assert_eq!(demux(&std::fs::read(find(".ps")).unwrap()), aus);
+    let mut fwd = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = rx.recv(&mut buf) {
+        fwd.extend_from_slice(rtp::parse(&buf[..n]).unwrap().payload);
+    }
+    assert_eq!(demux(&fwd), aus);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn encrypted_units_without_a_key_are_never_recorded() {
+    use gb35114::{nal, sm4::Sm4};
+    let dir = std::env::temp_dir().join(format!("gw-nokey-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let aus: Vec<Vec<u8>> = (0..6)
+        .map(|i| plausible_au(i % 3 == 0, 2000, i as u8))
+        .collect();
+    let enc: Vec<Vec<u8>> = aus
+        .iter()
+        .map(|a| nal::encrypt_access_unit(nal::NalCodec::H264, a, 1, &Sm4::new(&[1; 16]), &[5; 16]))
+        .collect();
+    let rec = Recorder::new(
+        RecordConfig {
+            dir: dir.clone(),
+            ..RecordConfig::default()
+        },
+        "nokey",
+    )
+    .unwrap();
+    // No key store at all.
+    let mut p = Pipeline::new("k", Some(41), Some(rec));
+    for (t, pkt) in packets(&enc, 41).iter().enumerate() {
+        p.packet(pkt, t as u64);
+    }
+    p.finish();
+    assert_eq!(p.stats.frames, 0);
+    assert!(p.stats.files.is_empty());
+    assert_eq!(p.stats.decrypt.failures.get("no_key"), Some(&6));
+    assert_eq!(p.stats.decrypt.state, "failing");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn forwards_in_order_under_its_own_ssrc() {
+    let aus: Vec<Vec<u8>> = (0..5).map(|i| au(i == 0, 3000, i as u8)).collect();
+    let pk = packets(&aus, 11);
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let f = Forward::new(rx.local_addr().unwrap(), 777).unwrap();
+    let mut p = Pipeline::new("f", Some(11), None).with_forwards(vec![f]);
+    let mut order: Vec<usize> = (0..pk.len()).collect();
+    order.swap(1, 2);
+    for (t, i) in order.into_iter().enumerate() {
+        p.packet(&pk[i], t as u64);
+    }
+    p.finish();
+    let mut buf = [0u8; 2048];
+    let mut last_seq = None;
+    for orig in &pk {
+        let n = rx.recv(&mut buf).unwrap();
+        let got = rtp::parse(&buf[..n]).unwrap();
+        let want = rtp::parse(orig).unwrap();
+        assert_eq!(got.ssrc, 777);
+        assert_eq!(got.payload, want.payload, "payloads in the original order");
+        assert_eq!((got.timestamp, got.marker), (want.timestamp, want.marker));
+        if let Some(l) = last_seq {
+            assert_eq!(got.sequence, u16::wrapping_add(l, 1));
+        }
+        last_seq = Some(got.sequence);
+    }
+    let shared = Mutex::new(MediaStats::default());
+    p.publish(&shared);
+    assert_eq!(shared.lock().unwrap().forwards[0].packets, pk.len() as u64);
+}
+
+#[test]
+fn loss_and_wrong_ssrc_are_counted() {
+    let aus: Vec<Vec<u8>> = (0..10).map(|i| au(i == 0, 500, i as u8)).collect();
+    let pk = packets(&aus, 9);
+    let mut p = Pipeline::new("2", Some(8), None);
+    for (i, x) in pk.iter().enumerate() {
+        if i == 5 {
+            continue;
+        }
+        p.packet(x, i as u64 * 1_000_000);
+    }
+    p.finish();
+    assert_eq!(p.stats.lost, 1);
+    assert_eq!(p.stats.ssrc_mismatches as usize, pk.len() - 1);
+    assert_eq!(p.stats.ssrc, Some(9));
+    assert!(p.stats.frames < 10);
+}
+
+#[test]
+fn rotation_starts_new_files_at_key_frames() {
+    let dir = std::env::temp_dir().join(format!("gw-rot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let aus: Vec<Vec<u8>> = (0..40).map(|i| au(i % 10 == 0, 2000, i as u8)).collect();
+    let rec = Recorder::new(
+        RecordConfig {
+            dir: dir.clone(),
+            max_file_bytes: 5000,
+            ..RecordConfig::default()
+        },
+        "r",
+    )
+    .unwrap();
+    let mut p = Pipeline::new("3", None, Some(rec));
+    for (t, x) in packets(&aus, 1).iter().enumerate() {
+        p.packet(x, t as u64 * 1_000_000);
+    }
+    p.finish();
+    assert_eq!(p.stats.files.len(), 4);
+    let mut all = Vec::new();
+    for f in &p.stats.files {
+        let b = std::fs::read(f).unwrap();
+        // Every file starts with the SPS of a key frame.
+        assert_eq!(&b[..5], &[0, 0, 0, 1, 0x67]);
+        all.extend(b);
+    }
+    assert!(
+        all == aus.concat(),
+        "rotated files differ from what was sent"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
