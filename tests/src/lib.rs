@@ -1,10 +1,13 @@
-//! Helpers for the integration tests and benchmarks: a frame builder for
-//! crafted packets, network-namespace guards, and locating the `gateway`
-//! binary.
+//! Helpers for the integration tests (`tests/tests/integration`, one test
+//! binary) and the benchmarks: a frame builder for crafted packets,
+//! network-namespace guards, the gateway's CLI and daemon, sipp, gb-sim,
+//! Prometheus, test media, and locating the `gateway` binary. A helper
+//! that more than one test module needs lives here, once.
 //!
 //! Tests that need root (BPF, namespaces) call [`require_root`] and are
 //! skipped with a printed reason otherwise; CI runs as root.
 
+pub mod cli;
 pub mod frames;
 pub mod netns;
 pub mod prom;
@@ -12,6 +15,7 @@ pub mod sim;
 pub mod sipclient;
 pub mod sipp;
 pub mod testmedia;
+pub mod unpriv;
 
 use std::path::PathBuf;
 
@@ -23,6 +27,19 @@ pub fn require_root(test: &str) -> bool {
         eprintln!("SKIPPED {test}: needs root (BPF, network namespaces); CI runs it as root");
         false
     }
+}
+
+/// True when every one of `tools` is an executable file on `$PATH` (what
+/// `Command::new(tool)` would run).
+pub fn have_tools(tools: &[&str]) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    tools.iter().all(|t| {
+        std::env::split_paths(&path).any(|d| {
+            std::fs::metadata(d.join(t))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 /// Path of the `gateway` binary built alongside the tests

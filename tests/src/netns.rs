@@ -1,6 +1,7 @@
 //! Two network namespaces joined by a veth pair, addressed from
 //! 198.18.0.0/15 with no default route, removed on drop (also when a test
-//! fails and unwinds).
+//! fails and unwinds); and running code inside a namespace, on a thread of
+//! its own.
 
 use std::{
     process::Command,
@@ -33,9 +34,13 @@ fn ip(args: &[&str]) -> std::io::Result<()> {
 
 impl NetnsPair {
     /// `tag`: a short name for the test (part of the namespace names).
+    /// The names hold the process ID and a per-process sequence number, so
+    /// tests running side by side, in one process or several, never share
+    /// a namespace or an interface name.
     pub fn new(tag: &str) -> std::io::Result<Self> {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}{}", std::process::id() % 10000, n);
+        // At most 7 + 1 + 3 characters: veth names stay within IFNAMSIZ.
+        let id = format!("{}-{n}", std::process::id());
         let p = NetnsPair {
             a: format!("gwt-{tag}-a{id}"),
             b: format!("gwt-{tag}-b{id}"),
@@ -83,4 +88,36 @@ impl Drop for NetnsPair {
         let _ = ip(&["netns", "del", &self.a]);
         let _ = ip(&["netns", "del", &self.b]);
     }
+}
+
+/// Runs `f` on a new thread that first enters network namespace `ns`
+/// (setns changes only the calling thread's namespace, so the test's own
+/// thread stays where it is) and returns what `f` returns. Panics when the
+/// namespace cannot be entered; a panic of `f` goes on in the caller.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    let thread = std::thread::spawn(move || {
+        gateway::sys::enter_netns(&ns)
+            .unwrap_or_else(|e| panic!("entering network namespace {ns}: {e}"));
+        f()
+    });
+    match thread.join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// As [`in_netns`] for a fallible `f`: entering the namespace failing, `f`
+/// failing or panicking are all an Err.
+pub fn try_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        gateway::sys::enter_netns(&ns)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in network namespace panicked"))?
 }

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
 use crate::sipp::free_port;
@@ -158,15 +158,10 @@ impl Prometheus {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let Some(ns) = self.netns.clone() else {
+        let Some(ns) = &self.netns else {
             return http_get(&url, &query);
         };
-        std::thread::spawn(move || {
-            gateway::sys::enter_netns(&ns)?;
-            http_get(&url, &query)
-        })
-        .join()
-        .map_err(|_| anyhow!("request thread panicked"))?
+        crate::netns::try_in_netns(ns, move || http_get(&url, &query))
     }
 
     /// `data` of an API call that answered `"status": "success"`.
@@ -272,7 +267,9 @@ impl Drop for Prometheus {
     }
 }
 
-fn http_get(url: &str, query: &[(String, String)]) -> Result<(u16, String)> {
+/// A GET of `url` with `query` from the calling thread's namespace,
+/// without any proxy: the status and the body as text.
+pub fn http_get(url: &str, query: &[(String, String)]) -> Result<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         // Loopback only, whatever the environment says.

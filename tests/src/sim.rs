@@ -48,6 +48,25 @@ pub fn spawn(
     (KillOnDrop(child), status)
 }
 
+/// [`spawn`] in the second namespace of `net` ("b", the cameras' side),
+/// bound to its address, against the gateway's SIP server on port 5060 of
+/// the first ("a").
+pub fn spawn_in(
+    net: &crate::netns::NetnsPair,
+    dev: &str,
+    dir: &Path,
+    args: &[&str],
+) -> (KillOnDrop, PathBuf) {
+    spawn(
+        Some(&net.b),
+        &format!("{}:5060", net.addr_a),
+        &net.addr_b,
+        dev,
+        dir,
+        args,
+    )
+}
+
 /// Channel `n` (1-based) of a simulated device, as gb-sim numbers them.
 pub fn channel(dev: &str, n: u32) -> String {
     format!("{}131{}{:06}", &dev[..10], &dev[13..14], n)

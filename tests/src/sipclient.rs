@@ -32,6 +32,12 @@ impl Client {
         }
     }
 
+    /// With a read timeout of `t` instead of 3 s.
+    pub fn timeout(self, t: Duration) -> Client {
+        self.sock.set_read_timeout(Some(t)).unwrap();
+        self
+    }
+
     pub fn local(&self) -> SocketAddr {
         self.sock.local_addr().unwrap()
     }
@@ -43,16 +49,30 @@ impl Client {
         self.recv()
     }
 
+    /// The next response (requests are skipped), or None on timeout.
     pub fn recv(&self) -> Option<Head> {
-        let mut buf = vec![0u8; 65536];
         loop {
-            let (n, _) = self.sock.recv_from(&mut buf).ok()?;
-            let m = wire::parse(&buf[..n], 65535).expect("gateway sent unparseable SIP");
-            let h = Head::parse(&m).expect("gateway sent bad headers");
+            let h = self.recv_any()?;
             if h.status.is_some() {
                 return Some(h);
             }
         }
+    }
+
+    /// The next message, request or response, or None on timeout.
+    pub fn recv_any(&self) -> Option<Head> {
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = self.sock.recv_from(&mut buf).ok()?;
+        let m = wire::parse(&buf[..n], 65535).expect("gateway sent unparseable SIP");
+        Some(Head::parse(&m).expect("gateway sent bad headers"))
+    }
+
+    /// Answers the gateway's request `req` with `code` and `reason`, To tag
+    /// `tag`, and an SDP body if given.
+    pub fn answer(&self, req: &Head, code: u16, reason: &str, tag: &str, sdp: Option<&str>) {
+        let body = sdp.map(|s| ("application/sdp", s.as_bytes()));
+        let r = gb28181::sip::response(req, self.gw, code, reason, tag, &[], body);
+        self.sock.send_to(&r, self.gw).unwrap();
     }
 
     pub fn register(

@@ -175,16 +175,46 @@ impl Daemon {
         let Some(ns) = &self.netns else {
             return request(self.api, method, path, token, body);
         };
-        let (ns, api) = (ns.clone(), self.api);
+        let api = self.api;
         let (method, path) = (method.to_string(), path.to_string());
         let (token, body) = (token.map(str::to_string), body.map(str::to_string));
-        std::thread::spawn(move || {
-            gateway::sys::enter_netns(&ns)?;
+        crate::netns::try_in_netns(ns, move || {
             request(api, &method, &path, token.as_deref(), body.as_deref())
         })
-        .join()
-        .map_err(|_| anyhow::anyhow!("request thread panicked"))?
     }
+
+    /// Opens a stream: POST /api/streams for `device`'s `channel` over
+    /// `transport`, `extra` adding JSON members (each with its leading
+    /// comma). Asserts 201 Created; returns the session.
+    pub fn open_stream(&self, device: &str, channel: &str, transport: &str, extra: &str) -> Value {
+        let body = format!(
+            r#"{{"device":"{device}","channel":"{channel}","transport":"{transport}"{extra}}}"#
+        );
+        let (code, v) = self.post_json("/api/streams", &body).unwrap();
+        assert_eq!(code, 201, "POST /api/streams {body}: {v}");
+        v
+    }
+}
+
+/// The local media port of a stream session (its `local` address).
+pub fn stream_port(session: &Value) -> u16 {
+    session["local"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// POST /api/streams with `body` to the API at `api` from a thread of its
+/// own, for tests that play the device themselves (the API answers once
+/// the device has answered the INVITE); join it for the status and JSON.
+pub fn open_stream_async(api: SocketAddr, body: String) -> std::thread::JoinHandle<(u16, Value)> {
+    std::thread::spawn(move || {
+        request(api, "POST", "/api/streams", None, Some(&body)).expect("POST /api/streams")
+    })
 }
 
 /// An API request to `api` from the calling thread's namespace; a `body`

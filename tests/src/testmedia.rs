@@ -22,6 +22,20 @@ pub fn split_aus(annexb: &[u8]) -> Vec<Vec<u8>> {
     aus
 }
 
+/// `n` synthetic H.264 access units of `size` bytes after the NAL header
+/// (an IDR slice every 25 frames, non-IDR slices between), whose payload
+/// never holds a zero byte and so no start code: media for tests that
+/// count packets and frames rather than decode.
+pub fn synthetic_aus(n: usize, size: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut au = vec![0, 0, 0, 1, if i % 25 == 0 { 0x65 } else { 0x41 }];
+            au.extend((0..size).map(|j| ((i * 7 + j) % 250 + 1) as u8));
+            au
+        })
+        .collect()
+}
+
 /// Each access unit as PS (PTS = frame x 3600), cut into 1388-byte RTP
 /// payloads: PT 96, sequence numbers from `seq0`, timestamp = PTS, marker
 /// on the last packet of a frame.

@@ -19,16 +19,13 @@ use gateway_tests::{
     sipp::{free_port, Daemon, TempDir},
     testmedia::camera_file,
 };
+use gb28181::digest::hex;
 use serde_json::Value;
 
 const K1: &str = "00112233445566778899aabbccddeeff";
 const K2: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
 const VKEK: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf";
 const SALT: &str = "0102030405060708090a0b0c0d0e";
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 fn unhex16(s: &str) -> [u8; 16] {
     let v: Vec<u8> = (0..32)
@@ -190,7 +187,7 @@ fn encrypted_cameras_record_the_clear_source() {
     let (sip, api) = (free_port(), free_port());
     let rec = dir.path().join("records");
     let keys = format!(
-        "[media]\nports = \"37100-37199\"\nno_media_timeout_secs = 0\n\
+        "[media]\nports = \"32200-32299\"\nno_media_timeout_secs = 0\n\
          [media.record]\ndir = \"{rec}\"\n\
          [[keys]]\ndevice = \"34020000001320000901\"\nprofile = \"sm4-nal-ofb\"\nversion = 1\nkey = \"{K1}\"\n\
          [[keys]]\ndevice = \"34020000001320000903\"\nprofile = \"srtp-sm4\"\nversion = 1\nkey = \"{K1}\"\nsalt = \"{SALT}\"\n\

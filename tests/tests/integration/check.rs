@@ -5,30 +5,12 @@
 
 use std::process::Command;
 
-use gateway_tests::{gateway_bin, netns::NetnsPair, require_root};
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn gateway(args: &[&str]) -> Out {
-    let o = Command::new(gateway_bin())
-        .args(args)
-        .output()
-        .expect("run gateway");
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn json(o: &Out) -> serde_json::Value {
-    serde_json::from_str(&o.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", o.stdout, o.stderr))
-}
+use gateway_tests::{
+    cli::{gateway, gateway_in, Out},
+    netns::NetnsPair,
+    require_root,
+    unpriv::{setpriv_caps, Sandbox, NOBODY},
+};
 
 fn check<'a>(r: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     r["checks"]
@@ -45,7 +27,7 @@ fn this_kernel_passes_every_required_check() {
         return;
     }
     let o = gateway(&["check", "--json"]);
-    let r = json(&o);
+    let r = o.json();
     assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
     assert_eq!(r["ok"], true);
     assert_eq!(r["min_kernel"], "5.9");
@@ -106,9 +88,9 @@ fn interface_report_tells_native_from_generic_xdp() {
     }
     let net = NetnsPair::new("chk").expect("namespaces");
     // veth: native XDP.
-    let o = gateway(&["--netns", &net.a, "check", "--iface", &net.veth_a, "--json"]);
+    let o = gateway_in(&net.a, &["check", "--iface", &net.veth_a, "--json"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let r = json(&o);
+    let r = o.json();
     let i = check(&r, "iface");
     assert_eq!(i["status"], "ok", "{i}");
     let d = i["detail"].as_str().unwrap();
@@ -125,9 +107,9 @@ fn interface_report_tells_native_from_generic_xdp() {
         .join(&net.a)
         .exists());
     // Loopback: no native XDP, a warning only (generic mode works).
-    let o = gateway(&["--netns", &net.a, "check", "--iface", "lo", "--json"]);
+    let o = gateway_in(&net.a, &["check", "--iface", "lo", "--json"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let r = json(&o);
+    let r = o.json();
     let i = check(&r, "iface");
     assert_eq!(i["status"], "warn", "{i}");
     assert!(
@@ -135,7 +117,7 @@ fn interface_report_tells_native_from_generic_xdp() {
         "{i}"
     );
     // An interface that does not exist there: exit 1, named.
-    let o = gateway(&["--netns", &net.a, "check", "--iface", "nosuch0"]);
+    let o = gateway_in(&net.a, &["check", "--iface", "nosuch0"]);
     assert_eq!(o.code, 1);
     assert!(o.stdout.contains("result: NOT OK"), "{}", o.stdout);
     let last = o.stderr.lines().last().unwrap_or("");
@@ -149,37 +131,17 @@ fn interface_report_tells_native_from_generic_xdp() {
 /// Runs `gateway check --json` as user 65534 with the given capabilities
 /// (setpriv), from a copy of the binary that user may execute.
 fn check_as_nobody(caps: &str) -> Out {
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = std::env::temp_dir().join(format!(
-        "gw-chk-{}-{}",
-        std::process::id(),
-        caps.replace(['+', ','], "")
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bin = dir.join("gateway");
-    std::fs::copy(gateway_bin(), &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
-    if caps.is_empty() {
-        c.args(["--inh-caps=-all", "--bounding-set=-all"]);
-    } else {
-        c.arg(format!("--inh-caps=-all,{caps}"))
-            .arg(format!("--ambient-caps=-all,{caps}"))
-            .arg(format!("--bounding-set=-all,{caps}"));
-    }
-    let o = c
-        .arg(&bin)
+    let sbx = Sandbox::new(&format!("chk{}", caps.replace(['+', ','], "")));
+    Command::new("setpriv")
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .args(setpriv_caps(caps))
+        .arg(sbx.bin())
         .args(["check", "--json"])
         .output()
-        .expect("setpriv");
-    let _ = std::fs::remove_dir_all(&dir);
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+        .expect("setpriv")
+        .into()
 }
 
 #[test]
@@ -190,7 +152,7 @@ fn missing_privileges_are_named() {
     // No capabilities at all: bpf(2) refused, the rest skipped.
     let o = check_as_nobody("");
     assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
-    let r = json(&o);
+    let r = o.json();
     assert_eq!(r["ok"], false);
     let p = check(&r, "privileges");
     assert_eq!(p["status"], "fail");
@@ -211,7 +173,7 @@ fn missing_privileges_are_named() {
     // restricted mode, refuses the programs; the report says so.
     let o = check_as_nobody("+bpf,+net_admin");
     assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
-    let r = json(&o);
+    let r = o.json();
     let p = check(&r, "privileges");
     assert!(
         p["detail"]
@@ -231,7 +193,7 @@ fn missing_privileges_are_named() {
     // The three capabilities of the systemd unit: ready.
     let o = check_as_nobody("+bpf,+net_admin,+perfmon");
     assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
-    assert_eq!(json(&o)["ok"], true);
+    assert_eq!(o.json()["ok"], true);
 }
 
 #[test]

@@ -3,21 +3,17 @@
 //! from either side. A raw client checks the open timeout and CANCEL.
 //! Loopback only, no root.
 
-use std::{
-    net::{SocketAddr, UdpSocket},
-    process::Command,
-    time::Duration,
-};
+use std::time::Duration;
 
-use gateway_tests::sipp::{
-    free_port, registering_device, write_device_scenario, Daemon, Invite, Sipp, TempDir, DOMAIN,
-    PLATFORM,
+use gateway_tests::{
+    have_tools,
+    sipclient::Client,
+    sipp::{
+        free_port, open_stream_async, registering_device, stream_port, write_device_scenario,
+        Daemon, Invite, Sipp, TempDir,
+    },
 };
-use gb28181::{digest::Challenge, sip::Head, wire};
-
-fn sipp_available() -> bool {
-    Command::new("sipp").arg("-v").output().is_ok()
-}
+use gb28181::sip::Head;
 
 fn post_stream(d: &Daemon, body: &str) -> (u16, serde_json::Value) {
     d.post_json("/api/streams", body).unwrap()
@@ -42,7 +38,7 @@ const CH2: &str = "34020000001310000002";
 #[test]
 fn sipp_streams_open_close_refuse_and_device_bye() {
     assert!(
-        sipp_available(),
+        have_tools(&["sipp"]),
         "sipp is not installed (Debian package sip-tester)"
     );
     let dir = TempDir::new("sessions");
@@ -87,15 +83,11 @@ fn sipp_streams_open_close_refuse_and_device_bye() {
     assert_eq!(s1["ssrc_mismatch"], false);
     assert_eq!(s1["remote"], "127.0.0.1:40000");
     assert_eq!(s1["format"], "v/2/4/25/1/4000a///");
-    let port = s1["local"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse::<u16>()
-        .unwrap();
-    assert!((31000..=31009).contains(&port) && port % 2 == 0, "{port}");
+    let port = stream_port(&s1);
+    assert!(
+        (31000..=31009).contains(&port) && port.is_multiple_of(2),
+        "{port}"
+    );
 
     // Same channel again: 409. Bad requests: JSON errors.
     let (code, e) = post_stream(&d, &format!(r#"{{"device":"{ACCEPT}","channel":"{CH1}"}}"#));
@@ -190,58 +182,15 @@ fn open_timeout_cancels_the_invite() {
     );
     let d = Daemon::start(&cfg, sip_port, api_port).unwrap();
     let dev = "34020000001320000301";
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let me = sock.local_addr().unwrap();
-    let uri = format!("sip:{PLATFORM}@{DOMAIN}");
-    let reg = |auth: Option<String>, cseq: u32| {
-        let mut r = format!("REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bKr{cseq}\r\nFrom: <sip:{dev}@{DOMAIN}>;tag=t\r\nTo: <sip:{dev}@{DOMAIN}>\r\nCall-ID: reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{dev}@{me}>\r\nExpires: 3600\r\n");
-        if let Some(a) = auth {
-            r.push_str(&format!("Authorization: {a}\r\n"));
-        }
-        r.push_str("Content-Length: 0\r\n\r\n");
-        r
-    };
-    let recv = || -> Head {
-        let mut buf = vec![0u8; 65536];
-        let (n, _) = sock.recv_from(&mut buf).unwrap();
-        Head::parse(&wire::parse(&buf[..n], 65535).unwrap()).unwrap()
-    };
-    sock.send_to(reg(None, 1).as_bytes(), d.sip).unwrap();
-    let ch = Challenge::parse(recv().www_authenticate.as_deref().unwrap()).unwrap();
-    let a = ch.answer(dev, "pw", "REGISTER", &uri, 1, "c").to_header();
-    sock.send_to(reg(Some(a), 2).as_bytes(), d.sip).unwrap();
-    assert_eq!(recv().status, Some(200));
+    let c = Client::new(d.sip).timeout(Duration::from_secs(10));
+    assert_eq!(c.login(dev, "pw"), 200);
+    let recv = || -> Head { c.recv_any().expect("a message from the gateway") };
     // The catalog query: answer 200, no catalog (it will time out, fine).
     let q = recv();
     assert_eq!(q.method.as_deref(), Some("MESSAGE"));
-    let src: SocketAddr = d.sip;
-    sock.send_to(
-        &gb28181::sip::response(&q, src, 200, "OK", "x", &[], None),
-        d.sip,
-    )
-    .unwrap();
+    c.answer(&q, 200, "OK", "x", None);
 
-    let api = d.api;
-    let caller = std::thread::spawn(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut r = agent
-            .post(&format!("http://{api}/api/streams"))
-            .header("Content-Type", "application/json")
-            .send(format!(r#"{{"device":"{dev}"}}"#))
-            .unwrap();
-        let code = r.status().as_u16();
-        (
-            code,
-            r.body_mut()
-                .read_json::<serde_json::Value>()
-                .unwrap_or_default(),
-        )
-    });
+    let caller = open_stream_async(d.api, format!(r#"{{"device":"{dev}"}}"#));
     // INVITE: ring (100, 180) and never answer.
     let inv = loop {
         let h = recv();
@@ -258,8 +207,7 @@ fn open_timeout_cancels_the_invite() {
     assert!(!sdp.tcp());
     assert_eq!(sdp.payloads[0].1, "PS");
     for (code, reason) in [(100, "Trying"), (180, "Ringing")] {
-        let r = gb28181::sip::response(&inv, src, code, reason, "dev", &[], None);
-        sock.send_to(&r, d.sip).unwrap();
+        c.answer(&inv, code, reason, "dev", None);
     }
     // CANCEL after the open timeout (retransmitted INVITEs are skipped).
     let cancel = loop {
@@ -270,16 +218,8 @@ fn open_timeout_cancels_the_invite() {
     };
     assert_eq!(cancel.via.branch, inv.via.branch);
     assert_eq!(cancel.cseq, inv.cseq);
-    sock.send_to(
-        &gb28181::sip::response(&cancel, src, 200, "OK", "dev", &[], None),
-        d.sip,
-    )
-    .unwrap();
-    sock.send_to(
-        &gb28181::sip::response(&inv, src, 487, "Request Terminated", "dev", &[], None),
-        d.sip,
-    )
-    .unwrap();
+    c.answer(&cancel, 200, "OK", "dev", None);
+    c.answer(&inv, 487, "Request Terminated", "dev", None);
     let ack = loop {
         let h = recv();
         if h.method.as_deref() == Some("ACK") {

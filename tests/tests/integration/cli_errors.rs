@@ -1,30 +1,21 @@
 //! Bad input on the command line: a one-line error naming the problem and a
 //! non-zero exit, never a panic or a half-attached interface.
 
-use std::process::Command;
-
-use gateway_tests::{gateway_bin, netns::NetnsPair, require_root};
-
-/// Runs the CLI and returns (exit code, stderr).
-fn run(args: &[&str]) -> (i32, String) {
-    let o = Command::new(gateway_bin())
-        .args(args)
-        .output()
-        .expect("run gateway");
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+use gateway_tests::{cli::gateway, netns::NetnsPair, require_root};
 
 fn fails_with(args: &[&str], needle: &str) {
-    let (code, err) = run(args);
-    assert_ne!(code, 0, "{args:?} should fail");
+    let o = gateway(args);
+    assert_ne!(o.code, 0, "{args:?} should fail");
     assert!(
-        err.contains(needle),
-        "{args:?}: stderr {err:?} does not mention {needle:?}"
+        o.stderr.contains(needle),
+        "{args:?}: stderr {:?} does not mention {needle:?}",
+        o.stderr
     );
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert!(
+        !o.stderr.contains("panicked"),
+        "{args:?} panicked: {}",
+        o.stderr
+    );
 }
 
 #[test]
@@ -133,7 +124,7 @@ fn attach_state_errors() {
         "is not attached",
     );
 
-    let (code, err) = run(&[
+    let o = gateway(&[
         "--netns",
         ns,
         "attach",
@@ -142,17 +133,17 @@ fn attach_state_errors() {
         "--max-streams",
         "1",
     ]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(o.code, 0, "{}", o.stderr);
     fails_with(
         &["--netns", ns, "attach", "--iface", iface],
         "already attached",
     );
     let add = |port: &str| {
-        run(&[
+        gateway(&[
             "--netns", ns, "flow", "add", "--iface", iface, "--local", port,
         ])
     };
-    assert_eq!(add("198.18.0.1:30000").0, 0);
+    assert_eq!(add("198.18.0.1:30000").code, 0);
     fails_with(
         &[
             "--netns",
@@ -207,7 +198,10 @@ fn attach_state_errors() {
         ],
         "flow name longer",
     );
-    assert_eq!(run(&["--netns", ns, "detach", "--iface", iface]).0, 0);
+    assert_eq!(
+        gateway(&["--netns", ns, "detach", "--iface", iface]).code,
+        0
+    );
     // A failed attach (unknown interface) leaves no pins behind.
     assert!(!std::path::Path::new(&format!("/sys/fs/bpf/gateway/{ns}/nosuch0")).exists());
 }

@@ -7,14 +7,16 @@
 //! the media port range is dropped in the kernel; a session without media
 //! is ended on the kernel's last-packet time.
 
-use std::{net::UdpSocket, process::Command, time::Duration};
+use std::{net::UdpSocket, time::Duration};
 
 use gateway_tests::{
-    gateway_bin,
-    netns::NetnsPair,
+    cli::{gateway_in, kernel_flows},
+    netns::{in_netns, NetnsPair},
     require_root,
-    sipp::{free_port, registering_device, write_device_scenario, Daemon, Invite, TempDir},
-    testmedia::ps_rtp,
+    sipp::{
+        free_port, registering_device, stream_port, write_device_scenario, Daemon, Invite, TempDir,
+    },
+    testmedia::{ps_rtp, synthetic_aus},
 };
 
 const DEV: &str = "34020000001320000501";
@@ -22,21 +24,12 @@ const CH1: &str = "34020000001310000001";
 const CH2: &str = "34020000001310000002";
 
 fn rtp_ps(frames: usize, ssrc: u32) -> Vec<Vec<u8>> {
-    let aus: Vec<Vec<u8>> = (0..frames)
-        .map(|i| {
-            let mut au = vec![0, 0, 0, 1, if i % 25 == 0 { 0x65 } else { 0x41 }];
-            au.extend((0..4000).map(|j| ((i + j) % 200 + 1) as u8));
-            au
-        })
-        .collect();
-    ps_rtp(&aus, ssrc, 7)
+    ps_rtp(&synthetic_aus(frames, 4000), ssrc, 7)
 }
 
 /// Sends from inside namespace `ns`, skipping the packets `skip` selects.
 fn send_from(ns: &str, to: std::net::SocketAddr, pk: Vec<Vec<u8>>, skip: fn(usize) -> bool) {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        gateway::sys::enter_netns(&ns).unwrap();
+    in_netns(ns, move || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         for (i, p) in pk.iter().enumerate() {
             if !skip(i) {
@@ -46,32 +39,12 @@ fn send_from(ns: &str, to: std::net::SocketAddr, pk: Vec<Vec<u8>>, skip: fn(usiz
                 }
             }
         }
-    })
-    .join()
-    .unwrap();
-}
-
-fn open(d: &Daemon, channel: &str) -> serde_json::Value {
-    let body = format!(r#"{{"device":"{DEV}","channel":"{channel}","transport":"udp"}}"#);
-    let (code, v) = d.post_json("/api/streams", &body).unwrap();
-    assert_eq!(code, 201);
-    v
-}
-
-fn kernel_flows(ns: &str, iface: &str) -> String {
-    let out = Command::new(gateway_bin())
-        .args(["--netns", ns, "flow", "list", "--iface", iface, "--json"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    });
 }
 
 fn unknown_dropped(ns: &str, iface: &str) -> u64 {
-    let out = Command::new(gateway_bin())
-        .args(["--netns", ns, "status", "--iface", iface, "--json"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let out = gateway_in(ns, &["status", "--iface", iface, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
     v["counters"]["unknown_dropped"].as_u64().unwrap_or(0)
 }
 
@@ -133,17 +106,10 @@ fn root_session_flows_and_kernel_counters_agree() {
     assert_eq!(unknown_dropped(&net.a, &net.veth_a) - before, n_stray);
 
     // A session: its flow enters the kernel table.
-    let s = open(&d, CH1);
+    let s = d.open_stream(DEV, CH1, "udp", "");
     let id = s["id"].as_str().unwrap().to_string();
     let ssrc = s["ssrc"].as_u64().unwrap() as u32;
-    let port: u16 = s["local"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = stream_port(&s);
     assert_eq!(
         s["local"].as_str().unwrap(),
         format!("{}:{port}", net.addr_a)
@@ -183,7 +149,7 @@ fn root_session_flows_and_kernel_counters_agree() {
     assert!(!kernel_flows(&net.a, &net.veth_a).contains(&format!(":{port}")));
 
     // No media at all: ended on the kernel's clock.
-    let s = open(&d, CH2);
+    let s = d.open_stream(DEV, CH2, "udp", "");
     let id2 = s["id"].as_str().unwrap().to_string();
     d.wait_until(Duration::from_secs(30), "no-media timeout", |d| {
         d.get(&format!("/api/streams/{id2}"))

@@ -4,97 +4,50 @@
 //! counted and logged once, never a panic, and another stream received at
 //! the same time is unaffected. No root.
 
-use std::{
-    net::{SocketAddr, UdpSocket},
-    time::Duration,
-};
+use std::{net::UdpSocket, time::Duration};
 
 use gateway_tests::{
-    sipp::{free_port, Daemon, TempDir, DOMAIN, PLATFORM},
-    testmedia::ps_rtp,
+    sipclient::Client,
+    sipp::{free_port, open_stream_async, stream_port, Daemon, TempDir},
+    testmedia::{ps_rtp, synthetic_aus},
 };
-use gb28181::{digest::Challenge, sip::Head, wire};
+use gb28181::sip::Head;
 use media::rtp::RtpHeader;
 
 const DEV: &str = "34020000001320000601";
 
-struct RawDevice {
-    sock: UdpSocket,
-    gw: SocketAddr,
+/// The device, played by a raw client: registered with password "pw".
+fn register(d: &Daemon) -> Client {
+    let dev = Client::new(d.sip).timeout(Duration::from_secs(10));
+    assert_eq!(dev.login(DEV, "pw"), 200);
+    dev
 }
 
-impl RawDevice {
-    fn recv(&self) -> Head {
-        let mut buf = vec![0u8; 65536];
-        let (n, _) = self.sock.recv_from(&mut buf).unwrap();
-        Head::parse(&wire::parse(&buf[..n], 65535).unwrap()).unwrap()
-    }
-
-    /// The next request with this method (others are answered 200).
-    fn expect(&self, method: &str) -> Head {
-        loop {
-            let h = self.recv();
-            match h.method.as_deref() {
-                Some(m) if m == method => return h,
-                Some("MESSAGE") => self.answer(&h, 200, "OK", None),
-                _ => {}
-            }
+/// The next request with this method (MESSAGEs meanwhile are answered 200).
+fn expect(dev: &Client, method: &str) -> Head {
+    loop {
+        let h = dev.recv_any().expect("a request from the gateway");
+        match h.method.as_deref() {
+            Some(m) if m == method => return h,
+            Some("MESSAGE") => dev.answer(&h, 200, "OK", "dev", None),
+            _ => {}
         }
     }
-
-    fn answer(&self, h: &Head, code: u16, reason: &str, sdp: Option<&str>) {
-        let body = sdp.map(|s| ("application/sdp", s.as_bytes()));
-        let r = gb28181::sip::response(h, self.gw, code, reason, "dev", &[], body);
-        self.sock.send_to(&r, self.gw).unwrap();
-    }
-
-    fn register(d: &Daemon) -> RawDevice {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let me = sock.local_addr().unwrap();
-        let dev = RawDevice { sock, gw: d.sip };
-        let uri = format!("sip:{PLATFORM}@{DOMAIN}");
-        let reg = |auth: Option<String>, cseq: u32| {
-            let mut r = format!("REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};rport;branch=z9hG4bKb{cseq}\r\nFrom: <sip:{DEV}@{DOMAIN}>;tag=t\r\nTo: <sip:{DEV}@{DOMAIN}>\r\nCall-ID: reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{DEV}@{me}>\r\nExpires: 3600\r\n");
-            if let Some(a) = auth {
-                r.push_str(&format!("Authorization: {a}\r\n"));
-            }
-            r.push_str("Content-Length: 0\r\n\r\n");
-            r
-        };
-        dev.sock.send_to(reg(None, 1).as_bytes(), d.sip).unwrap();
-        let ch = Challenge::parse(dev.recv().www_authenticate.as_deref().unwrap()).unwrap();
-        let a = ch.answer(DEV, "pw", "REGISTER", &uri, 1, "c").to_header();
-        dev.sock.send_to(reg(Some(a), 2).as_bytes(), d.sip).unwrap();
-        assert_eq!(dev.recv().status, Some(200));
-        dev
-    }
 }
 
-fn post(api: SocketAddr, channel: &str) -> std::thread::JoinHandle<(u16, serde_json::Value)> {
-    post_t(api, channel, "udp")
+fn post(d: &Daemon, channel: &str) -> std::thread::JoinHandle<(u16, serde_json::Value)> {
+    post_t(d, channel, "udp")
 }
 
 fn post_t(
-    api: SocketAddr,
+    d: &Daemon,
     channel: &str,
     transport: &str,
 ) -> std::thread::JoinHandle<(u16, serde_json::Value)> {
-    let body = format!(r#"{{"device":"{DEV}","channel":"{channel}","transport":"{transport}"}}"#);
-    std::thread::spawn(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut r = agent
-            .post(&format!("http://{api}/api/streams"))
-            .header("Content-Type", "application/json")
-            .send(body)
-            .unwrap();
-        let code = r.status().as_u16();
-        (code, r.body_mut().read_json().unwrap_or_default())
-    })
+    open_stream_async(
+        d.api,
+        format!(r#"{{"device":"{DEV}","channel":"{channel}","transport":"{transport}"}}"#),
+    )
 }
 
 fn good_sdp(y: &str) -> String {
@@ -106,14 +59,7 @@ fn y_of(inv: &Head) -> String {
 }
 
 fn frames(n: usize, ssrc: u32, seq0: u16) -> Vec<Vec<u8>> {
-    let aus: Vec<Vec<u8>> = (0..n)
-        .map(|i| {
-            let mut au = vec![0, 0, 0, 1, if i == 0 { 0x65 } else { 0x41 }];
-            au.extend((0..3000).map(|j| ((i * 7 + j) % 250 + 1) as u8));
-            au
-        })
-        .collect();
-    ps_rtp(&aus, ssrc, seq0)
+    ps_rtp(&synthetic_aus(n, 3000), ssrc, seq0)
 }
 
 #[test]
@@ -125,25 +71,26 @@ fn bad_sdp_and_bad_media_are_counted_and_contained() {
         sip_port,
         api_port,
         "password = \"pw\"\nquery_info = false\n",
-        "[media]\nports = \"35000-35019\"\nno_media_timeout_secs = 0\n",
+        "[media]\nports = \"32100-32119\"\nno_media_timeout_secs = 0\n",
     );
     let d = Daemon::start(&cfg, sip_port, api_port).unwrap();
-    let dev = RawDevice::register(&d);
+    let dev = register(&d);
 
     // An answer without a usable m= line: ACK, then BYE, and a JSON 502.
-    let call = post(d.api, "34020000001310000001");
-    let inv = dev.expect("INVITE");
+    let call = post(&d, "34020000001310000001");
+    let inv = expect(&dev, "INVITE");
     dev.answer(
         &inv,
         200,
         "OK",
+        "dev",
         Some("v=0\r\no=x 0 0 IN IP4 127.0.0.1\r\ns=Play\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"),
     );
-    let ack = dev.expect("ACK");
+    let ack = expect(&dev, "ACK");
     assert_eq!(ack.call_id, inv.call_id);
-    let bye = dev.expect("BYE");
+    let bye = expect(&dev, "BYE");
     assert_eq!(bye.call_id, inv.call_id);
-    dev.answer(&bye, 200, "OK", None);
+    dev.answer(&bye, 200, "OK", "dev", None);
     let (code, body) = call.join().unwrap();
     assert_eq!(code, 502, "{body}");
     assert!(
@@ -157,27 +104,17 @@ fn bad_sdp_and_bad_media_are_counted_and_contained() {
 
     // Two good streams.
     let open = |channel: &str| -> serde_json::Value {
-        let call = post(d.api, channel);
-        let inv = dev.expect("INVITE");
-        dev.answer(&inv, 200, "OK", Some(&good_sdp(&y_of(&inv))));
-        let _ = dev.expect("ACK");
+        let call = post(&d, channel);
+        let inv = expect(&dev, "INVITE");
+        dev.answer(&inv, 200, "OK", "dev", Some(&good_sdp(&y_of(&inv))));
+        let _ = expect(&dev, "ACK");
         let (code, body) = call.join().unwrap();
         assert_eq!(code, 201, "{body}");
         body
     };
     let bad = open("34020000001310000002");
     let clean = open("34020000001310000003");
-    let port = |s: &serde_json::Value| -> u16 {
-        s["local"]
-            .as_str()
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let (bad_port, clean_port) = (port(&bad), port(&clean));
+    let (bad_port, clean_port) = (stream_port(&bad), stream_port(&clean));
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
 
     // The damaged stream: garbage datagrams, valid frames, PS with an
@@ -256,19 +193,20 @@ fn bad_sdp_and_bad_media_are_counted_and_contained() {
     assert_eq!(c["media"]["lost"], 0);
     // A TCP peer announcing a 65 535-byte RTP packet: counted, the
     // connection closed, the daemon fine.
-    let call = post_t(d.api, "34020000001310000004", "tcp-passive");
-    let inv = dev.expect("INVITE");
+    let call = post_t(&d, "34020000001310000004", "tcp-passive");
+    let inv = expect(&dev, "INVITE");
     let y = y_of(&inv);
     dev.answer(
         &inv,
         200,
         "OK",
+        "dev",
         Some(&good_sdp(&y).replace("RTP/AVP", "TCP/RTP/AVP")),
     );
-    let _ = dev.expect("ACK");
+    let _ = expect(&dev, "ACK");
     let (code, t) = call.join().unwrap();
     assert_eq!(code, 201, "{t}");
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port(&t))).unwrap();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", stream_port(&t))).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     use std::io::{Read, Write};

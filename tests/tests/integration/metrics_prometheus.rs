@@ -21,9 +21,9 @@ use std::{
 };
 
 use gateway_tests::{
-    netns::NetnsPair,
+    netns::{in_netns, NetnsPair},
     prom::{
-        dashboard_exprs, dashboards_dir, instantiate, promtool_check_metrics, rule_exprs,
+        dashboard_exprs, dashboards_dir, http_get, instantiate, promtool_check_metrics, rule_exprs,
         without_threshold, Prometheus,
     },
     require_root, sim,
@@ -46,41 +46,14 @@ const SALT: &str = "0102030405060708090a0b0c0d0e";
 fn sim(net: &NetnsPair, dir: &Path, dev: &str, args: &[&str]) -> (sim::KillOnDrop, PathBuf) {
     let mut all = vec!["--channels", "1", "--keepalive-secs", "2"];
     all.extend_from_slice(args);
-    sim::spawn(
-        Some(&net.b),
-        &format!("{}:5060", net.addr_a),
-        &net.addr_b,
-        dev,
-        dir,
-        &all,
-    )
-}
-
-/// Runs `f` on a thread inside namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        gateway::sys::enter_netns(&ns).expect("enter netns");
-        f()
-    })
-    .join()
-    .expect("thread in namespace")
+    sim::spawn_in(net, dev, dir, &all)
 }
 
 fn scrape(ns: &str, addr: SocketAddr) -> String {
-    in_ns(ns, move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(20)))
-            .proxy(None)
-            .build()
-            .into();
-        agent
-            .get(&format!("http://{addr}/metrics"))
-            .call()
-            .expect("GET /metrics")
-            .body_mut()
-            .read_to_string()
-            .expect("metrics text")
+    in_netns(ns, move || {
+        let (code, text) = http_get(&format!("http://{addr}/metrics"), &[]).expect("GET /metrics");
+        assert_eq!(code, 200, "GET /metrics: {text}");
+        text
     })
 }
 
@@ -187,7 +160,7 @@ fn root_prometheus_scrapes_and_every_rule_and_panel_has_data() {
     // A flood of bad-password REGISTERs (bounded: 400), from the cameras'
     // namespace.
     let (addr_b, gw) = (net.addr_b.clone(), sip);
-    let refused = in_ns(&net.b, move || {
+    let refused = in_netns(&net.b, move || {
         let c = Client::bound(addr_b.parse().unwrap(), gw);
         let uri = format!("sip:{PLATFORM}@{DOMAIN}");
         let r = c
@@ -209,7 +182,7 @@ fn root_prometheus_scrapes_and_every_rule_and_panel_has_data() {
         net.addr_b.clone(),
         SocketAddr::new(net.addr_a.parse().unwrap(), 36190),
     );
-    in_ns(&net.b, move || {
+    in_netns(&net.b, move || {
         let s = UdpSocket::bind(SocketAddr::new(addr_b.parse().unwrap(), 0)).unwrap();
         let mut p = vec![0u8; 200];
         p[0] = 0x80;

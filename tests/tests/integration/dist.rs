@@ -7,13 +7,19 @@
 
 use std::{
     collections::BTreeSet,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use gateway::config::Config;
-use gateway_tests::{gateway_bin, netns::NetnsPair, require_root};
+use gateway_tests::{
+    cli::Out,
+    gateway_bin, have_tools,
+    netns::NetnsPair,
+    require_root,
+    sipp::TempDir,
+    unpriv::{setpriv_caps, Sandbox, NOBODY},
+};
 
 fn dist() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist")
@@ -85,13 +91,11 @@ fn commented_options_of_the_shipped_config_are_real() {
         .collect::<Vec<_>>()
         .join("\n");
     assert!(enabled >= 20, "only {enabled} commented options found");
-    let dir = std::env::temp_dir().join(format!("gw-dist-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("all-options.toml");
+    let dir = TempDir::new("dist");
+    let path = dir.path().join("all-options.toml");
     std::fs::write(&path, &on).unwrap();
-    let r = Config::load(&path);
-    let _ = std::fs::remove_dir_all(&dir);
-    let c = r.unwrap_or_else(|e| panic!("with every option enabled: {e:#}\n{on}"));
+    let c =
+        Config::load(&path).unwrap_or_else(|e| panic!("with every option enabled: {e:#}\n{on}"));
     assert_eq!(c.flows.len(), 1);
     assert!(c.media.record.is_some());
     assert_eq!(c.media.streams.len(), 1);
@@ -151,17 +155,12 @@ fn unit_runs_the_daemon_unprivileged_with_named_capabilities() {
 /// with ExecStart pointing at the built binary.
 #[test]
 fn unit_passes_systemd_analyze_verify() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !have_tools(&["systemd-analyze"]) {
         eprintln!("SKIPPED unit_passes_systemd_analyze_verify: systemd-analyze not installed");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("gw-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gateway.service");
+    let dir = TempDir::new("unit");
+    let path = dir.path().join("gateway.service");
     let bin = gateway_bin();
     std::fs::write(
         &path,
@@ -173,7 +172,6 @@ fn unit_passes_systemd_analyze_verify() {
         .arg(&path)
         .output()
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "systemd-analyze verify: {err}");
     assert!(!err.contains("gateway.service:"), "warnings: {err}");
@@ -209,69 +207,39 @@ impl Drop for Bpffs {
     }
 }
 
-const NOBODY: u32 = 65534;
-
-/// A copy of the gateway binary that an unprivileged user may execute, in
-/// a directory of its own (removed on drop), plus a lock directory for
-/// that user.
-struct Sandbox {
-    dir: PathBuf,
-}
-
-impl Sandbox {
-    fn new(tag: &str) -> Sandbox {
-        let dir = std::env::temp_dir().join(format!("gw-sbx-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("run")).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::copy(gateway_bin(), dir.join("gateway")).unwrap();
-        std::fs::set_permissions(dir.join("gateway"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
-        std::os::unix::fs::chown(dir.join("run"), Some(NOBODY), Some(NOBODY)).unwrap();
-        Sandbox { dir }
-    }
-
-    /// Runs `gateway ARGS` in network namespace `ns` as user 65534 with
-    /// the capability sets `caps` (ambient = inheritable = bounding),
-    /// no-new-privileges, and its own /run/gateway (as RuntimeDirectory=
-    /// gives the service). Returns (exit code, stdout, stderr).
-    fn run_as_service_user(
-        &self,
-        ns: &str,
-        caps: &[String],
-        args: &[&str],
-    ) -> (i32, String, String) {
-        let list: Vec<String> = caps
-            .iter()
-            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
-            .collect();
-        let list = list.join(",");
-        let script = format!(
-            "mount --bind {run} /run/gateway && exec setpriv --reuid={NOBODY} --regid={NOBODY} \
-             --clear-groups --no-new-privs --inh-caps=-all,{list} --ambient-caps=-all,{list} \
-             --bounding-set=-all,{list} {bin} \"$@\"",
-            run = self.dir.join("run").display(),
-            bin = self.dir.join("gateway").display(),
-        );
-        std::fs::create_dir_all("/run/gateway").unwrap();
-        let o = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "unshare", "-m", "sh", "-c", &script, "sh",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Runs the sandbox's `gateway ARGS` in network namespace `ns` as user
+/// 65534 with the capability sets `caps` (ambient = inheritable =
+/// bounding), no-new-privileges, and its own /run/gateway (as
+/// RuntimeDirectory= gives the service). Returns (exit code, stdout,
+/// stderr).
+fn run_as_service_user(
+    sbx: &Sandbox,
+    ns: &str,
+    caps: &[String],
+    args: &[&str],
+) -> (i32, String, String) {
+    let list: Vec<String> = caps
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let list = list.join(",");
+    let script = format!(
+        "mount --bind {run} /run/gateway && exec setpriv --reuid={NOBODY} --regid={NOBODY} \
+         --clear-groups --no-new-privs {caps} {bin} \"$@\"",
+        run = sbx.dir.join("run").display(),
+        caps = setpriv_caps(&list).join(" "),
+        bin = sbx.bin().display(),
+    );
+    std::fs::create_dir_all("/run/gateway").unwrap();
+    let o: Out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "unshare", "-m", "sh", "-c", &script, "sh",
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+        .into();
+    (o.code, o.stdout, o.stderr)
 }
 
 /// The unit's privilege model works: user 65534 with exactly the unit's
@@ -292,7 +260,8 @@ fn unit_capabilities_suffice_to_attach_read_and_detach() {
     let bpffs = fs.dir.to_str().unwrap();
     let pin = fs.dir.join("gateway/host").join(&net.veth_a);
 
-    let (code, out, err) = sbx.run_as_service_user(
+    let (code, out, err) = run_as_service_user(
+        &sbx,
         &net.a,
         &caps,
         &[
@@ -307,7 +276,8 @@ fn unit_capabilities_suffice_to_attach_read_and_detach() {
     );
     assert_eq!(code, 0, "attach as the service user: {out}{err}");
     assert!(pin.join("xdp_link").exists(), "{out}");
-    let (code, out, err) = sbx.run_as_service_user(
+    let (code, out, err) = run_as_service_user(
+        &sbx,
         &net.a,
         &caps,
         &["--bpffs", bpffs, "status", "--iface", &net.veth_a, "--json"],
@@ -315,7 +285,8 @@ fn unit_capabilities_suffice_to_attach_read_and_detach() {
     assert_eq!(code, 0, "status: {err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
     assert_eq!(v["max_streams"], 64, "{v}");
-    let (code, _, err) = sbx.run_as_service_user(
+    let (code, _, err) = run_as_service_user(
+        &sbx,
         &net.a,
         &caps,
         &["--bpffs", bpffs, "detach", "--iface", &net.veth_a],
@@ -329,7 +300,8 @@ fn unit_capabilities_suffice_to_attach_read_and_detach() {
         .filter(|c| *c != "CAP_PERFMON")
         .cloned()
         .collect();
-    let (code, _, err) = sbx.run_as_service_user(
+    let (code, _, err) = run_as_service_user(
+        &sbx,
         &net.a,
         &fewer,
         &["--bpffs", bpffs, "attach", "--iface", &net.veth_a],

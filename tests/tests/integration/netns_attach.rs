@@ -5,41 +5,31 @@
 
 use std::{
     net::UdpSocket,
-    process::{Command, Output},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use gateway::sys;
-use gateway_tests::{frames::Rtp, gateway_bin, netns::NetnsPair, require_root};
+use gateway_tests::{
+    cli::gateway_in,
+    frames::Rtp,
+    netns::{in_netns, NetnsPair},
+    require_root,
+};
 use serde_json::Value;
 
-fn gw(ns: &str, args: &[&str]) -> Output {
-    Command::new(gateway_bin())
-        .arg("--netns")
-        .arg(ns)
-        .args(args)
-        .output()
-        .expect("run gateway")
-}
-
 fn ok(ns: &str, args: &[&str]) -> String {
-    let o = gw(ns, args);
-    assert!(
-        o.status.success(),
-        "gateway {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+    let o = gateway_in(ns, args);
+    assert!(o.ok(), "gateway {args:?} failed: {}", o.stderr);
+    o.stdout
 }
 
 /// Sends `seqs` (with markers where `marker(seq)`) from namespace `ns`,
 /// from a thread pinned to CPU 0 so one CPU handles the flow.
 fn send(ns: &str, dst: &str, ssrc: u32, seqs: &[u16], marker: fn(u16) -> bool) {
-    let ns = ns.to_string();
     let dst = dst.to_string();
     let seqs = seqs.to_vec();
-    std::thread::spawn(move || {
-        sys::enter_netns(&ns).expect("enter sender namespace");
+    in_netns(ns, move || {
         sys::pin_thread_to_cpu(0).expect("pin sender");
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         for q in seqs {
@@ -50,9 +40,7 @@ fn send(ns: &str, dst: &str, ssrc: u32, seqs: &[u16], marker: fn(u16) -> bool) {
             };
             s.send_to(&r.bytes(), &dst).unwrap();
         }
-    })
-    .join()
-    .expect("sender thread");
+    });
 }
 
 fn streams(ns: &str, iface: &str) -> Vec<Value> {
@@ -178,17 +166,13 @@ fn veth_attach_counts_a_known_pattern_and_detaches_cleanly() {
     // Egress: media the gateway sends from a media port is counted per
     // destination by the TC program, and DSCP-marked once asked to.
     ok(ns, &["set", "--iface", iface, "--dscp", "af41"]);
-    let gw_ns = ns.to_string();
-    std::thread::spawn(move || {
-        sys::enter_netns(&gw_ns).expect("enter gateway namespace");
+    in_netns(ns, || {
         let s = UdpSocket::bind("198.18.0.1:30010").unwrap();
         for q in 0..25 {
             s.send_to(&Rtp::new(q, 9).bytes(), "198.18.0.2:5004")
                 .unwrap();
         }
-    })
-    .join()
-    .unwrap();
+    });
     let status: Value =
         serde_json::from_str(&ok(ns, &["status", "--iface", iface, "--json"])).unwrap();
     let egress = status["egress"].as_array().unwrap();

@@ -13,13 +13,12 @@ use std::{
 };
 
 use gateway_tests::{
-    gateway_bin,
+    cli::kernel_flows,
     netns::NetnsPair,
     require_root, sim,
-    sipp::{free_port, Daemon, TempDir},
+    sipp::{free_port, stream_port, Daemon, TempDir},
     testmedia::{camera_file, ffprobe_frames},
 };
-use serde_json::Value;
 
 const DEV: &str = "34020000001320000701";
 const LOSSY: &str = "34020000001320000801";
@@ -34,28 +33,7 @@ fn sim(
     let media = media.to_str().unwrap();
     let mut args = vec!["--channels", "3", "--media", media];
     args.extend_from_slice(extra);
-    sim::spawn(
-        Some(&net.b),
-        &format!("{}:5060", net.addr_a),
-        &net.addr_b,
-        dev,
-        dir,
-        &args,
-    )
-}
-
-fn post(d: &Daemon, body: String) -> Value {
-    let (code, v) = d.post_json("/api/streams", &body).unwrap();
-    assert_eq!(code, 201);
-    v
-}
-
-fn kernel_flows(ns: &str, iface: &str) -> String {
-    let out = Command::new(gateway_bin())
-        .args(["--netns", ns, "flow", "list", "--iface", iface, "--json"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    sim::spawn_in(net, dev, dir, &args)
 }
 
 #[test]
@@ -108,18 +86,9 @@ fn root_simulated_camera_over_every_transport() {
 
     for (i, transport) in ["udp", "tcp-passive", "tcp-active"].iter().enumerate() {
         let ch = sim::channel(DEV, i as u32 + 1);
-        let s = post(
-            &d,
-            format!(r#"{{"device":"{DEV}","channel":"{ch}","transport":"{transport}"}}"#),
-        );
+        let s = d.open_stream(DEV, &ch, transport, "");
         let id = s["id"].as_str().unwrap().to_string();
-        let port = s["local"]
-            .as_str()
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .to_string();
+        let port = stream_port(&s);
         // The file is sent once; then the simulator's stream goes idle.
         d.wait_until(Duration::from_secs(30), "file sent and received", |d| {
             let sent = sim::stream(&cam_status, &id);
@@ -169,18 +138,9 @@ fn root_simulated_camera_over_every_transport() {
     // Injected loss: exactly that loss in the kernel and in the API; then
     // the device hangs up and the flow leaves the kernel table.
     let ch = sim::channel(LOSSY, 1);
-    let s = post(
-        &d,
-        format!(r#"{{"device":"{LOSSY}","channel":"{ch}","transport":"udp"}}"#),
-    );
+    let s = d.open_stream(LOSSY, &ch, "udp", "");
     let id = s["id"].as_str().unwrap().to_string();
-    let port = s["local"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let port = stream_port(&s);
     d.wait_until(
         Duration::from_secs(30),
         "lossy file sent and counted",

@@ -3,18 +3,18 @@
 //! an out-of-call scenario answering the gateway's MANSCDP queries in
 //! GB2312. Everything runs on loopback and needs no root.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use gateway_tests::sipp::{
-    free_port, registering_device, scenarios, write_answer_scenario, write_answer_scenario_with,
-    write_csv, Daemon, Sipp, TempDir, CHANNELS,
+use gateway_tests::{
+    cli::gateway,
+    have_tools,
+    sipp::{
+        free_port, registering_device, scenarios, write_answer_scenario,
+        write_answer_scenario_with, write_csv, Daemon, Sipp, TempDir, CHANNELS,
+    },
 };
 
 const DEV: &str = "34020000001320000001";
-
-fn sipp_available() -> bool {
-    Command::new("sipp").arg("-v").output().is_ok()
-}
 
 fn channel_names(d: &Daemon, id: &str) -> Vec<(String, String, String)> {
     let ch = d.get(&format!("/api/devices/{id}/channels")).unwrap();
@@ -65,7 +65,7 @@ fn run_once(
 /// password (403) that leaves the good registration alone, unregister.
 fn lifecycle(transport: &str, qop: bool) {
     assert!(
-        sipp_available(),
+        have_tools(&["sipp"]),
         "sipp is not installed (Debian package sip-tester)"
     );
     let dir = TempDir::new(&format!("life-{transport}-{qop}"));
@@ -177,27 +177,14 @@ fn lifecycle(transport: &str, qop: bool) {
     );
 
     // The CLI asks the running daemon.
-    let out = Command::new(gateway_tests::gateway_bin())
-        .args(["devices", "--json", "--api", &d.api.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = gateway(&["devices", "--json", "--api", &d.api.to_string()]);
+    assert!(out.ok(), "{}", out.stderr);
+    let j = out.json();
     assert_eq!(j["count"], 1);
     assert_eq!(j["devices"][0]["id"], DEV);
-    let out = Command::new(gateway_tests::gateway_bin())
-        .args(["devices", DEV, "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("前门摄像机"),
-        "{text}"
-    );
+    let out = gateway(&["devices", DEV, "--config", cfg.to_str().unwrap()]);
+    let text = &out.stdout;
+    assert!(out.ok() && text.contains("前门摄像机"), "{text}");
 
     // Unregister.
     let un = run_once(dir.path(), &d, "unregister.xml", &csv, transport);
@@ -242,7 +229,7 @@ fn sipp_device_lifecycle_tcp() {
 #[test]
 fn sipp_thousand_devices_online_then_offline() {
     assert!(
-        sipp_available(),
+        have_tools(&["sipp"]),
         "sipp is not installed (Debian package sip-tester)"
     );
     const N: usize = 1000;
@@ -334,7 +321,7 @@ fn sipp_thousand_devices_online_then_offline() {
 #[test]
 fn registry_survives_restart() {
     assert!(
-        sipp_available(),
+        have_tools(&["sipp"]),
         "sipp is not installed (Debian package sip-tester)"
     );
     let dir = TempDir::new("restart");
@@ -381,7 +368,7 @@ fn registry_survives_restart() {
 #[test]
 fn sipp_cut_off_catalog_is_kept_as_partial() {
     assert!(
-        sipp_available(),
+        have_tools(&["sipp"]),
         "sipp is not installed (Debian package sip-tester)"
     );
     let dir = TempDir::new("partial");

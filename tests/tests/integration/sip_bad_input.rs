@@ -10,6 +10,7 @@ use std::{
 };
 
 use gateway_tests::{
+    cli::gateway,
     sipclient::Client,
     sipp::{free_port, Daemon, TempDir, DOMAIN, PLATFORM},
 };
@@ -272,21 +273,11 @@ fn api_errors_are_json_and_token_protected() {
         .unwrap();
     assert_eq!(code, 404, "{body}");
     // The CLI passes the token and reports the API's error.
-    let out = std::process::Command::new(gateway_tests::gateway_bin())
-        .args(["devices", "--config", cfg.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = std::process::Command::new(gateway_tests::gateway_bin())
-        .args(["devices", "--api", &d.api.to_string(), "--token", "nope"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bearer token"));
+    let out = gateway(&["devices", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert!(out.ok(), "{}", out.stderr);
+    let out = gateway(&["devices", "--api", &d.api.to_string(), "--token", "nope"]);
+    assert!(!out.ok());
+    assert!(out.stderr.contains("bearer token"));
     assert!(d.stop());
 }
 

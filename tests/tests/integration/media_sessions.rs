@@ -12,8 +12,9 @@ use std::{
     time::Duration,
 };
 
+use gateway_tests::have_tools;
 use gateway_tests::sipp::{
-    free_port, registering_device, write_device_scenario, Daemon, Invite, TempDir,
+    free_port, registering_device, stream_port, write_device_scenario, Daemon, Invite, TempDir,
 };
 use gateway_tests::testmedia::{ffmpeg_encode, ffprobe_frames, ps_rtp, split_aus};
 
@@ -22,9 +23,7 @@ const CH1: &str = "34020000001310000001";
 const CH2: &str = "34020000001310000002";
 
 fn tools() -> bool {
-    ["sipp", "ffmpeg", "ffprobe"]
-        .iter()
-        .all(|t| Command::new(t).arg("-version").output().is_ok())
+    have_tools(&["sipp", "ffmpeg", "ffprobe"])
 }
 
 /// ffmpeg encodes `n` frames of a test pattern (AUDs inserted so access
@@ -54,29 +53,6 @@ fn encode(dir: &Path, n: usize) -> Vec<Vec<u8>> {
     let aus = split_aus(&std::fs::read(&out).unwrap());
     assert_eq!(aus.len(), n);
     aus
-}
-
-fn open(d: &Daemon, channel: &str, transport: &str) -> serde_json::Value {
-    open_with(d, channel, transport, "")
-}
-
-fn open_with(d: &Daemon, channel: &str, transport: &str, extra: &str) -> serde_json::Value {
-    let body =
-        format!(r#"{{"device":"{DEV}","channel":"{channel}","transport":"{transport}"{extra}}}"#);
-    let (code, v) = d.post_json("/api/streams", &body).unwrap();
-    assert_eq!(code, 201);
-    v
-}
-
-fn port_of(s: &serde_json::Value) -> u16 {
-    s["local"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// Waits for the closed session's recording and checks it.
@@ -137,8 +113,8 @@ fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
     // forwarded as PS/RTP under its own SSRC.
     let fwd = UdpSocket::bind("127.0.0.1:0").unwrap();
     fwd.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let s = open_with(
-        &d,
+    let s = d.open_stream(
+        DEV,
         CH1,
         "udp",
         &format!(
@@ -151,7 +127,7 @@ fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
     let pk = ps_rtp(&aus, ssrc, 1000);
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     for p in &pk {
-        tx.send_to(p, ("127.0.0.1", port_of(&s))).unwrap();
+        tx.send_to(p, ("127.0.0.1", stream_port(&s))).unwrap();
     }
     d.wait_until(Duration::from_secs(20), "all frames received", |d| {
         d.get(&format!("/api/streams/{id}"))
@@ -185,10 +161,10 @@ fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
     assert_eq!(v["media"]["ssrc_mismatches"], 0);
 
     // TCP passive: the test connects and sends RFC 4571 frames.
-    let s = open(&d, CH2, "tcp-passive");
+    let s = d.open_stream(DEV, CH2, "tcp-passive", "");
     let id = s["id"].as_str().unwrap().to_string();
     let pk = ps_rtp(&aus, s["ssrc"].as_u64().unwrap() as u32, 1000);
-    let mut t = TcpStream::connect(("127.0.0.1", port_of(&s))).unwrap();
+    let mut t = TcpStream::connect(("127.0.0.1", stream_port(&s))).unwrap();
     let mut buf = Vec::new();
     for p in &pk {
         media::framing::encode_rfc4571(p, &mut buf).unwrap();
@@ -212,14 +188,14 @@ fn udp_and_tcp_media_are_received_demuxed_and_recorded() {
         .starts_with("127.0.0.1:"));
 
     // Loss: three packets of one frame dropped on the way.
-    let s = open(&d, CH1, "udp");
+    let s = d.open_stream(DEV, CH1, "udp", "");
     let id = s["id"].as_str().unwrap().to_string();
     let pk = ps_rtp(&aus, s["ssrc"].as_u64().unwrap() as u32, 1000);
     for (i, p) in pk.iter().enumerate() {
         if (40..43).contains(&i) {
             continue;
         }
-        tx.send_to(p, ("127.0.0.1", port_of(&s))).unwrap();
+        tx.send_to(p, ("127.0.0.1", stream_port(&s))).unwrap();
     }
     d.wait_until(Duration::from_secs(20), "lossy stream received", |d| {
         d.get(&format!("/api/streams/{id}"))
