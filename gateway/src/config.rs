@@ -36,6 +36,147 @@ pub struct Config {
     /// Devices' key-encryption keys (`[[vkeks]]`), for wrapped keys.
     #[serde(default)]
     pub vkeks: Vec<VkekSpec>,
+    /// Superior platforms this gateway registers with as a lower-level
+    /// platform (`[[cascade]]`, docs/cascade.md). Needs `[sip]`.
+    #[serde(default)]
+    pub cascade: Vec<CascadeConfig>,
+}
+
+/// `[[cascade]]`: one superior platform (wvp, a provincial platform, a
+/// second gateway) the gateway registers with and shares channels to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeConfig {
+    /// The superior's platform ID (20 digits).
+    pub id: String,
+    /// Its SIP domain and digest realm; default: the first 10 digits of `id`.
+    pub domain: Option<String>,
+    /// Where its SIP server listens.
+    pub address: SocketAddr,
+    /// "udp" (the only one for now).
+    #[serde(default = "default_cascade_transport")]
+    pub transport: String,
+    /// Our ID as the superior knows us; default: `[sip] id`.
+    pub local_id: Option<String>,
+    /// Digest username, when the superior wants one apart from our ID.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// A name for logs, the API and metrics; default: `id`.
+    pub name: Option<String>,
+    /// Registration expiry asked for; re-registered at 2/3 of what is granted.
+    #[serde(default = "default_cascade_expires")]
+    pub expires_secs: u32,
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval_secs: u32,
+    /// Keepalives unanswered in a row before the superior counts as lost
+    /// (then every relay to it stops and registration starts again).
+    #[serde(default = "default_keepalive_count")]
+    pub keepalive_timeout_count: u32,
+    /// First retry after a refused or unanswered REGISTER; doubles up to
+    /// 600 s.
+    #[serde(default = "default_cascade_retry")]
+    pub retry_secs: u32,
+    /// A fresh Call-ID for every registration attempt (some superiors
+    /// refuse a re-used one after a failure).
+    #[serde(default)]
+    pub new_call_id: bool,
+    /// Catalog items per MESSAGE when answering the superior's Catalog
+    /// query; each part is sent after the previous one's 200 OK.
+    #[serde(default = "default_catalog_chunk")]
+    pub catalog_chunk: usize,
+    /// Which channels the superior sees: "all", or the listed devices'
+    /// channels and the listed channels.
+    #[serde(default)]
+    pub share: Share,
+}
+
+/// What a superior is shown.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Share {
+    /// Every channel of every device (default when nothing is listed).
+    #[serde(default)]
+    pub all: bool,
+    /// Every channel of these devices.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// These channels (channel IDs).
+    #[serde(default)]
+    pub channels: Vec<String>,
+}
+
+impl Share {
+    /// Whether a device's channel is shared.
+    pub fn shares(&self, device: &str, channel: &str) -> bool {
+        let none_listed = self.devices.is_empty() && self.channels.is_empty();
+        self.all
+            || none_listed
+            || self.devices.iter().any(|d| d == device)
+            || self.channels.iter().any(|c| c == channel)
+    }
+}
+
+fn default_cascade_transport() -> String {
+    "udp".into()
+}
+fn default_cascade_expires() -> u32 {
+    3600
+}
+fn default_cascade_retry() -> u32 {
+    30
+}
+fn default_catalog_chunk() -> usize {
+    10
+}
+
+impl CascadeConfig {
+    pub fn domain(&self) -> String {
+        self.domain
+            .clone()
+            .unwrap_or_else(|| self.id.chars().take(10).collect())
+    }
+
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.id)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let digits = |s: &str| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit());
+        anyhow::ensure!(
+            digits(&self.id),
+            "cascade.id must be 20 digits, not {:?}",
+            self.id
+        );
+        if let Some(l) = &self.local_id {
+            anyhow::ensure!(digits(l), "cascade.local_id must be 20 digits, not {l:?}");
+        }
+        anyhow::ensure!(
+            self.transport == "udp",
+            "cascade {}: transport must be \"udp\" (TCP upward is not supported yet)",
+            self.id
+        );
+        anyhow::ensure!(
+            self.expires_secs >= 60,
+            "cascade {}: expires_secs must be at least 60",
+            self.id
+        );
+        anyhow::ensure!(
+            self.keepalive_interval_secs > 0 && self.keepalive_timeout_count > 0,
+            "cascade {}: keepalive_interval_secs and keepalive_timeout_count must be positive",
+            self.id
+        );
+        anyhow::ensure!(
+            (1..=3600).contains(&self.retry_secs),
+            "cascade {}: retry_secs must be in 1..=3600",
+            self.id
+        );
+        anyhow::ensure!(
+            (1..=100).contains(&self.catalog_chunk),
+            "cascade {}: catalog_chunk must be in 1..=100",
+            self.id
+        );
+        Ok(())
+    }
 }
 
 /// `[sip]`: the gateway as the platform devices register with.
@@ -438,6 +579,22 @@ impl Config {
         anyhow::ensure!(
             (1..=300).contains(&c.media.open_timeout_secs),
             "media.open_timeout_secs must be in 1..=300"
+        );
+        let mut seen = std::collections::HashSet::new();
+        for up in &c.cascade {
+            up.validate()
+                .with_context(|| format!("{}: [[cascade]]", path.display()))?;
+            anyhow::ensure!(
+                seen.insert(&up.id),
+                "{}: [[cascade]] {} listed twice",
+                path.display(),
+                up.id
+            );
+        }
+        anyhow::ensure!(
+            c.cascade.is_empty() || c.sip.is_some(),
+            "{}: [[cascade]] needs [sip]",
+            path.display()
         );
         anyhow::ensure!(
             c.dataplane.is_some() || c.sip.is_some(),

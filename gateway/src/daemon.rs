@@ -115,6 +115,7 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
                         Some(st),
                         sip_metrics,
                         view.clone(),
+                        cfg.cascade.clone(),
                     )
                     .await?,
                 )

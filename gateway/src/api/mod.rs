@@ -15,6 +15,8 @@
 //! | POST | /api/streams | `{device, channel, transport}`: INVITE; 201 when established |
 //! | GET | /api/streams/{id} | one stream |
 //! | DELETE | /api/streams/{id} | BYE |
+//! | GET | /api/platforms | superior platforms (cascade) and their registration |
+//! | GET | /api/platforms/{id} | one (by ID or name) |
 //! | GET | /api/keys | media keys (`?device=&channel=`), check values only |
 //! | POST | /api/keys | add a key (201; 409 if that version exists) |
 //! | POST | /api/keys/rotate | add a version, retire the others (`?grace_secs=60`) |
@@ -42,6 +44,7 @@ use tracing::info;
 mod devices;
 mod error;
 mod keys;
+mod platforms;
 mod streams;
 
 pub use error::{err, status_of, Error};
@@ -147,6 +150,8 @@ pub fn router(state: ApiState) -> Router {
             "/api/streams/{id}",
             get(streams::stream).delete(streams::close_stream),
         )
+        .route("/api/platforms", get(platforms::platforms))
+        .route("/api/platforms/{id}", get(platforms::platform))
         .route("/api/keys", get(keys::keys).post(keys::add_key))
         .route("/api/keys/rotate", post(keys::rotate_key))
         .route(

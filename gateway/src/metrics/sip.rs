@@ -2,7 +2,7 @@
 //! daemon: rendered on `/metrics` by the exporter and as JSON on
 //! `/api/stats`. Updating one is an atomic add.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct SipMetrics {
@@ -40,6 +40,19 @@ pub struct SipMetrics {
     pub devices: IntGauge,
     pub devices_online: IntGauge,
     pub tcp_connections: IntGauge,
+    /// Cascade: 1 while registered with the superior platform.
+    pub cascade_registered: IntGaugeVec,
+    /// Cascade: REGISTER outcomes upward, by platform and result (ok,
+    /// challenged, refused, timeout, redirected, unregistered).
+    pub cascade_registrations: IntCounterVec,
+    /// Cascade: keepalives upward by platform and result (ok, failed).
+    pub cascade_keepalives: IntCounterVec,
+    /// Cascade: requests from superiors by platform and kind (catalog,
+    /// device_info, device_status, refused, ...).
+    pub cascade_requests: IntCounterVec,
+    /// Cascade: catalog items sent to superiors, and MESSAGE parts resent
+    /// or unanswered.
+    pub cascade_catalog: IntCounterVec,
 }
 
 fn vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -154,6 +167,42 @@ impl SipMetrics {
             devices: gauge("gateway_devices", "Devices in the registry"),
             devices_online: gauge("gateway_devices_online", "Devices online"),
             tcp_connections: gauge("gateway_sip_tcp_connections", "Open SIP TCP connections"),
+            cascade_registered: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "gateway_cascade_registered",
+                        "1 while registered with the superior platform",
+                    ),
+                    &["platform"],
+                )
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+                let _ = reg.register(Box::new(g.clone()));
+                g
+            },
+            cascade_registrations: vec(
+                reg,
+                "gateway_cascade_registrations_total",
+                "REGISTER outcomes towards superior platforms",
+                &["platform", "result"],
+            ),
+            cascade_keepalives: vec(
+                reg,
+                "gateway_cascade_keepalives_total",
+                "Keepalives towards superior platforms by result",
+                &["platform", "result"],
+            ),
+            cascade_requests: vec(
+                reg,
+                "gateway_cascade_requests_total",
+                "Requests from superior platforms by kind",
+                &["platform", "kind"],
+            ),
+            cascade_catalog: vec(
+                reg,
+                "gateway_cascade_catalog_total",
+                "Catalog items and parts sent to superior platforms",
+                &["platform", "what"],
+            ),
         };
         // Known outcomes exist from the start at 0, so a rate() sees their
         // first increase (a series born at its first event would not).

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::{
+    cascade::{self, PlatformView, Upstream},
     dialog::{Dialogs, OpenStream},
     registry::{Device, OfflineReason, Registry, SyncState},
     transport::{Dest, Inbound, Outbound},
@@ -55,6 +56,8 @@ pub enum Command {
     GetStream(String, oneshot::Sender<Option<Session>>),
     /// BYE and forget.
     CloseStream(String, oneshot::Sender<Result<Session, Error>>),
+    /// The superior platforms (cascade) and where each stands.
+    Platforms(oneshot::Sender<Vec<PlatformView>>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,11 @@ pub(super) enum Purpose {
         session: String,
     },
     Bye,
+    /// A request to a superior platform (cascade).
+    Upstream {
+        idx: usize,
+        req: cascade::UpReq,
+    },
 }
 
 /// Purposes are keyed by branch and method (a CANCEL shares its INVITE's branch).
@@ -165,6 +173,8 @@ pub struct Core {
     pub(super) last_media_check: Instant,
     /// Streams and devices published for `/metrics` (every second).
     pub(super) view: Arc<View>,
+    /// Superior platforms (cascade).
+    pub(super) upstreams: Vec<Upstream>,
 }
 
 impl Core {
@@ -175,6 +185,7 @@ impl Core {
         store: Option<(Store, crate::store::Loaded)>,
         metrics: SipMetrics,
         view: Arc<View>,
+        cascade: Vec<crate::config::CascadeConfig>,
     ) -> Core {
         let domain = cfg.domain();
         let mut passwords = HashMap::new();
@@ -245,7 +256,18 @@ impl Core {
             dialogs: Dialogs::default(),
             last_media_check: now,
             view,
+            upstreams: Vec::new(),
         };
+        core.upstreams = cascade
+            .into_iter()
+            .map(|c| Upstream::new(c, &core.cfg.id, now))
+            .collect();
+        for u in &core.upstreams {
+            core.metrics
+                .cascade_registered
+                .with_label_values(&[u.name()])
+                .set(0);
+        }
         // UDP devices can be reached again at their last address.
         let ids: Vec<(String, Transport, SocketAddr, SocketAddr)> = core
             .reg
@@ -408,6 +430,11 @@ impl Core {
                 }
             }
         }
+        if let Some(i) = self.upstream_of(&m.head) {
+            if method != "BYE" && method != "CANCEL" {
+                return self.on_upstream_request(i, &m);
+            }
+        }
         match method.as_str() {
             "REGISTER" => self.on_register(&m),
             "MESSAGE" => self.on_manscdp(&m),
@@ -474,6 +501,10 @@ impl Core {
                     (Some(p @ Purpose::Query { .. }), _) if status >= 300 => {
                         self.query_failed(p, &format!("device answered {status} {}", h.reason));
                     }
+                    (Some(Purpose::Upstream { idx, req }), _) => {
+                        let h = m.head.clone();
+                        self.on_upstream_answer(idx, req, Some(&h));
+                    }
                     (None, Some(Purpose::Invite { session })) => {
                         let (session, h) = (session.clone(), m.head.clone());
                         self.on_invite_response(&session, &h, &branch, false);
@@ -520,6 +551,9 @@ impl Core {
                         Some(Purpose::Invite { session }) => {
                             self.session_no_answer(&session);
                         }
+                        Some(Purpose::Upstream { idx, req }) => {
+                            self.on_upstream_answer(idx, req, None);
+                        }
                         _ => {}
                     }
                 }
@@ -532,6 +566,7 @@ impl Core {
         let now_wall = wall_ms();
         self.server.expire(now);
         self.session_timers(now);
+        self.cascade_timers(now);
         if now.duration_since(self.last_media_check) >= Duration::from_secs(1) {
             self.last_media_check = now;
             self.media_timers();
@@ -689,7 +724,11 @@ impl Core {
                     .ok_or_else(|| Error::NotFound(format!("no active stream {id}")));
                 let _ = tx.send(r);
             }
+            Command::Platforms(tx) => {
+                let _ = tx.send(self.platforms());
+            }
             Command::Flush(tx) => {
+                self.cascade_unregister();
                 self.persist_dirty();
                 if let Some(s) = self.store.clone() {
                     // The writer replies on a std channel; don't block the

@@ -5,6 +5,7 @@
 //! a dialog carries is `crate::session`'s. See docs/architecture.md
 //! ("Signalling").
 
+pub mod cascade;
 pub mod catalog;
 pub mod core;
 pub mod dialog;
@@ -18,6 +19,7 @@ use anyhow::Result;
 use tokio::sync::mpsc;
 
 pub use self::core::{Command, DeviceView, QueryKind};
+pub use cascade::{PlatformView, UpState};
 pub use dialog::OpenStream;
 
 use crate::{
@@ -44,6 +46,7 @@ pub async fn start(
     store: Option<(store::Store, store::Loaded)>,
     metrics: SipMetrics,
     view: Arc<View>,
+    cascade: Vec<crate::config::CascadeConfig>,
 ) -> Result<Service> {
     let (in_tx, in_rx) = mpsc::channel(16_384);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -61,7 +64,7 @@ pub async fn start(
         metrics.clone(),
     )
     .await?;
-    let core = self::core::Core::new(cfg, sessions, out, store, metrics, view);
+    let core = self::core::Core::new(cfg, sessions, out, store, metrics, view, cascade);
     let task = tokio::spawn(core.run(in_rx, cmd_rx));
     Ok(Service {
         commands: cmd_tx,
