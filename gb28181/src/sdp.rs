@@ -135,6 +135,51 @@ impl Offer<'_> {
     }
 }
 
+/// The answer of the side that sends the media (a device, or a
+/// lower-level platform relaying a channel upward): `sendonly`, PS on
+/// payload type 96, the offer's `y=`.
+pub struct SenderAnswer<'a> {
+    /// o= user: the sender's ID.
+    pub id: &'a str,
+    pub media_ip: IpAddr,
+    pub port: u16,
+    /// Our own role: for TCP, the opposite of the offer's `a=setup`.
+    pub transport: MediaTransport,
+    pub y: &'a str,
+    /// `f=` (empty fields keep their slashes), if known.
+    pub f: Option<&'a str>,
+}
+
+impl SenderAnswer<'_> {
+    pub fn build(&self) -> String {
+        let fam = if self.media_ip.is_ipv4() {
+            "IP4"
+        } else {
+            "IP6"
+        };
+        let proto = match self.transport {
+            MediaTransport::Udp => "RTP/AVP",
+            _ => "TCP/RTP/AVP",
+        };
+        let mut o = format!(
+            "v=0\r\no={id} 0 0 IN {fam} {ip}\r\ns=Play\r\nc=IN {fam} {ip}\r\nt=0 0\r\nm=video {port} {proto} 96\r\na=sendonly\r\na=rtpmap:96 PS/90000\r\n",
+            id = self.id,
+            ip = self.media_ip,
+            port = self.port
+        );
+        match self.transport {
+            MediaTransport::Udp => {}
+            MediaTransport::TcpPassive => o.push_str("a=setup:passive\r\na=connection:new\r\n"),
+            MediaTransport::TcpActive => o.push_str("a=setup:active\r\na=connection:new\r\n"),
+        }
+        o.push_str(&format!("y={}\r\n", self.y));
+        if let Some(f) = self.f {
+            o.push_str(&format!("f={f}\r\n"));
+        }
+        o
+    }
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SdpError {
     #[error("SDP is not text")]
@@ -404,5 +449,42 @@ mod tests {
             parse(two.as_bytes()).unwrap().crypto,
             vec!["crypto:1 X inline:a"]
         );
+    }
+
+    #[test]
+    fn sender_answer_round_trips_through_the_answer_parser() {
+        let body = SenderAnswer {
+            id: "34020000002000000001",
+            media_ip: "198.18.0.1".parse().unwrap(),
+            port: 30002,
+            transport: MediaTransport::Udp,
+            y: "0110000001",
+            f: Some("v/////a/1/8/1"),
+        }
+        .build();
+        let a = parse(body.as_bytes()).unwrap();
+        assert_eq!(a.ip, Some("198.18.0.1".parse().unwrap()));
+        assert_eq!(a.port, 30002);
+        assert_eq!(a.proto, "RTP/AVP");
+        assert_eq!(a.ssrc(), Some(110000001));
+        assert_eq!(a.f.as_deref(), Some("v/////a/1/8/1"));
+        assert!(body.contains("a=sendonly\r\n"));
+        let tcp = SenderAnswer {
+            transport: MediaTransport::TcpActive,
+            f: None,
+            ..SenderAnswer {
+                id: "x",
+                media_ip: "::1".parse().unwrap(),
+                port: 9,
+                transport: MediaTransport::Udp,
+                y: "0000000001",
+                f: None,
+            }
+        }
+        .build();
+        let a = parse(tcp.as_bytes()).unwrap();
+        assert!(a.tcp());
+        assert_eq!(a.setup.as_deref(), Some("active"));
+        assert!(tcp.contains("c=IN IP6 ::1\r\n"));
     }
 }

@@ -132,6 +132,8 @@ impl Sessions {
             forward: Vec::new(),
             media: None,
             kernel: None,
+            legs: Vec::new(),
+            relay_only: false,
             stats: Some(r.stats.clone()),
         };
         info!(stream = %st.name, listen = %st.listen, payload = %st.payload, "static stream receiving");

@@ -155,8 +155,28 @@ pub struct Session {
     /// The session's entry in the XDP flow table and what the kernel
     /// counted for it (updated every second).
     pub kernel: Option<KernelView>,
+    /// Relay legs to superior platforms (cascade) fed by this session.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<LegView>,
+    /// Opened for relays only: it ends when its last leg ends.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub relay_only: bool,
     #[serde(skip)]
     stats: Option<Arc<Mutex<MediaStats>>>,
+}
+
+/// A relay leg: the session's PS/RTP re-sent to a superior platform under
+/// the SSRC it asked for.
+#[derive(Debug, Clone, Serialize)]
+pub struct LegView {
+    /// The superior's dialog (Call-ID).
+    pub id: String,
+    pub platform: String,
+    pub dest: SocketAddr,
+    pub ssrc: u32,
+    /// Our media port it is sent from.
+    pub local_port: u16,
+    pub started_ms: i64,
 }
 
 impl Session {
@@ -199,6 +219,8 @@ impl Session {
             forward,
             media: None,
             kernel: None,
+            legs: Vec::new(),
+            relay_only: false,
             stats: None,
         }
     }
@@ -319,7 +341,13 @@ impl Sessions {
             return None;
         }
         let n = (hi - lo) / 2 + 1;
-        let used: HashSet<u16> = self.active.values().map(|s| s.local.port()).collect();
+        let used: HashSet<u16> = self
+            .active
+            .values()
+            .flat_map(|s| {
+                std::iter::once(s.local.port()).chain(s.legs.iter().map(|l| l.local_port))
+            })
+            .collect();
         for i in 0..n {
             let p = lo + 2 * ((self.next_port.wrapping_add(i)) % n);
             if !used.contains(&p) {
@@ -461,6 +489,85 @@ impl Sessions {
         self.closed.push_back(s);
         while self.closed.len() > KEEP_CLOSED {
             self.closed.pop_front();
+        }
+    }
+
+    /// Adds a relay leg to an established session: its media, from a port
+    /// of `[media] ports`, to `dest` under `ssrc`, from the next key frame.
+    /// Returns the local port.
+    pub fn add_leg(
+        &mut self,
+        id: &str,
+        leg: &str,
+        platform: &str,
+        dest: SocketAddr,
+        ssrc: u32,
+    ) -> Result<u16, Error> {
+        match self.active.get(id) {
+            Some(s) if s.state == State::Established || s.state == State::Static => {}
+            Some(s) => {
+                return Err(Error::Conflict(format!(
+                    "stream {id} is {}, not established",
+                    s.state
+                )))
+            }
+            None => return Err(Error::NotFound(format!("no active stream {id}"))),
+        }
+        if !self.receivers.contains_key(id) {
+            return Err(Error::Conflict(format!("stream {id} has no receiver")));
+        }
+        let (port, bound) = self.reserve_port(dest.ip(), MediaTransport::Udp)?;
+        let Bound::Udp(sock) = bound else {
+            return Err(Error::Unavailable("no UDP media socket".into()));
+        };
+        let f = stream::Forward::leg(leg, sock, dest, ssrc)
+            .map_err(|e| Error::Unavailable(format!("relay socket: {e}")))?;
+        if let Some(r) = self.receivers.get(id) {
+            r.legs.add(f);
+        }
+        if let Some(s) = self.active.get_mut(id) {
+            s.legs.push(LegView {
+                id: leg.to_string(),
+                platform: platform.to_string(),
+                dest,
+                ssrc,
+                local_port: port,
+                started_ms: wall_ms(),
+            });
+        }
+        self.metrics
+            .sessions
+            .with_label_values(&["leg_added"])
+            .inc();
+        info!(stream = %id, leg, platform, %dest, ssrc, port, "relay leg to the superior");
+        Ok(port)
+    }
+
+    /// Removes a relay leg; returns true when the session is then unused
+    /// (opened for relays only and no leg left): the caller ends it.
+    pub fn remove_leg(&mut self, id: &str, leg: &str) -> bool {
+        if let Some(r) = self.receivers.get(id) {
+            r.legs.remove(leg);
+        }
+        let Some(s) = self.active.get_mut(id) else {
+            return false;
+        };
+        let before = s.legs.len();
+        s.legs.retain(|l| l.id != leg);
+        if s.legs.len() < before {
+            self.metrics
+                .sessions
+                .with_label_values(&["leg_removed"])
+                .inc();
+            info!(stream = %id, leg, "relay leg ended");
+        }
+        s.relay_only && s.legs.is_empty()
+    }
+
+    /// Marks a session as opened for relays only.
+    pub fn set_relay_only(&mut self, id: &str, relay_only: bool) {
+        if let Some(s) = self.active.get_mut(id) {
+            s.relay_only = relay_only;
         }
     }
 

@@ -159,6 +159,18 @@ impl Upstream {
         self.cfg.name()
     }
 
+    pub(super) fn cfg(&self) -> &CascadeConfig {
+        &self.cfg
+    }
+
+    pub(super) fn local_id(&self) -> &str {
+        &self.local_id
+    }
+
+    pub(super) fn is_registered(&self) -> bool {
+        self.state == UpState::Registered
+    }
+
     fn view(&self) -> PlatformView {
         PlatformView {
             id: self.cfg.id.clone(),
@@ -524,6 +536,7 @@ impl Core {
             .cascade_registered
             .with_label_values(&[self.upstreams[i].name()])
             .set(0);
+        self.relay_platform_lost(i);
     }
 
     fn on_keepalive_answer(&mut self, i: usize, status: Option<u16>) {
@@ -569,10 +582,21 @@ impl Core {
                 .inc()
         };
         let method = m.head.method.clone().unwrap_or_default();
-        if method != "MESSAGE" {
-            // Live view relayed from the superior is not here yet.
-            kind(self, "unsupported");
-            return self.reply(m, 501, "Not Implemented", &[]);
+        match method.as_str() {
+            "MESSAGE" => {}
+            "INVITE" => return self.on_relay_invite(i, m),
+            "BYE" | "CANCEL" => {
+                if !self.on_relay_in_dialog(m) {
+                    kind(self, "stray");
+                    self.reply(m, 481, "Call/Transaction Does Not Exist", &[]);
+                }
+                return;
+            }
+            "OPTIONS" => return self.reply(m, 200, "OK", &[]),
+            _ => {
+                kind(self, "unsupported");
+                return self.reply(m, 405, "Method Not Allowed", &[]);
+            }
         }
         let msg = match manscdp::parse(&m.head.body) {
             Ok(x) => x,

@@ -23,6 +23,7 @@ use super::{
     cascade::{self, PlatformView, Upstream},
     dialog::{Dialogs, OpenStream},
     registry::{Device, OfflineReason, Registry, SyncState},
+    relay,
     transport::{Dest, Inbound, Outbound},
 };
 use crate::{
@@ -175,6 +176,8 @@ pub struct Core {
     pub(super) view: Arc<View>,
     /// Superior platforms (cascade).
     pub(super) upstreams: Vec<Upstream>,
+    /// Live views relayed to superiors, by the superior's Call-ID.
+    pub(super) relays: HashMap<String, relay::Relay>,
 }
 
 impl Core {
@@ -257,6 +260,7 @@ impl Core {
             last_media_check: now,
             view,
             upstreams: Vec::new(),
+            relays: HashMap::new(),
         };
         core.upstreams = cascade
             .into_iter()
@@ -354,30 +358,37 @@ impl Core {
     // ---- sending -------------------------------------------------------
 
     pub(super) fn reply(&mut self, m: &Inbound, code: u16, reason: &str, headers: &[(&str, &str)]) {
-        let resp = gsip::response(
-            &m.head,
-            m.from.peer(),
-            code,
-            reason,
-            &self.tag,
-            headers,
-            None,
-        );
-        let method = m.head.method.as_deref().unwrap_or("?");
+        self.reply_with(&m.head, m.from, code, reason, headers, None);
+    }
+
+    /// Answers a request (also one received earlier), through its server
+    /// transaction; returns the bytes sent.
+    pub(super) fn reply_with(
+        &mut self,
+        head: &Head,
+        from: Dest,
+        code: u16,
+        reason: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+    ) -> Vec<u8> {
+        let resp = gsip::response(head, from.peer(), code, reason, &self.tag, headers, body);
+        let method = head.method.as_deref().unwrap_or("?");
         self.metrics
             .responses_sent
             .with_label_values(&[method, class(code)])
             .inc();
-        if let Some(key) = server_key(&m.head) {
+        if let Some(key) = server_key(head) {
             self.server.on_response(
                 &key,
                 &resp,
                 code >= 200,
-                m.from.transport().reliable(),
+                from.transport().reliable(),
                 Instant::now(),
             );
         }
-        self.out.send(m.from, resp);
+        self.out.send(from, resp.clone());
+        resp
     }
 
     // ---- persistence ---------------------------------------------------
@@ -408,7 +419,10 @@ impl Core {
         let method = m.head.method.clone().unwrap_or_default();
         self.metrics.requests.with_label_values(&[&method]).inc();
         if method == "ACK" {
-            return; // ACKs to our error answers end nothing we keep
+            // An ACK to a relay's 200 confirms it; ACKs to our error
+            // answers end nothing we keep.
+            self.on_relay_in_dialog(&m);
+            return;
         }
         if let Some(key) = server_key(&m.head) {
             match self.server.on_request(&key, Instant::now()) {
@@ -431,9 +445,7 @@ impl Core {
             }
         }
         if let Some(i) = self.upstream_of(&m.head) {
-            if method != "BYE" && method != "CANCEL" {
-                return self.on_upstream_request(i, &m);
-            }
+            return self.on_upstream_request(i, &m);
         }
         match method.as_str() {
             "REGISTER" => self.on_register(&m),
@@ -567,6 +579,7 @@ impl Core {
         self.server.expire(now);
         self.session_timers(now);
         self.cascade_timers(now);
+        self.relay_timers(now);
         if now.duration_since(self.last_media_check) >= Duration::from_secs(1) {
             self.last_media_check = now;
             self.media_timers();

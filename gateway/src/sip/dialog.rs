@@ -354,6 +354,7 @@ impl Core {
                     if let Some(w) = self.dialogs.waiters.remove(id) {
                         let _ = w.send(Ok(view));
                     }
+                    self.relay_session_ready(id);
                 }
             }
             Err((reason, e)) => {
@@ -392,6 +393,7 @@ impl Core {
             if let Some(w) = self.dialogs.waiters.remove(id) {
                 let _ = w.send(Err(kind(format!("stream {id}: {why}"))));
             }
+            self.relay_session_ended(id, why);
         }
     }
 
@@ -428,6 +430,7 @@ impl Core {
         if let Some(w) = self.dialogs.waiters.remove(id) {
             let _ = w.send(Err(Error::Upstream(format!("stream {id}: {reason}"))));
         }
+        self.relay_session_ended(id, reason);
         Some(s)
     }
 

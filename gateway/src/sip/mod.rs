@@ -11,6 +11,7 @@ pub mod core;
 pub mod dialog;
 pub mod registrar;
 pub mod registry;
+pub mod relay;
 pub mod transport;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

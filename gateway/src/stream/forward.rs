@@ -21,6 +21,12 @@ pub struct ForwardStats {
     /// "relay" (payloads as received) or "remux" (PS re-muxed from the
     /// decrypted frames).
     pub mode: &'static str,
+    /// A leg added at run time (cascade relay): its ID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leg: Option<String>,
+    /// The leg waits for a key frame before its first packet.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub waiting_key: bool,
 }
 
 /// Re-sends the stream's RTP payloads (PS or raw, as received, in order)
@@ -42,7 +48,28 @@ impl Forward {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let sock = std::net::UdpSocket::bind(bind)?;
+        Forward::from_socket(std::net::UdpSocket::bind(bind)?, dest, ssrc)
+    }
+
+    /// A leg added at run time: sends from `sock` (a media port, so the
+    /// egress counters see it), starting at the next key frame.
+    pub fn leg(
+        id: &str,
+        sock: std::net::UdpSocket,
+        dest: SocketAddr,
+        ssrc: u32,
+    ) -> std::io::Result<Forward> {
+        let mut f = Forward::from_socket(sock, dest, ssrc)?;
+        f.stats.leg = Some(id.to_string());
+        f.stats.waiting_key = true;
+        Ok(f)
+    }
+
+    fn from_socket(
+        sock: std::net::UdpSocket,
+        dest: SocketAddr,
+        ssrc: u32,
+    ) -> std::io::Result<Forward> {
         sock.set_nonblocking(true)?;
         Ok(Forward {
             sock,
@@ -75,6 +102,13 @@ impl Forward {
         payload: &[u8],
         buf: &mut Vec<u8>,
     ) {
+        if self.stats.waiting_key {
+            // A PS key frame starts with a pack carrying the system header.
+            if !starts_key_frame(payload) {
+                return;
+            }
+            self.stats.waiting_key = false;
+        }
         buf.clear();
         rtp::RtpHeader {
             marker,
@@ -104,5 +138,20 @@ impl Forward {
             }
             Err(_) => self.stats.errors += 1,
         }
+    }
+}
+
+/// Whether an RTP payload carries the start of a PS key frame (a pack
+/// header followed by the system header, `00 00 01 BB`, which encoders
+/// put only in key-frame packs) or a raw H.264/H.265 IDR, SPS or VPS.
+pub(super) fn starts_key_frame(payload: &[u8]) -> bool {
+    if payload.windows(4).any(|w| w == [0, 0, 1, 0xBB]) {
+        return true;
+    }
+    // RFC 6184 / 7798 payloads: the first NAL unit header.
+    match payload.first() {
+        Some(b) if b & 0x1f == 5 || b & 0x1f == 7 => true, // H.264 IDR, SPS
+        Some(b) => matches!((b >> 1) & 0x3f, 19 | 20 | 32 | 33), // H.265 IDR, VPS, SPS
+        None => false,
     }
 }

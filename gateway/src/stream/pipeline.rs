@@ -40,6 +40,35 @@ pub struct Pipeline {
     /// PS muxer for forwarding decrypted frames (sm4-nal-ofb streams).
     pub(super) remux: Option<PsMuxer>,
     pub(super) remux_buf: Vec<u8>,
+    /// Legs added and removed while the stream runs.
+    pub(super) legs: Legs,
+}
+
+/// Forwarding legs to add or remove while a stream runs (cascade relays):
+/// the control side queues them, the receiver applies them at its next
+/// tick (every 100 ms).
+#[derive(Clone, Default)]
+pub struct Legs(std::sync::Arc<Mutex<LegChanges>>);
+
+#[derive(Default)]
+pub(super) struct LegChanges {
+    add: Vec<Forward>,
+    remove: Vec<String>,
+}
+
+impl Legs {
+    pub fn add(&self, f: Forward) {
+        if let Ok(mut c) = self.0.lock() {
+            c.add.push(f);
+        }
+    }
+
+    pub fn remove(&self, id: &str) {
+        if let Ok(mut c) = self.0.lock() {
+            c.add.retain(|f| f.stats.leg.as_deref() != Some(id));
+            c.remove.push(id.to_string());
+        }
+    }
 }
 
 pub(super) const LOG_GARBAGE: u32 = 1;
@@ -94,6 +123,34 @@ impl Pipeline {
             clear_buf: Vec::with_capacity(1500),
             remux: None,
             remux_buf: Vec::new(),
+            legs: Legs::default(),
+        }
+    }
+
+    /// The handle that adds and removes legs while the stream runs.
+    pub fn legs(&self) -> Legs {
+        self.legs.clone()
+    }
+
+    fn apply_legs(&mut self) {
+        let Ok(mut c) = self.legs.0.try_lock() else {
+            return;
+        };
+        if c.add.is_empty() && c.remove.is_empty() {
+            return;
+        }
+        let removed = std::mem::take(&mut c.remove);
+        self.forwards
+            .retain(|f| f.stats.leg.as_ref().is_none_or(|l| !removed.contains(l)));
+        for mut f in c.add.drain(..) {
+            if self.remux.is_some() {
+                f.stats.mode = "remux";
+            }
+            info!(stream = %self.id, leg = f.stats.leg.as_deref().unwrap_or(""), dest = %f.dest, "relay leg added (starts at the next key frame)");
+            self.forwards.push(f);
+        }
+        if self.forwards.is_empty() {
+            self.stats.forwards.clear();
         }
     }
 
@@ -182,6 +239,7 @@ impl Pipeline {
 
     /// Releases what the reorder buffer held too long (call periodically).
     pub fn tick(&mut self, now_ns: u64) {
+        self.apply_legs();
         let mut released = std::mem::take(&mut self.released);
         self.reorder.poll(now_ns, &mut released);
         self.consume(&mut released);

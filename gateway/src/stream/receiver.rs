@@ -58,6 +58,8 @@ pub struct Receiver {
     pub(super) stop: Option<oneshot::Sender<()>>,
     pub stats: Arc<Mutex<MediaStats>>,
     pub task: tokio::task::JoinHandle<()>,
+    /// Adds and removes forwarding legs while it runs.
+    pub legs: Legs,
 }
 
 impl Receiver {
@@ -76,6 +78,7 @@ impl Receiver {
 /// Runs the pipeline on the bound socket until stopped.
 pub fn start(bound: Bound, remote: Option<SocketAddr>, mut pipe: Pipeline) -> Receiver {
     let (tx, mut rx) = oneshot::channel::<()>();
+    let legs = pipe.legs();
     let stats = Arc::new(Mutex::new(MediaStats::default()));
     let shared = stats.clone();
     let t0 = Instant::now();
@@ -192,6 +195,7 @@ pub fn start(bound: Bound, remote: Option<SocketAddr>, mut pipe: Pipeline) -> Re
         stop: Some(tx),
         stats,
         task,
+        legs,
     }
 }
 
