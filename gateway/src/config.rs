@@ -88,6 +88,15 @@ pub struct CascadeConfig {
     /// channels and the listed channels.
     #[serde(default)]
     pub share: Share,
+    /// Pass the superior's TeleBoot (remote reboot) to devices; refused
+    /// (403) otherwise.
+    #[serde(default)]
+    pub allow_teleboot: bool,
+    /// Tell the superior when a shared device goes online (ON), offline
+    /// (OFF) or registers for the first time (ADD): a Catalog `<Notify>`
+    /// MESSAGE with each channel of the device and its `<Event>`.
+    #[serde(default = "yes")]
+    pub catalog_notify: bool,
 }
 
 /// What a superior is shown.

@@ -596,7 +596,9 @@ pub fn parse(body: &[u8]) -> Result<Message, Error> {
         Kind::Notify if cmd("MediaStatus") => Body::MediaStatus {
             notify_type: root.required("NotifyType")?.to_owned(),
         },
-        Kind::Response if cmd("Catalog") => Body::Catalog(catalog_body(&root)?),
+        // A Notify Catalog is a lower platform's (or NVR's) change report;
+        // each item's <Event> is in its extras.
+        Kind::Response | Kind::Notify if cmd("Catalog") => Body::Catalog(catalog_body(&root)?),
         Kind::Response if cmd("DeviceInfo") => Body::DeviceInfo(device_info_body(&root)),
         Kind::Response if cmd("DeviceStatus") => Body::DeviceStatus(device_status_body(&root)),
         _ => Body::Other(
@@ -1053,7 +1055,30 @@ pub fn catalog_response(
     items: &[CatalogItem],
     charset: Charset,
 ) -> Vec<u8> {
-    let mut doc = Doc::new(charset, "Response", "Catalog", sn, device_id);
+    catalog_doc("Response", sn, device_id, sum_num, items, charset)
+}
+
+/// A Catalog `<Notify>` (catalog changes a lower-level platform reports to
+/// its superior): the items with an `<Event>` each (ON, OFF, ADD, DEL,
+/// UPDATE, in their extras), `SumNum` = the number of items.
+pub fn catalog_notify(
+    sn: u32,
+    device_id: &str,
+    items: &[CatalogItem],
+    charset: Charset,
+) -> Vec<u8> {
+    catalog_doc("Notify", sn, device_id, items.len() as u32, items, charset)
+}
+
+fn catalog_doc(
+    root: &'static str,
+    sn: u32,
+    device_id: &str,
+    sum_num: u32,
+    items: &[CatalogItem],
+    charset: Charset,
+) -> Vec<u8> {
+    let mut doc = Doc::new(charset, root, "Catalog", sn, device_id);
     doc.leaf("SumNum", &sum_num.to_string());
     let valid: Vec<&CatalogItem> = items.iter().filter(|i| !i.device_id.is_empty()).collect();
     if !valid.is_empty() {
@@ -2065,5 +2090,23 @@ mod tests {
             Charset::for_encoding(encoding_rs::WINDOWS_1252),
             Charset::Utf8
         );
+    }
+
+    #[test]
+    fn catalog_notify_carries_events() {
+        let mut it = CatalogItem {
+            device_id: "34020000001310000001".into(),
+            status: Some("OFF".into()),
+            ..CatalogItem::default()
+        };
+        it.extra.push(("Event".into(), "OFF".into()));
+        let body = catalog_notify(7, "34020000002000000001", &[it], Charset::Utf8);
+        let m = parse(&body).unwrap();
+        assert_eq!(m.kind, Kind::Notify);
+        assert_eq!(m.cmd_type, "Catalog");
+        assert_eq!(m.sn, 7);
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.contains("<SumNum>1</SumNum>"), "{text}");
+        assert!(text.contains("<Event>OFF</Event>"), "{text}");
     }
 }

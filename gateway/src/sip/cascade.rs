@@ -13,13 +13,14 @@
 //! (its platform ID).
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use gb28181::{
     digest::Challenge,
-    manscdp::{self, CatalogItem, DeviceInfo, DeviceStatus, Kind},
+    manscdp::{self, Body, CatalogItem, DeviceInfo, DeviceStatus, Kind},
     sip::{self as gsip, Head, NameAddr, Outgoing},
 };
 use serde::Serialize;
@@ -101,6 +102,9 @@ pub(super) struct Upstream {
     push: Option<CatalogPush>,
     catalogs_sent: u64,
     items_sent: u64,
+    /// DeviceControl passed to devices, by (target ID, SN), whose Response
+    /// goes back to this superior.
+    controls: HashMap<(String, u32), Instant>,
 }
 
 /// A superior as the API shows it.
@@ -151,6 +155,7 @@ impl Upstream {
             push: None,
             catalogs_sent: 0,
             items_sent: 0,
+            controls: HashMap::new(),
             cfg,
         }
     }
@@ -605,8 +610,10 @@ impl Core {
                 return self.reply(m, 400, &format!("Bad Request ({})", e.reason()), &[]);
             }
         };
+        if msg.kind == Kind::Control && msg.cmd_type.eq_ignore_ascii_case("DeviceControl") {
+            return self.on_upstream_control(i, m, &msg);
+        }
         if msg.kind != Kind::Query {
-            // Control (PTZ, ...) and anything else: not relayed yet.
             kind(self, "unsupported");
             return self.reply(m, 501, "Not Implemented", &[]);
         }
@@ -653,6 +660,126 @@ impl Core {
                 kind(self, "unsupported");
                 self.reply(m, 501, "Not Implemented", &[]);
             }
+        }
+    }
+
+    /// DeviceControl (PTZ, record, guard, ...) from a superior, passed to
+    /// the device of the shared channel it names, body unchanged; the
+    /// device's Response (if any) goes back to the superior.
+    fn on_upstream_control(&mut self, i: usize, m: &Inbound, msg: &manscdp::Message) {
+        let name = self.upstreams[i].name().to_string();
+        let count = |core: &Core, k: &str| {
+            core.metrics
+                .cascade_requests
+                .with_label_values(&[&name, k])
+                .inc()
+        };
+        let Some((device, _)) = self.shared_channel(i, &msg.device_id) else {
+            count(self, "control_unknown_channel");
+            return self.reply(m, 404, "Not Found (no such shared channel)", &[]);
+        };
+        let teleboot = matches!(&msg.body, Body::Other(leaves) if leaves.iter().any(|(n, _)| n.eq_ignore_ascii_case("TeleBoot")));
+        if teleboot && !self.upstreams[i].cfg.allow_teleboot {
+            count(self, "control_refused");
+            warn!(platform = %name, target = %msg.device_id, "TeleBoot from the superior refused (allow_teleboot is off)");
+            return self.reply(m, 403, "Forbidden (TeleBoot not allowed)", &[]);
+        }
+        let body = m.head.body.clone();
+        match self.send_manscdp(&device, |_| body, None) {
+            Ok(()) => {
+                count(self, "control");
+                self.reply(m, 200, "OK", &[]);
+                let now = Instant::now();
+                let u = &mut self.upstreams[i];
+                u.controls
+                    .retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+                u.controls.insert((msg.device_id.clone(), msg.sn), now);
+                info!(platform = %name, %device, target = %msg.device_id, sn = msg.sn, "DeviceControl passed to the device");
+            }
+            Err(e) => {
+                count(self, "control_failed");
+                self.reply(
+                    m,
+                    480,
+                    &format!("Temporarily Unavailable ({})", e.message()),
+                    &[],
+                );
+            }
+        }
+    }
+
+    /// A device's DeviceControl Response: back to the superior that asked.
+    pub(super) fn relay_control_response(&mut self, target: &str, sn: u32, body: &[u8]) {
+        let key = (target.to_string(), sn);
+        let Some(i) = self
+            .upstreams
+            .iter()
+            .position(|u| u.controls.contains_key(&key))
+        else {
+            return;
+        };
+        self.upstreams[i].controls.remove(&key);
+        let call_id = gsip::token(20);
+        self.up_send(
+            i,
+            "MESSAGE",
+            &call_id,
+            1,
+            &[],
+            Some("Application/MANSCDP+xml"),
+            body,
+            UpReq::Response,
+        );
+    }
+
+    /// A shared device went online/offline or appeared: each registered
+    /// superior that shares it gets a Catalog Notify with the device's
+    /// channels and the event (ON, OFF, ADD).
+    pub(super) fn cascade_device_event(&mut self, device: &str, event: &str) {
+        for i in 0..self.upstreams.len() {
+            let u = &self.upstreams[i];
+            if !u.cfg.catalog_notify || u.state != UpState::Registered {
+                continue;
+            }
+            let mut items: Vec<CatalogItem> = self
+                .shared_items(i)
+                .into_iter()
+                .skip(1)
+                .filter(|it| {
+                    it.device_id == device
+                        || self
+                            .reg
+                            .channels
+                            .get(device)
+                            .is_some_and(|c| c.contains_key(&it.device_id))
+                })
+                .collect();
+            if items.is_empty() {
+                continue;
+            }
+            for it in &mut items {
+                it.extra.push(("Event".into(), event.into()));
+            }
+            let sn = self.next_sn();
+            let u = &self.upstreams[i];
+            let body = manscdp::catalog_notify(sn, &u.local_id, &items, self.charset);
+            let name = u.name().to_string();
+            self.metrics
+                .cascade_catalog
+                .with_label_values(&[&name, "notified"])
+                .inc_by(items.len() as u64);
+            debug!(platform = %name, device, event, items = items.len(), "catalog change notified to the superior");
+            let call_id = gsip::token(20);
+            self.up_send(
+                i,
+                "MESSAGE",
+                &call_id,
+                1,
+                &[],
+                Some("Application/MANSCDP+xml"),
+                &body,
+                UpReq::Response,
+            );
         }
     }
 

@@ -25,6 +25,28 @@ impl Core {
 
     /// Sends a MANSCDP query to a device; returns its SN.
     pub(super) fn send_query(&mut self, device: &str, cmd: &'static str) -> Result<u32, Error> {
+        let sn = self.next_sn();
+        self.send_manscdp(
+            device,
+            |cs| manscdp::query(cmd, sn, device, cs),
+            Some(Purpose::Query {
+                device: device.to_string(),
+                cmd,
+                sn,
+            }),
+        )?;
+        debug!(device, cmd, sn, "query sent");
+        Ok(sn)
+    }
+
+    /// Sends a MANSCDP MESSAGE to a device (body made in the device's
+    /// charset) as a client transaction.
+    pub(super) fn send_manscdp(
+        &mut self,
+        device: &str,
+        body: impl FnOnce(Charset) -> Vec<u8>,
+        purpose: Option<Purpose>,
+    ) -> Result<(), Error> {
         let d = self
             .reg
             .devices
@@ -51,8 +73,7 @@ impl Core {
             .and_then(crate::config::charset)
             .unwrap_or(self.charset);
         let (d_local, d_addr) = (d.local, d.addr);
-        let sn = self.next_sn();
-        let body = manscdp::query(cmd, sn, device, cs);
+        let body = body(cs);
         let local = self.local_sip(d_local, d_addr);
         let branch = gsip::branch();
         let call_id = gsip::token(20);
@@ -85,17 +106,11 @@ impl Core {
             dest.transport().reliable(),
             Instant::now(),
         );
-        self.purposes.insert(
-            pkey(&branch, "MESSAGE"),
-            Purpose::Query {
-                device: device.to_string(),
-                cmd,
-                sn,
-            },
-        );
+        if let Some(p) = purpose {
+            self.purposes.insert(pkey(&branch, "MESSAGE"), p);
+        }
         self.out.send(dest, req);
-        debug!(device, cmd, sn, "query sent");
-        Ok(sn)
+        Ok(())
     }
 
     pub(super) fn start_catalog(&mut self, device: &str, then_info: bool) -> Result<u32, Error> {
@@ -209,6 +224,7 @@ impl Core {
                         .with_label_values(&["online", "keepalive"])
                         .inc();
                     info!(device = %id, "device online (keepalive resumed)");
+                    self.cascade_device_event(&id, "ON");
                     self.save(&id);
                     self.update_gauges();
                 } else {
@@ -216,6 +232,7 @@ impl Core {
                 }
             }
             (Kind::Response, Body::Catalog(c)) => self.on_catalog_part(&id, msg.sn, c),
+            (Kind::Notify, Body::Catalog(c)) => self.on_catalog_notify(&id, c),
             (Kind::Response, Body::DeviceInfo(info)) => {
                 let v = serde_json::to_value(&info).unwrap_or_default();
                 if let Some(d) = self.reg.devices.get_mut(&id) {
@@ -224,6 +241,11 @@ impl Core {
                 }
                 self.save(&id);
                 self.resolve(&id, msg.sn, QueryKind::Info, v);
+            }
+            (Kind::Response, Body::Other(_))
+                if msg.cmd_type.eq_ignore_ascii_case("DeviceControl") =>
+            {
+                self.relay_control_response(&msg.device_id, msg.sn, &m.head.body);
             }
             (Kind::Response, Body::DeviceStatus(st)) => {
                 let v = serde_json::to_value(&st).unwrap_or_default();
@@ -240,6 +262,54 @@ impl Core {
                     .dropped
                     .with_label_values(&["ignored_cmd"])
                     .inc();
+            }
+        }
+    }
+
+    /// A Catalog `<Notify>` from a device or lower platform: each item's
+    /// `<Event>` ON/OFF/VLOST/DEFECT updates its status, ADD/UPDATE
+    /// inserts or replaces it, DEL removes it.
+    pub(super) fn on_catalog_notify(&mut self, id: &str, c: manscdp::Catalog) {
+        let mut upserts = Vec::new();
+        let mut removed = false;
+        let chs = self.reg.channels.entry(id.to_string()).or_default();
+        for mut item in c.items {
+            let event = item
+                .extra
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("Event"))
+                .map(|(_, v)| v.to_ascii_uppercase())
+                .unwrap_or_default();
+            item.extra.retain(|(n, _)| !n.eq_ignore_ascii_case("Event"));
+            match event.as_str() {
+                "DEL" => removed |= chs.remove(&item.device_id).is_some(),
+                "ON" | "OFF" | "VLOST" | "DEFECT" => {
+                    let status = if event == "ON" { "ON" } else { "OFF" };
+                    let e = chs.entry(item.device_id.clone()).or_insert(item);
+                    e.status = Some(status.into());
+                    upserts.push(e.clone());
+                }
+                _ => {
+                    chs.insert(item.device_id.clone(), item.clone());
+                    upserts.push(item);
+                }
+            }
+        }
+        self.metrics.catalogs.with_label_values(&["notified"]).inc();
+        debug!(device = %id, changed = upserts.len(), removed, "catalog change notified");
+        if let Some(s) = &self.store {
+            if removed {
+                let rows = chs
+                    .iter()
+                    .filter_map(|(k, v)| serde_json::to_vec(v).ok().map(|j| (k.clone(), j)))
+                    .collect();
+                s.send(Op::ReplaceChannels(id.to_string(), rows));
+            } else {
+                let rows = upserts
+                    .iter()
+                    .filter_map(|v| serde_json::to_vec(v).ok().map(|j| (v.device_id.clone(), j)))
+                    .collect();
+                s.send(Op::UpsertChannels(id.to_string(), rows));
             }
         }
     }

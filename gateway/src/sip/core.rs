@@ -601,6 +601,7 @@ impl Core {
                     },
                 ])
                 .inc();
+            self.cascade_device_event(&id, "OFF");
             if let Some(d) = self.reg.devices.get(&id) {
                 warn!(
                     device = %id,

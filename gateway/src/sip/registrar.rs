@@ -148,6 +148,7 @@ impl Core {
                         .transitions
                         .with_label_values(&["offline", "unregistered"])
                         .inc();
+                    self.cascade_device_event(&id, "OFF");
                 }
                 info!(device = %id, reason = "unregistered", "device offline");
             }
@@ -245,6 +246,9 @@ impl Core {
             info!(device = %id, source = %m.from.peer(), transport = transport.as_str(), expires = granted, "device online (registered)");
         }
         let never_synced = matches!(d.catalog.state, SyncState::Never | SyncState::Interrupted);
+        if !was_online {
+            self.cascade_device_event(&id, if new { "ADD" } else { "ON" });
+        }
         self.routes.insert(id.clone(), m.from);
         let date = gb_date();
         let exp = granted.to_string();

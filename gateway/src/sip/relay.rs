@@ -87,7 +87,7 @@ impl Core {
 
     /// The device and channel behind a channel ID a superior asked for, if
     /// it is shared with superior `i`.
-    fn shared_channel(&self, i: usize, channel: &str) -> Option<(String, String)> {
+    pub(super) fn shared_channel(&self, i: usize, channel: &str) -> Option<(String, String)> {
         let share = &self.upstreams[i].cfg().share;
         for (dev, chs) in &self.reg.channels {
             if chs.contains_key(channel) && share.shares(dev, channel) {
