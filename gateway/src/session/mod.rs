@@ -174,6 +174,9 @@ pub struct LegView {
     pub platform: String,
     pub dest: SocketAddr,
     pub ssrc: u32,
+    /// Our role: udp, tcp-passive (the viewer connects to `local_port`) or
+    /// tcp-active (we connect to `dest`).
+    pub transport: MediaTransport,
     /// Our media port it is sent from.
     pub local_port: u16,
     pub started_ms: i64,
@@ -260,6 +263,83 @@ pub struct Answer {
     pub format: Option<String>,
     /// srtp-sm4 key of the answer (RFC 4568).
     pub key: Option<MasterKey>,
+}
+
+/// How long a TCP relay leg waits for its viewer's connection.
+const TCP_LEG_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A passive TCP leg: accepts the viewer's connection, then sends.
+fn tcp_leg_accept(l: std::net::TcpListener, legs: stream::Legs, leg: String, ssrc: u32) {
+    tokio::spawn(async move {
+        let Ok(l) = tokio::net::TcpListener::from_std(l) else {
+            return;
+        };
+        match tokio::time::timeout(TCP_LEG_WAIT, l.accept()).await {
+            Ok(Ok((s, peer))) => match s
+                .into_std()
+                .and_then(|s| stream::Forward::tcp_leg(&leg, s, ssrc))
+            {
+                Ok(f) => {
+                    info!(leg, %peer, "relay leg connected (TCP, the viewer connected)");
+                    legs.add(f);
+                }
+                Err(e) => warn!(leg, error = %e, "relay leg: TCP set-up failed"),
+            },
+            Ok(Err(e)) => warn!(leg, error = %e, "relay leg: accept failed"),
+            Err(_) => warn!(leg, "relay leg: the viewer never connected (TCP passive)"),
+        }
+    });
+}
+
+/// An active TCP leg: connects to the viewer from media port `port`
+/// (three attempts, a second apart, as RFC 4571 senders do), then sends.
+fn tcp_leg_connect(port: u16, dest: SocketAddr, legs: stream::Legs, leg: String, ssrc: u32) {
+    tokio::spawn(async move {
+        for attempt in 1..=3 {
+            let sock = if dest.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            };
+            let local = SocketAddr::new(
+                if dest.is_ipv4() {
+                    IpAddr::from([0u8; 4])
+                } else {
+                    IpAddr::from([0u16; 8])
+                },
+                port,
+            );
+            let conn = match sock.and_then(|s| {
+                s.set_reuseaddr(true)?;
+                s.bind(local)?;
+                Ok(s)
+            }) {
+                Ok(s) => {
+                    tokio::time::timeout(std::time::Duration::from_secs(3), s.connect(dest)).await
+                }
+                Err(e) => Ok(Err(e)),
+            };
+            match conn {
+                Ok(Ok(s)) => {
+                    match s
+                        .into_std()
+                        .and_then(|s| stream::Forward::tcp_leg(&leg, s, ssrc))
+                    {
+                        Ok(f) => {
+                            info!(leg, %dest, "relay leg connected (TCP, we connected)");
+                            legs.add(f);
+                        }
+                        Err(e) => warn!(leg, error = %e, "relay leg: TCP set-up failed"),
+                    }
+                    return;
+                }
+                _ => {
+                    warn!(leg, %dest, attempt, "relay leg: TCP connect failed");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
 }
 
 /// The sessions of the gateway, their media and kernel flows. Owned by
@@ -502,6 +582,7 @@ impl Sessions {
         platform: &str,
         dest: SocketAddr,
         ssrc: u32,
+        transport: MediaTransport,
     ) -> Result<u16, Error> {
         match self.active.get(id) {
             Some(s) if s.state == State::Established || s.state == State::Static => {}
@@ -516,21 +597,46 @@ impl Sessions {
         if !self.receivers.contains_key(id) {
             return Err(Error::Conflict(format!("stream {id} has no receiver")));
         }
-        let (port, bound) = self.reserve_port(dest.ip(), MediaTransport::Udp)?;
-        let Bound::Udp(sock) = bound else {
-            return Err(Error::Unavailable("no UDP media socket".into()));
+        let legs = match self.receivers.get(id) {
+            Some(r) => r.legs.clone(),
+            None => return Err(Error::Conflict(format!("stream {id} has no receiver"))),
         };
-        let f = stream::Forward::leg(leg, sock, dest, ssrc)
-            .map_err(|e| Error::Unavailable(format!("relay socket: {e}")))?;
-        if let Some(r) = self.receivers.get(id) {
-            r.legs.add(f);
-        }
+        let port = match transport {
+            MediaTransport::Udp => {
+                let (port, bound) = self.reserve_port(dest.ip(), MediaTransport::Udp)?;
+                let Bound::Udp(sock) = bound else {
+                    return Err(Error::Unavailable("no UDP media socket".into()));
+                };
+                let f = stream::Forward::leg(leg, sock, dest, ssrc)
+                    .map_err(|e| Error::Unavailable(format!("relay socket: {e}")))?;
+                legs.add(f);
+                port
+            }
+            // We listen; the viewer connects.
+            MediaTransport::TcpPassive => {
+                let (port, bound) = self.reserve_port(dest.ip(), MediaTransport::TcpPassive)?;
+                let Bound::TcpListen(l) = bound else {
+                    return Err(Error::Unavailable("no TCP media socket".into()));
+                };
+                tcp_leg_accept(l, legs, leg.to_string(), ssrc);
+                port
+            }
+            // We connect to the viewer (from a media port).
+            MediaTransport::TcpActive => {
+                let port = self.alloc_port().ok_or_else(|| {
+                    Error::Unavailable("no free media port in [media] ports".into())
+                })?;
+                tcp_leg_connect(port, dest, legs, leg.to_string(), ssrc);
+                port
+            }
+        };
         if let Some(s) = self.active.get_mut(id) {
             s.legs.push(LegView {
                 id: leg.to_string(),
                 platform: platform.to_string(),
                 dest,
                 ssrc,
+                transport,
                 local_port: port,
                 started_ms: wall_ms(),
             });

@@ -59,6 +59,8 @@ pub(super) struct Relay {
     /// Where the media goes, under which SSRC (its y=).
     dest: SocketAddr,
     y: String,
+    /// Our media role towards the superior.
+    transport: MediaTransport,
     answer: Option<Vec<u8>>,
     next_resend: Instant,
     resend_every: Duration,
@@ -158,15 +160,22 @@ impl Core {
                 );
             }
         };
-        if offer.tcp() {
-            count(self, "invite_unsupported_transport");
-            return self.reply(
-                m,
-                488,
-                "Not Acceptable Here (TCP media towards superiors is not supported yet)",
-                &[],
-            );
-        }
+        // Our role is the opposite of the offer's setup; a TCP offer
+        // without one means the superior listens (the common practice).
+        let transport = match (offer.tcp(), offer.setup.as_deref()) {
+            (false, _) => MediaTransport::Udp,
+            (true, Some("active")) => MediaTransport::TcpPassive,
+            (true, Some("passive") | Some("actpass") | None) => MediaTransport::TcpActive,
+            (true, Some(other)) => {
+                count(self, "invite_bad_sdp");
+                return self.reply(
+                    m,
+                    488,
+                    &format!("Not Acceptable Here (a=setup:{other})"),
+                    &[],
+                );
+            }
+        };
         if !self.reg.devices.get(&device).is_some_and(|d| d.online) {
             count(self, "invite_device_offline");
             return self.reply(m, 480, "Temporarily Unavailable (device offline)", &[]);
@@ -219,6 +228,7 @@ impl Core {
                 local: m.local,
                 dest,
                 y,
+                transport,
                 answer: None,
                 next_resend: Instant::now(),
                 resend_every: T1,
@@ -241,10 +251,11 @@ impl Core {
             (u.name().to_string(), u.local_id().to_string())
         };
         let ssrc = sdp::y_to_ssrc(&r.y).unwrap_or(0);
-        let (session, dest, from, local) = (r.session.clone(), r.dest, r.from, r.local);
+        let (session, dest, from, local, transport) =
+            (r.session.clone(), r.dest, r.from, r.local, r.transport);
         let port = match self
             .sessions
-            .add_leg(&session, call_id, &platform, dest, ssrc)
+            .add_leg(&session, call_id, &platform, dest, ssrc, transport)
         {
             Ok(p) => p,
             Err(e) => {
@@ -267,7 +278,7 @@ impl Core {
             id: &local_id,
             media_ip,
             port,
-            transport: MediaTransport::Udp,
+            transport,
             y: &r.y,
             f: None,
         }

@@ -27,12 +27,17 @@ pub struct ForwardStats {
     /// The leg waits for a key frame before its first packet.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub waiting_key: bool,
+    /// "udp", or "tcp" (RFC 4571).
+    pub transport: &'static str,
 }
 
 /// Re-sends the stream's RTP payloads (PS or raw, as received, in order)
 /// to a destination under its own SSRC and sequence numbers.
 pub struct Forward {
     pub(super) sock: std::net::UdpSocket,
+    /// A TCP leg (RFC 4571 framing): the connection and what it could not
+    /// take yet. UDP legs and forwards leave it `None`.
+    pub(super) tcp: Option<TcpOut>,
     pub(super) dest: SocketAddr,
     pub(super) ssrc: u32,
     pub(super) seq: u16,
@@ -65,6 +70,30 @@ impl Forward {
         Ok(f)
     }
 
+    /// A TCP leg (RFC 4571: each RTP packet after a 2-byte length) on an
+    /// established connection, starting at the next key frame.
+    pub fn tcp_leg(id: &str, stream: std::net::TcpStream, ssrc: u32) -> std::io::Result<Forward> {
+        let dest = stream.peer_addr()?;
+        let unbound: SocketAddr = if dest.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        // The UDP socket of a TCP leg is never used; bind it to nothing
+        // routable so a mistake cannot send.
+        let mut f = Forward::from_socket(std::net::UdpSocket::bind(unbound)?, dest, ssrc)?;
+        stream.set_nonblocking(true)?;
+        let _ = stream.set_nodelay(true);
+        f.tcp = Some(TcpOut {
+            stream,
+            pending: Vec::new(),
+        });
+        f.stats.leg = Some(id.to_string());
+        f.stats.waiting_key = true;
+        f.stats.transport = "tcp";
+        Ok(f)
+    }
+
     fn from_socket(
         sock: std::net::UdpSocket,
         dest: SocketAddr,
@@ -73,6 +102,7 @@ impl Forward {
         sock.set_nonblocking(true)?;
         Ok(Forward {
             sock,
+            tcp: None,
             dest,
             ssrc,
             seq: (ssrc as u16) ^ 0x5a5a,
@@ -80,6 +110,7 @@ impl Forward {
                 dest: dest.to_string(),
                 ssrc,
                 mode: "relay",
+                transport: "udp",
                 ..ForwardStats::default()
             },
             srtp: None,
@@ -131,6 +162,16 @@ impl Forward {
             }
             None => buf,
         };
+        if let Some(t) = &mut self.tcp {
+            match t.send(wire) {
+                Ok(()) => {
+                    self.stats.packets += 1;
+                    self.stats.bytes += wire.len() as u64;
+                }
+                Err(_) => self.stats.errors += 1,
+            }
+            return;
+        }
         match self.sock.send_to(wire, self.dest) {
             Ok(n) => {
                 self.stats.packets += 1;
@@ -153,5 +194,49 @@ pub(super) fn starts_key_frame(payload: &[u8]) -> bool {
         Some(b) if b & 0x1f == 5 || b & 0x1f == 7 => true, // H.264 IDR, SPS
         Some(b) => matches!((b >> 1) & 0x3f, 19 | 20 | 32 | 33), // H.265 IDR, VPS, SPS
         None => false,
+    }
+}
+
+/// The sending side of a TCP leg. Writes never block the receiver: what
+/// the connection does not take waits in `pending` (up to 1 MiB, about a
+/// second of a 8 Mbit/s stream); beyond that, packets are dropped and
+/// counted as errors, and a closed connection fails every send.
+pub(super) struct TcpOut {
+    stream: std::net::TcpStream,
+    pending: Vec<u8>,
+}
+
+const TCP_PENDING_MAX: usize = 1 << 20;
+
+impl TcpOut {
+    fn send(&mut self, packet: &[u8]) -> std::io::Result<()> {
+        use std::io::ErrorKind;
+        let len = u16::try_from(packet.len())
+            .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "packet over 64 KiB"))?;
+        if self.pending.len() + packet.len() + 2 > TCP_PENDING_MAX {
+            self.flush()?;
+            if self.pending.len() + packet.len() + 2 > TCP_PENDING_MAX {
+                return Err(std::io::Error::new(ErrorKind::WouldBlock, "peer too slow"));
+            }
+        }
+        self.pending.extend_from_slice(&len.to_be_bytes());
+        self.pending.extend_from_slice(packet);
+        self.flush()
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        use std::io::{ErrorKind, Write};
+        while !self.pending.is_empty() {
+            match self.stream.write(&self.pending) {
+                Ok(0) => return Err(std::io::Error::new(ErrorKind::WriteZero, "closed")),
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }

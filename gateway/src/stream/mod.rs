@@ -24,6 +24,7 @@ use crypto::DecryptStats;
 
 pub use crate::config::RecordConfig;
 pub use forward::{Forward, ForwardStats};
+pub use pipeline::Legs;
 pub(crate) use pipeline::*;
 pub use receiver::{bind, start, Bound, Receiver};
 pub(crate) use recorder::*;

@@ -54,12 +54,18 @@ pub struct Legs(std::sync::Arc<Mutex<LegChanges>>);
 pub(super) struct LegChanges {
     add: Vec<Forward>,
     remove: Vec<String>,
+    /// Legs removed for good: one that arrives later (a TCP leg whose
+    /// connection completed after its dialog ended) is not added.
+    gone: std::collections::VecDeque<String>,
 }
 
 impl Legs {
     pub fn add(&self, f: Forward) {
         if let Ok(mut c) = self.0.lock() {
-            c.add.push(f);
+            let id = f.stats.leg.as_deref().unwrap_or("");
+            if !c.gone.iter().any(|g| g == id) {
+                c.add.push(f);
+            }
         }
     }
 
@@ -67,6 +73,10 @@ impl Legs {
         if let Ok(mut c) = self.0.lock() {
             c.add.retain(|f| f.stats.leg.as_deref() != Some(id));
             c.remove.push(id.to_string());
+            c.gone.push_back(id.to_string());
+            if c.gone.len() > 64 {
+                c.gone.pop_front();
+            }
         }
     }
 }
