@@ -299,6 +299,10 @@ pub struct StaticStream {
     /// Device and channel whose `[[keys]]` decrypt it (default: `name`).
     pub device: Option<String>,
     pub channel: Option<String>,
+    /// Forward its RTP (as received, own SSRC and sequence) to these
+    /// addresses, as a live view's forwards and relay legs do.
+    #[serde(default)]
+    pub forward: Vec<SocketAddr>,
 }
 
 fn default_payload() -> String {

@@ -102,8 +102,17 @@ impl Sessions {
         let channel = st.channel.clone().unwrap_or_else(|| st.name.clone());
         let mut view = KeyView::new(self.keys.clone(), &device, &channel, None);
         let srtp = view.srtp_configured();
+        let mut forwards = Vec::new();
+        for (i, dest) in st.forward.iter().enumerate() {
+            let ssrc = 0x5354_0000 ^ ((self.active.len() as u32) << 8) ^ i as u32;
+            match stream::Forward::new(*dest, ssrc) {
+                Ok(f) => forwards.push(f),
+                Err(e) => warn!(stream = %st.name, %dest, error = %e, "cannot forward"),
+            }
+        }
         let pipe = Pipeline::new(&st.name, None, recorder)
             .with_payload(&st.payload)
+            .with_forwards(forwards)
             .with_keys(Some(view), srtp);
         let r = stream::start(bound, None, pipe);
         let s = Session {
@@ -129,7 +138,15 @@ impl Sessions {
                 check: None,
             }),
             session_key: None,
-            forward: Vec::new(),
+            forward: st
+                .forward
+                .iter()
+                .map(|d| super::Forward {
+                    dest: *d,
+                    ssrc: None,
+                    srtp: None,
+                })
+                .collect(),
             media: None,
             kernel: None,
             legs: Vec::new(),
