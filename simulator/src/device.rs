@@ -927,6 +927,19 @@ impl Device {
             }
         };
         self.reply(h, src, 200, "OK", &tag, &[], None).await;
+        if msg.kind == Kind::Control {
+            let mut what = format!("{} {}", msg.cmd_type, msg.device_id);
+            if let manscdp::Body::Other(leaves) = &msg.body {
+                for (n, v) in leaves {
+                    if !matches!(n.as_str(), "CmdType" | "SN" | "DeviceID") {
+                        what.push_str(&format!(" {n}={v}"));
+                    }
+                }
+            }
+            info!(device = %self.id, control = %what, "control received");
+            self.shared.device(self.index, |d| d.controls.push(what));
+            return;
+        }
         if msg.kind != Kind::Query {
             debug!(device = %self.id, kind = msg.kind.as_str(), cmd = %msg.cmd_type, "MANSCDP message not acted on");
             return;

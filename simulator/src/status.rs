@@ -30,6 +30,9 @@ pub struct DeviceReport {
     pub keepalives_sent: u64,
     pub keepalives_ok: u64,
     pub queries_answered: u64,
+    /// Controls received (DeviceControl, ...): "<CmdType> <target> <the
+    /// command's elements as name=value>", in order.
+    pub controls: Vec<String>,
     pub channels: Vec<String>,
     pub last_error: Option<String>,
 }

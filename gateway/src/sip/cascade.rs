@@ -105,6 +105,19 @@ pub(super) struct Upstream {
     /// DeviceControl passed to devices, by (target ID, SN), whose Response
     /// goes back to this superior.
     controls: HashMap<(String, u32), Instant>,
+    /// The superior's catalog subscription (SUBSCRIBE), if any: changes go
+    /// as NOTIFY in its dialog instead of MESSAGE.
+    sub: Option<Subscription>,
+}
+
+/// A catalog subscription from a superior (the SUBSCRIBE dialog, UAS side).
+struct Subscription {
+    /// The SUBSCRIBE, whose From/To/Call-ID the NOTIFYs mirror.
+    head: Head,
+    from: Dest,
+    local: SocketAddr,
+    cseq: u32,
+    expires_at: Instant,
 }
 
 /// A superior as the API shows it.
@@ -156,6 +169,7 @@ impl Upstream {
             catalogs_sent: 0,
             items_sent: 0,
             controls: HashMap::new(),
+            sub: None,
             cfg,
         }
     }
@@ -598,6 +612,7 @@ impl Core {
                 return;
             }
             "OPTIONS" => return self.reply(m, 200, "OK", &[]),
+            "SUBSCRIBE" => return self.on_upstream_subscribe(i, m),
             _ => {
                 kind(self, "unsupported");
                 return self.reply(m, 405, "Method Not Allowed", &[]);
@@ -732,13 +747,149 @@ impl Core {
         );
     }
 
+    /// SUBSCRIBE (catalog) from a superior: 200 with the granted expiry,
+    /// then catalog changes go as NOTIFY in this dialog until it expires
+    /// (`Expires: 0` ends it). The first NOTIFY, right away, carries the
+    /// gateway item (RFC 6665: a NOTIFY follows every accepted SUBSCRIBE).
+    fn on_upstream_subscribe(&mut self, i: usize, m: &Inbound) {
+        let name = self.upstreams[i].name().to_string();
+        let is_catalog = m.head.body.is_empty()
+            || manscdp::parse(&m.head.body)
+                .is_ok_and(|q| q.cmd_type.eq_ignore_ascii_case("Catalog"));
+        if !is_catalog {
+            self.metrics
+                .cascade_requests
+                .with_label_values(&[&name, "subscribe_refused"])
+                .inc();
+            return self.reply(m, 489, "Bad Event", &[]);
+        }
+        let expires = m.head.expires.unwrap_or(3600).min(86_400);
+        self.metrics
+            .cascade_requests
+            .with_label_values(&[&name, "subscribe"])
+            .inc();
+        let exp = expires.to_string();
+        let contact = format!(
+            "<sip:{}@{}>",
+            self.upstreams[i].local_id,
+            self.local_sip(m.local, m.from.peer())
+        );
+        self.reply(m, 200, "OK", &[("Expires", &exp), ("Contact", &contact)]);
+        let u = &mut self.upstreams[i];
+        if expires == 0 {
+            u.sub = None;
+            info!(platform = %name, "catalog subscription ended by the superior");
+            return;
+        }
+        let renewed = u
+            .sub
+            .as_ref()
+            .is_some_and(|s| s.head.call_id == m.head.call_id);
+        let cseq = u.sub.as_ref().filter(|_| renewed).map_or(0, |s| s.cseq);
+        u.sub = Some(Subscription {
+            head: m.head.clone(),
+            from: m.from,
+            local: m.local,
+            cseq,
+            expires_at: Instant::now() + Duration::from_secs(expires as u64),
+        });
+        if !renewed {
+            info!(platform = %name, expires, "catalog subscription from the superior");
+            let first = self.shared_items(i).into_iter().take(1).collect::<Vec<_>>();
+            self.up_notify(i, first);
+        }
+    }
+
+    /// NOTIFY in superior `i`'s subscription dialog with catalog items.
+    fn up_notify(&mut self, i: usize, items: Vec<CatalogItem>) -> bool {
+        let sn = self.next_sn();
+        let body = {
+            let u = &self.upstreams[i];
+            manscdp::catalog_notify(sn, &u.local_id, &items, self.charset)
+        };
+        let tag = self.tag.clone();
+        let u = &mut self.upstreams[i];
+        let Some(sub) = u.sub.as_mut() else {
+            return false;
+        };
+        let now = Instant::now();
+        if now >= sub.expires_at {
+            u.sub = None;
+            return false;
+        }
+        sub.cseq += 1;
+        let h = &sub.head;
+        let from = NameAddr::parse(&h.to.raw)
+            .map(|n| n.uri)
+            .unwrap_or_default();
+        let to = NameAddr::parse(&h.from.raw)
+            .map(|n| n.uri)
+            .unwrap_or_default();
+        let uri = h
+            .contact
+            .as_ref()
+            .map(|c| c.uri.clone())
+            .unwrap_or_else(|| to.clone());
+        let left = sub.expires_at.duration_since(now).as_secs();
+        let state = format!("active;expires={left}");
+        let (dest, local, call_id, cseq, to_tag) = (
+            sub.from,
+            sub.local,
+            h.call_id.clone(),
+            sub.cseq,
+            h.from.tag.clone(),
+        );
+        let local_sip = self.local_sip(local, dest.peer());
+        let branch = gsip::branch();
+        let msg = Outgoing {
+            method: "NOTIFY",
+            uri: &uri,
+            transport: dest.transport(),
+            local: &local_sip,
+            branch: &branch,
+            from: &from,
+            from_tag: &tag,
+            to: &to,
+            to_tag: to_tag.as_deref(),
+            call_id: &call_id,
+            cseq,
+            contact: None,
+            headers: &[("Event", "Catalog"), ("Subscription-State", &state)],
+            content_type: Some("Application/MANSCDP+xml"),
+            body: &body,
+        }
+        .build();
+        self.client.start(
+            &branch,
+            "NOTIFY",
+            msg.clone(),
+            dest,
+            dest.transport().reliable(),
+            now,
+        );
+        self.purposes.insert(
+            pkey(&branch, "NOTIFY"),
+            Purpose::Upstream {
+                idx: i,
+                req: UpReq::Response,
+            },
+        );
+        self.out.send(dest, msg);
+        true
+    }
+
     /// A shared device went online/offline or appeared: each registered
     /// superior that shares it gets a Catalog Notify with the device's
-    /// channels and the event (ON, OFF, ADD).
+    /// channels and the event (ON, OFF, ADD): NOTIFY in its subscription
+    /// when it subscribed, else a MESSAGE when `catalog_notify` is on.
     pub(super) fn cascade_device_event(&mut self, device: &str, event: &str) {
         for i in 0..self.upstreams.len() {
             let u = &self.upstreams[i];
-            if !u.cfg.catalog_notify || u.state != UpState::Registered {
+            let subscribed = u
+                .sub
+                .as_ref()
+                .is_some_and(|s| Instant::now() < s.expires_at);
+            if !(u.cfg.catalog_notify || subscribed) || u.state != UpState::Registered {
                 continue;
             }
             let mut items: Vec<CatalogItem> = self
@@ -759,6 +910,17 @@ impl Core {
             }
             for it in &mut items {
                 it.extra.push(("Event".into(), event.into()));
+            }
+            let n = items.len() as u64;
+            if subscribed {
+                let name = self.upstreams[i].name().to_string();
+                if self.up_notify(i, items) {
+                    self.metrics
+                        .cascade_catalog
+                        .with_label_values(&[&name, "notified"])
+                        .inc_by(n);
+                }
+                continue;
             }
             let sn = self.next_sn();
             let u = &self.upstreams[i];
