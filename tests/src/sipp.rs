@@ -419,6 +419,13 @@ impl Sipp {
         self
     }
 
+    /// Logs every message sipp sends and receives to `path` (read it
+    /// with [`message_log`]).
+    pub fn trace_messages(self, path: &Path) -> Sipp {
+        let p = path.display().to_string();
+        self.args(&["-trace_msg", "-message_file", &p])
+    }
+
     pub fn in_netns(mut self, ns: &str) -> Sipp {
         self.netns = Some(ns.to_string());
         self
@@ -463,6 +470,62 @@ impl Sipp {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         }
     }
+}
+
+/// One SIP message of a sipp message log ([`Sipp::trace_messages`]).
+pub struct Traced {
+    /// Sent by sipp (else received by it).
+    pub sent: bool,
+    pub head: gb28181::sip::Head,
+}
+
+/// The messages of a sipp message log, in the order sipp handled them
+/// (sipp is single-threaded: a message it received while a call waited in
+/// a `<pause>` shows before what that call sent after the pause). Panics on
+/// a message that does not parse.
+pub fn message_log(path: &Path) -> Vec<Traced> {
+    let data = std::fs::read(path).unwrap_or_default();
+    let find = |from: usize, pat: &[u8]| {
+        data[from..]
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .map(|p| from + p)
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    // Each entry: "... message received [N] bytes :" or "... message sent
+    // (N bytes):", a blank line, then the N bytes of the message.
+    loop {
+        let recv = find(at, b" message received [");
+        let sent = find(at, b" message sent (");
+        let (pos, is_sent, skip) = match (recv, sent) {
+            (Some(r), Some(s)) if s < r => (s, true, 15),
+            (Some(r), _) => (r, false, 19),
+            (None, Some(s)) => (s, true, 15),
+            (None, None) => break,
+        };
+        let digits: String = data[pos + skip..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .map(|&b| b as char)
+            .collect();
+        let len: usize = digits.parse().expect("length in the sipp message log");
+        let start = find(pos, b"\n\n").expect("message after its log line") + 2;
+        let raw = &data[start..(start + len).min(data.len())];
+        let m = gb28181::wire::parse(raw, 1 << 20).unwrap_or_else(|e| {
+            panic!(
+                "sipp logged an unparseable message ({e:?}):\n{}",
+                String::from_utf8_lossy(raw)
+            )
+        });
+        let head = gb28181::sip::Head::parse(&m).expect("headers of a logged message");
+        out.push(Traced {
+            sent: is_sent,
+            head,
+        });
+        at = start + len;
+    }
+    out
 }
 
 /// The scenario directory of the repo (tests/sipp).

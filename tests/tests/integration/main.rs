@@ -29,6 +29,7 @@
 //!   with ETXTBSY. The gateway copies that run as an unprivileged user are
 //!   made by install(1) (`unpriv::Sandbox`).
 
+mod cascade;
 mod cascade_invite;
 mod check;
 mod cli_errors;
