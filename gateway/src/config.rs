@@ -92,11 +92,41 @@ pub struct CascadeConfig {
     /// (403) otherwise.
     #[serde(default)]
     pub allow_teleboot: bool,
+    /// Business groups (type 215) and virtual organisations (216) the
+    /// superior sees above the channels (`[[cascade.groups]]`).
+    #[serde(default)]
+    pub groups: Vec<CatalogGroup>,
     /// Tell the superior when a shared device goes online (ON), offline
     /// (OFF) or registers for the first time (ADD): a Catalog `<Notify>`
     /// MESSAGE with each channel of the device and its `<Event>`.
     #[serde(default = "yes")]
     pub catalog_notify: bool,
+}
+
+/// A business group (ID type code 215) or virtual organisation (216) in
+/// the catalog a superior sees; the listed devices' and channels' items
+/// hang below it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogGroup {
+    /// 20 digits, type code (digits 11-13) 215 or 216.
+    pub id: String,
+    pub name: String,
+    /// A virtual organisation's parent: another organisation or its
+    /// business group (default: the business group listed, else the
+    /// gateway).
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub devices: Vec<String>,
+    #[serde(default)]
+    pub channels: Vec<String>,
+}
+
+impl CatalogGroup {
+    /// "215" or "216".
+    pub fn kind(&self) -> &str {
+        self.id.get(10..13).unwrap_or("")
+    }
 }
 
 /// What a superior is shown.
@@ -184,6 +214,22 @@ impl CascadeConfig {
             "cascade {}: catalog_chunk must be in 1..=100",
             self.id
         );
+        for g in &self.groups {
+            anyhow::ensure!(
+                digits(&g.id) && matches!(g.kind(), "215" | "216"),
+                "cascade {}: group {:?} must be 20 digits with type code 215 (business group) or 216 (virtual organisation)",
+                self.id,
+                g.id
+            );
+            if let Some(p) = &g.parent {
+                anyhow::ensure!(
+                    self.groups.iter().any(|x| &x.id == p),
+                    "cascade {}: group {}'s parent {p} is not one of its groups",
+                    self.id,
+                    g.id
+                );
+            }
+        }
         Ok(())
     }
 }

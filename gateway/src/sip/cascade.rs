@@ -108,6 +108,8 @@ pub(super) struct Upstream {
     /// The superior's catalog subscription (SUBSCRIBE), if any: changes go
     /// as NOTIFY in its dialog instead of MESSAGE.
     sub: Option<Subscription>,
+    /// Shutdown: our Expires: 0 REGISTER waits for its final answer.
+    unregistering: bool,
 }
 
 /// A catalog subscription from a superior (the SUBSCRIBE dialog, UAS side).
@@ -170,6 +172,7 @@ impl Upstream {
             items_sent: 0,
             controls: HashMap::new(),
             sub: None,
+            unregistering: false,
             cfg,
         }
     }
@@ -211,6 +214,11 @@ impl Upstream {
     /// Waits before the next attempt, doubling the wait each time.
     fn back_off(&mut self, now: Instant, why: String) {
         self.state = UpState::Backoff;
+        self.unregistering = false;
+        // After a failure, start again at the configured address (a 3xx
+        // will point elsewhere again if it still should).
+        self.target = self.cfg.address;
+        self.redirects = 0;
         self.reason = Some(why);
         self.challenge = None;
         self.auth_tries = 0;
@@ -230,13 +238,21 @@ impl Core {
         self.upstreams.iter().position(|u| u.cfg.id == h.from.user)
     }
 
-    /// The UDP socket to reach `target` from, and our address on it.
+    /// The UDP socket to reach `target` from, and our address on it: the
+    /// one bound to the route's source address, else a wildcard one, else
+    /// any of the family.
     fn up_dest(&self, target: SocketAddr) -> Option<(Dest, String)> {
-        let sock = self
-            .out
-            .udp
+        let family = |a: &SocketAddr| a.is_ipv4() == target.is_ipv4();
+        let src = super::transport::local_ip_for(target);
+        let udp = &self.out.udp;
+        let sock = udp
             .iter()
-            .position(|(_, a)| a.is_ipv4() == target.is_ipv4())?;
+            .position(|(_, a)| family(a) && Some(a.ip()) == src)
+            .or_else(|| {
+                udp.iter()
+                    .position(|(_, a)| family(a) && a.ip().is_unspecified())
+            })
+            .or_else(|| udp.iter().position(|(_, a)| family(a)))?;
         let local = self.out.udp[sock].1;
         Some((
             Dest::Udp { sock, peer: target },
@@ -443,6 +459,7 @@ impl Core {
                 count(self, "unregistered");
                 let u = &mut self.upstreams[i];
                 u.state = UpState::Unregistered;
+                u.unregistering = false;
                 u.reason = Some("unregistered".into());
                 self.metrics
                     .cascade_registered
@@ -1017,6 +1034,60 @@ impl Core {
             status: Some("ON".into()),
             ..CatalogItem::default()
         }];
+        // Business groups (215) and virtual organisations (216): a
+        // virtual organisation belongs to its parent, or to the (first)
+        // business group; a business group to the gateway.
+        let business = u
+            .cfg
+            .groups
+            .iter()
+            .find(|g| g.kind() == "215")
+            .map(|g| g.id.clone());
+        for g in &u.cfg.groups {
+            let parent = g
+                .parent
+                .clone()
+                .unwrap_or_else(|| match (g.kind(), &business) {
+                    ("216", Some(b)) => b.clone(),
+                    _ => u.local_id.clone(),
+                });
+            items.push(CatalogItem {
+                device_id: g.id.clone(),
+                name: Some(g.name.clone()),
+                parental: Some("1".into()),
+                parent_id: Some(parent),
+                business_group_id: (g.kind() == "216").then(|| business.clone()).flatten(),
+                ..CatalogItem::default()
+            });
+        }
+        // The group an item hangs below: the last group listing its
+        // channel, else its device, else the gateway.
+        let parent_of = |device: &str, channel: &str| -> (String, Option<String>) {
+            let g = u
+                .cfg
+                .groups
+                .iter()
+                .rev()
+                .find(|g| g.channels.iter().any(|c| c == channel))
+                .or_else(|| {
+                    u.cfg
+                        .groups
+                        .iter()
+                        .rev()
+                        .find(|g| g.devices.iter().any(|d| d == device))
+                });
+            match g {
+                Some(g) => (
+                    g.id.clone(),
+                    if g.kind() == "216" {
+                        business.clone()
+                    } else {
+                        Some(g.id.clone())
+                    },
+                ),
+                None => (u.local_id.clone(), None),
+            }
+        };
         let mut ids: Vec<&String> = self.reg.devices.keys().collect();
         ids.sort();
         for id in ids {
@@ -1030,7 +1101,11 @@ impl Core {
                             continue;
                         }
                         let mut it = item.clone();
-                        it.parent_id = Some(u.local_id.clone());
+                        let (parent, bg) = parent_of(id, ch);
+                        it.parent_id = Some(parent);
+                        if bg.is_some() {
+                            it.business_group_id = bg;
+                        }
                         it.civil_code.get_or_insert_with(|| civil.clone());
                         if !d.online {
                             it.status = Some(status.into());
@@ -1051,7 +1126,8 @@ impl Core {
                         model: info.and_then(|x| x.model.clone()),
                         civil_code: Some(civil.clone()),
                         parental: Some("0".into()),
-                        parent_id: Some(u.local_id.clone()),
+                        parent_id: Some(parent_of(id, id).0),
+                        business_group_id: parent_of(id, id).1,
                         register_way: Some("1".into()),
                         secrecy: Some("0".into()),
                         status: Some(status.into()),
@@ -1136,15 +1212,35 @@ impl Core {
         );
     }
 
-    /// Unregisters from every superior (shutdown); does not wait.
-    pub(super) fn cascade_unregister(&mut self) {
+    /// Unregisters from every superior (shutdown); true when some were
+    /// registered (the shutdown then waits for their answers).
+    pub(super) fn cascade_unregister(&mut self) -> bool {
+        let mut any = false;
         for i in 0..self.upstreams.len() {
             if self.upstreams[i].state == UpState::Registered {
                 info!(
                     platform = self.upstreams[i].name(),
                     "unregistering from the superior"
                 );
+                self.upstreams[i].unregistering = true;
                 self.up_register(i, 0);
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// The shutdown's Flush, once every unregistration was answered (a
+    /// challenge is answered first) or its time is up.
+    pub(super) fn flush_if_unregistered(&mut self, now: Instant) {
+        let pending = self.upstreams.iter().any(|u| u.unregistering);
+        if self
+            .flush_waiter
+            .as_ref()
+            .is_some_and(|(_, deadline)| !pending || now >= *deadline)
+        {
+            if let Some((tx, _)) = self.flush_waiter.take() {
+                self.finish_flush(tx);
             }
         }
     }

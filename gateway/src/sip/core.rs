@@ -178,6 +178,8 @@ pub struct Core {
     pub(super) upstreams: Vec<Upstream>,
     /// Live views relayed to superiors, by the superior's Call-ID.
     pub(super) relays: HashMap<String, relay::Relay>,
+    /// Shutdown waiting for the superiors to answer our unregistrations.
+    pub(super) flush_waiter: Option<(oneshot::Sender<()>, Instant)>,
 }
 
 impl Core {
@@ -261,6 +263,7 @@ impl Core {
             view,
             upstreams: Vec::new(),
             relays: HashMap::new(),
+            flush_waiter: None,
         };
         core.upstreams = cascade
             .into_iter()
@@ -580,6 +583,7 @@ impl Core {
         self.session_timers(now);
         self.cascade_timers(now);
         self.relay_timers(now);
+        self.flush_if_unregistered(now);
         if now.duration_since(self.last_media_check) >= Duration::from_secs(1) {
             self.last_media_check = now;
             self.media_timers();
@@ -742,19 +746,29 @@ impl Core {
                 let _ = tx.send(self.platforms());
             }
             Command::Flush(tx) => {
-                self.cascade_unregister();
-                self.persist_dirty();
-                if let Some(s) = self.store.clone() {
-                    // The writer replies on a std channel; don't block the
-                    // runtime waiting for it.
-                    std::thread::spawn(move || {
-                        s.sync();
-                        let _ = tx.send(());
-                    });
-                } else {
-                    let _ = tx.send(());
+                // Unregister upward first, and answer only when the
+                // superiors have answered (or after a few seconds).
+                if self.cascade_unregister() {
+                    self.flush_waiter = Some((tx, Instant::now() + Duration::from_secs(3)));
+                    return;
                 }
+                self.finish_flush(tx);
             }
+        }
+    }
+
+    /// Persists everything, then answers the shutdown's Flush.
+    pub(super) fn finish_flush(&mut self, tx: oneshot::Sender<()>) {
+        self.persist_dirty();
+        if let Some(s) = self.store.clone() {
+            // The writer replies on a std channel; don't block the
+            // runtime waiting for it.
+            std::thread::spawn(move || {
+                s.sync();
+                let _ = tx.send(());
+            });
+        } else {
+            let _ = tx.send(());
         }
     }
 }

@@ -317,13 +317,12 @@ impl Core {
         d.target = h.contact.as_ref().map(|c| c.uri.clone());
         let d2 = d.clone();
         let ack = self.in_dialog(&d2, "ACK", d2.cseq, &gsip::branch(), h.to.tag.as_deref());
-        if let Some(dest) = d2.dest {
-            self.out.send(dest, ack.clone());
-        }
         if let Some(d) = self.dialogs.active.get_mut(id) {
-            d.ack = Some(ack);
+            d.ack = Some(ack.clone());
             d.deadline = None;
         }
+        // The ACK goes out once the receiver, the kernel flow and any relay
+        // legs are in place: devices start sending on it.
         // srtp-sm4 key of the answer (RFC 4568): the key the device
         // encrypts with; a malformed one makes the answer unusable.
         let answer = sdp::parse(&h.body)
@@ -350,14 +349,21 @@ impl Core {
             });
         match answer {
             Ok(a) => {
-                if let Some(view) = self.sessions.establish(id, a) {
-                    if let Some(w) = self.dialogs.waiters.remove(id) {
-                        let _ = w.send(Ok(view));
-                    }
+                let view = self.sessions.establish(id, a);
+                if view.is_some() {
                     self.relay_session_ready(id);
+                }
+                if let Some(dest) = d2.dest {
+                    self.out.send(dest, ack);
+                }
+                if let (Some(view), Some(w)) = (view, self.dialogs.waiters.remove(id)) {
+                    let _ = w.send(Ok(view));
                 }
             }
             Err((reason, e)) => {
+                if let Some(dest) = d2.dest {
+                    self.out.send(dest, ack);
+                }
                 self.metrics.sdp_errors.with_label_values(&[reason]).inc();
                 self.close(
                     id,

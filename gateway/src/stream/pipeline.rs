@@ -2,7 +2,10 @@
 //! reorder, demux or depacketize, decrypt NAL units), frames out to the
 //! recorder and the forwards. Unit-tested in `stream::tests`.
 
-use std::sync::Mutex;
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Mutex,
+};
 
 use media::{
     h26x::Depacketizer,
@@ -48,7 +51,10 @@ pub struct Pipeline {
 /// the control side queues them, the receiver applies them at its next
 /// tick (every 100 ms).
 #[derive(Clone, Default)]
-pub struct Legs(std::sync::Arc<Mutex<LegChanges>>);
+pub struct Legs(
+    std::sync::Arc<Mutex<LegChanges>>,
+    std::sync::Arc<AtomicBool>,
+);
 
 #[derive(Default)]
 pub(super) struct LegChanges {
@@ -65,6 +71,7 @@ impl Legs {
             let id = f.stats.leg.as_deref().unwrap_or("");
             if !c.gone.iter().any(|g| g == id) {
                 c.add.push(f);
+                self.1.store(true, Ordering::Release);
             }
         }
     }
@@ -77,6 +84,7 @@ impl Legs {
             if c.gone.len() > 64 {
                 c.gone.pop_front();
             }
+            self.1.store(true, Ordering::Release);
         }
     }
 }
@@ -143,7 +151,12 @@ impl Pipeline {
     }
 
     fn apply_legs(&mut self) {
+        // One relaxed-cost load per packet; the lock only when a change waits.
+        if !self.legs.1.swap(false, Ordering::Acquire) {
+            return;
+        }
         let Ok(mut c) = self.legs.0.try_lock() else {
+            self.legs.1.store(true, Ordering::Release);
             return;
         };
         if c.add.is_empty() && c.remove.is_empty() {
@@ -172,6 +185,7 @@ impl Pipeline {
 
     /// One RTP (or SRTP) packet as received, at `now_ns` (monotonic).
     pub fn packet(&mut self, buf: &[u8], now_ns: u64) {
+        self.apply_legs();
         if !self.crypto.srtp() || rtp::parse(buf).is_err() {
             return self.packet_clear(buf, now_ns);
         }

@@ -719,7 +719,6 @@ fn catalog_parts_wait_for_each_answer() {
 /// way off, after 300 ms. The edge must answer that challenge before it
 /// exits, or the superior keeps it online until its keepalives time out.
 #[test]
-#[ignore = "gateway bug: the shutdown does not wait for the unregistration (Command::Flush in sip/core.rs, cascade_unregister in sip/cascade.rs): a 401 that comes after the registry is saved is never answered"]
 fn unregisters_at_shutdown_through_a_stale_challenge() {
     need_sipp();
     let dir = TempDir::new("cascade-unregister");
