@@ -1,7 +1,7 @@
-//! Two network namespaces joined by a veth pair, addressed from
-//! 198.18.0.0/15 with no default route, removed on drop (also when a test
-//! fails and unwinds); and running code inside a namespace, on a thread of
-//! its own.
+//! Two network namespaces joined by a veth pair, or a chain of them,
+//! addressed from 198.18.0.0/15 with no default route, removed on drop
+//! (also when a test fails and unwinds); and running code inside a
+//! namespace, on a thread of its own.
 
 use std::{
     process::Command,
@@ -32,6 +32,21 @@ fn ip(args: &[&str]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Joins namespaces `a.0` and `b.0` with a veth pair (`a.1` in `a.0`,
+/// `b.1` in `b.0`), addresses `a.2` and `b.2` (/24) on its ends, and
+/// brings the ends and both loopbacks up. No route beyond the /24.
+fn veth(a: (&str, &str, &str), b: (&str, &str, &str)) -> std::io::Result<()> {
+    ip(&[
+        "link", "add", a.1, "netns", a.0, "type", "veth", "peer", "name", b.1, "netns", b.0,
+    ])?;
+    for (ns, dev, addr) in [a, b] {
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+        ip(&["-n", ns, "link", "set", dev, "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    Ok(())
+}
+
 impl NetnsPair {
     /// `tag`: a short name for the test (part of the namespace names).
     /// The names hold the process ID and a per-process sequence number, so
@@ -52,32 +67,7 @@ impl NetnsPair {
         // From here on Drop cleans up whatever was created.
         ip(&["netns", "add", &p.a])?;
         ip(&["netns", "add", &p.b])?;
-        ip(&[
-            "link", "add", &p.veth_a, "netns", &p.a, "type", "veth", "peer", "name", &p.veth_b,
-            "netns", &p.b,
-        ])?;
-        ip(&[
-            "-n",
-            &p.a,
-            "addr",
-            "add",
-            &format!("{}/24", p.addr_a),
-            "dev",
-            &p.veth_a,
-        ])?;
-        ip(&[
-            "-n",
-            &p.b,
-            "addr",
-            "add",
-            &format!("{}/24", p.addr_b),
-            "dev",
-            &p.veth_b,
-        ])?;
-        for (ns, dev) in [(&p.a, &p.veth_a), (&p.b, &p.veth_b)] {
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
+        veth((&p.a, &p.veth_a, &p.addr_a), (&p.b, &p.veth_b, &p.addr_b))?;
         Ok(p)
     }
 }
@@ -87,6 +77,69 @@ impl Drop for NetnsPair {
         // Deleting a namespace deletes its end of the veth, and with it the pair.
         let _ = ip(&["netns", "del", &self.a]);
         let _ = ip(&["netns", "del", &self.b]);
+    }
+}
+
+/// Namespaces in a row, each joined to the next by a veth pair: link `i`
+/// joins `ns[i]` (address 198.18.`i`.1) and `ns[i + 1]` (198.18.`i`.2),
+/// so a middle namespace has one address on each side and the ends reach
+/// only their neighbour (no default route, no forwarding). For a chain of
+/// platforms: cameras -> a lower-level gateway -> its superior. Removed on
+/// drop, as [`NetnsPair`].
+pub struct NetnsChain {
+    pub ns: Vec<String>,
+    pub links: Vec<Link>,
+}
+
+/// One veth pair of a [`NetnsChain`]: `left` ends in `ns[i]`, `right` in
+/// `ns[i + 1]`.
+pub struct Link {
+    pub left_dev: String,
+    pub right_dev: String,
+    pub left_addr: String,
+    pub right_addr: String,
+}
+
+impl NetnsChain {
+    /// `n` (2..=9) namespaces named after `tag`, unique per process and
+    /// call as [`NetnsPair::new`]'s.
+    pub fn new(tag: &str, n: usize) -> std::io::Result<Self> {
+        assert!((2..=9).contains(&n), "a chain of 2 to 9 namespaces");
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        // At most 2 + 1 + 7 + 1 + 3 characters: within IFNAMSIZ.
+        let id = format!("{}-{seq}", std::process::id());
+        let mut c = NetnsChain {
+            ns: Vec::new(),
+            links: Vec::new(),
+        };
+        // Drop removes whatever was created, also on an early return.
+        for i in 0..n {
+            let ns = format!("gwt-{tag}-{i}n{id}");
+            ip(&["netns", "add", &ns])?;
+            c.ns.push(ns);
+        }
+        for i in 0..n - 1 {
+            let l = Link {
+                left_dev: format!("gl{i}{id}"),
+                right_dev: format!("gr{i}{id}"),
+                left_addr: format!("198.18.{i}.1"),
+                right_addr: format!("198.18.{i}.2"),
+            };
+            veth(
+                (&c.ns[i], &l.left_dev, &l.left_addr),
+                (&c.ns[i + 1], &l.right_dev, &l.right_addr),
+            )?;
+            c.links.push(l);
+        }
+        Ok(c)
+    }
+}
+
+impl Drop for NetnsChain {
+    fn drop(&mut self) {
+        for ns in &self.ns {
+            let _ = ip(&["netns", "del", ns]);
+        }
     }
 }
 

@@ -65,6 +65,26 @@ pub fn ps_rtp(aus: &[Vec<u8>], ssrc: u32, seq0: u16) -> Vec<Vec<u8>> {
     out
 }
 
+/// The RTP packets [`ps_rtp`] (and gb-sim, which muxes and cuts alike)
+/// makes of each H.264 access unit, with whether it is a key frame: what
+/// a relay that starts at a key frame passes on of each frame.
+pub fn packets_per_frame(aus: &[Vec<u8>]) -> Vec<(u64, bool)> {
+    let mut counts = Vec::with_capacity(aus.len());
+    let mut n = 0;
+    // The marker bit (second byte's top bit) closes a frame.
+    for p in ps_rtp(aus, 0, 0) {
+        n += 1;
+        if p[1] & 0x80 != 0 {
+            counts.push(n);
+            n = 0;
+        }
+    }
+    aus.iter()
+        .zip(counts)
+        .map(|(au, n)| (n, media::h26x::is_keyframe(Codec::H264, au)))
+        .collect()
+}
+
 /// Frames ffprobe decodes in the first video stream of `path` (0 if none).
 pub fn ffprobe_frames(path: impl AsRef<Path>) -> u64 {
     let out = Command::new("ffprobe")
@@ -103,7 +123,22 @@ pub fn ffmpeg_encode(out: &Path, source: &str, args: &[&str]) -> anyhow::Result<
 /// A camera's worth of test media: `frames` frames of 320x240 at 25 fps,
 /// a key frame every 25, no B-frames; `cam.h264` or `cam.h265` in `dir`.
 pub fn camera_file(dir: &Path, frames: usize, hevc: bool) -> std::path::PathBuf {
-    let out = dir.join(if hevc { "cam.h265" } else { "cam.h264" });
+    encode_camera(dir, frames, hevc, false)
+}
+
+/// [`camera_file`] (H.264) with an access unit delimiter before each
+/// frame, so that [`split_aus`] cuts it into the frames a camera sends
+/// (see [`packets_per_frame`]); `cam-aud.h264` in `dir`.
+pub fn camera_file_aud(dir: &Path, frames: usize) -> std::path::PathBuf {
+    encode_camera(dir, frames, false, true)
+}
+
+fn encode_camera(dir: &Path, frames: usize, hevc: bool, aud: bool) -> std::path::PathBuf {
+    let out = dir.join(match (hevc, aud) {
+        (true, _) => "cam.h265",
+        (false, false) => "cam.h264",
+        (false, true) => "cam-aud.h264",
+    });
     let n = frames.to_string();
     let codec: &[&str] = if hevc {
         &[
@@ -119,6 +154,9 @@ pub fn camera_file(dir: &Path, frames: usize, hevc: bool) -> std::path::PathBuf 
     };
     let mut args = vec!["-frames:v", n.as_str()];
     args.extend_from_slice(codec);
+    if aud {
+        args.extend_from_slice(&["-bsf:v", "h264_metadata=aud=insert"]);
+    }
     ffmpeg_encode(&out, "testsrc=size=320x240:rate=25", &args).expect("ffmpeg");
     out
 }

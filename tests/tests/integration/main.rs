@@ -18,8 +18,8 @@
 //!   `media_bad_input` 32100-32119, `sm4_media` 32200-32299 (and the
 //!   default 30000-30999 of daemons that configure none). Daemons in
 //!   namespaces have their namespace's ports to themselves;
-//! - network namespaces and veth pairs come from `netns::NetnsPair`, whose
-//!   names are unique per process and test;
+//! - network namespaces and veth pairs come from `netns::NetnsPair` (or
+//!   `netns::NetnsChain`), whose names are unique per process and test;
 //! - namespaces are entered only on threads of their own
 //!   (`netns::in_netns`), never on a test's thread;
 //! - scratch directories are `sipp::TempDir`s (or unique per test), and
@@ -31,6 +31,7 @@
 
 mod cascade;
 mod cascade_invite;
+mod cascade_relay;
 mod check;
 mod cli_errors;
 mod dashboards;
