@@ -33,7 +33,9 @@ struct Setup {
     channel: String,
 }
 
-fn setup(dir: &Path) -> Setup {
+/// Central, edge (media on `ports`, disjoint per test: the tests of this
+/// binary may run side by side) and the camera, all registered.
+fn setup(dir: &Path, ports: &str) -> Setup {
     let (c_sip, c_api) = (free_port(), free_port());
     let cdir = dir.join("central");
     std::fs::create_dir_all(&cdir).unwrap();
@@ -58,7 +60,7 @@ fn setup(dir: &Path) -> Setup {
         e_api,
         "password = \"pw\"\n",
         &format!(
-            "[media]\nports = \"31200-31249\"\n\
+            "[media]\nports = \"{ports}\"\n\
              [[cascade]]\nid = \"{CENTRAL}\"\naddress = \"127.0.0.1:{c_sip}\"\n\
              password = \"central-pw\"\nname = \"central\"\nkeepalive_interval_secs = 1\n"
         ),
@@ -72,7 +74,7 @@ fn setup(dir: &Path) -> Setup {
         "127.0.0.1",
         CAMERA,
         dir,
-        &["--channels", "1", "--media", &media, "--loop"],
+        &["--channels", "2", "--media", &media, "--loop"],
     );
     let channel = sim::channel(CAMERA, 1);
     edge.wait_until(
@@ -82,7 +84,7 @@ fn setup(dir: &Path) -> Setup {
             d.get("/api/platforms")
                 .is_ok_and(|p| p["platforms"][0]["state"] == "registered")
                 && d.device(CAMERA)
-                    .is_ok_and(|c| c["online"] == true && c["channels"] == 1)
+                    .is_ok_and(|c| c["online"] == true && c["channels"] == 2)
         },
     )
     .unwrap();
@@ -165,7 +167,7 @@ fn cascade_superior_plays_over_udp_and_tcp_controls_and_hangs_up() {
         return;
     }
     let dir = TempDir::new("cascade-invite");
-    let mut s = setup(dir.path());
+    let mut s = setup(dir.path(), "31200-31249");
     let edge_sip = s.edge.sip;
 
     // UDP: the media arrives at the port the superior offered, under the
@@ -269,11 +271,48 @@ fn cascade_superior_plays_over_udp_and_tcp_controls_and_hangs_up() {
     assert!(frames > 0, "no RFC 4571 frames over the TCP leg");
     assert_eq!(first_key, Some(true));
     assert_after_bye(&mut s, 2);
+
+    // The superior's signalling over TCP (media over UDP): answered and
+    // ended on the same connection.
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mport = sink.local_addr().unwrap().port().to_string();
+    let mut sp = sipp_superior(
+        dir.path(),
+        edge_sip,
+        &[
+            ("channel", &s.channel),
+            ("superior", CENTRAL),
+            ("y", Y),
+            ("mport", &mport),
+            ("proto", "RTP/AVP"),
+            ("setup", "a=x-gateway-test:tcp-signalling"),
+            ("expect_setup", "a=sendonly"),
+        ],
+    );
+    if let Some(t) = sp.args.iter().position(|a| a == "-t") {
+        sp.args[t + 1] = "t1".into();
+    }
+    let sipp = sp.spawn().unwrap();
+    let mut got = 0u64;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) && got < 50 {
+        if let Ok(n) = sink.recv(&mut buf) {
+            if n > 12 && rtp_ssrc_key(&buf[..n]).0 == 110000001 {
+                got += 1;
+            }
+        }
+    }
+    let r = sp.result(sipp.wait_with_output().unwrap());
+    assert!(r.ok(), "sipp superior (SIP over TCP) failed: {}", r.errors);
+    assert!(got > 0, "no media for the TCP-signalled relay");
+    assert_after_bye(&mut s, 3);
     let relay = s.edge.stat(
         "gateway_cascade_requests_total",
         "kind=invite,platform=central",
     );
-    assert_eq!(relay, 2);
+    assert_eq!(relay, 3);
 }
 
 /// A superior INVITE that must be refused with `code`.
@@ -329,7 +368,7 @@ fn cascade_superior_bad_requests_are_refused_without_harm() {
         return;
     }
     let dir = TempDir::new("cascade-refused");
-    let mut s = setup(dir.path());
+    let mut s = setup(dir.path(), "31250-31299");
     let edge = s.edge.sip;
     let good = "      v=0\n      o=x 0 0 IN IP4 127.0.0.1\n      s=Play\n      c=IN IP4 127.0.0.1\n      t=0 0\n      m=video 9 RTP/AVP 96\n      a=rtpmap:96 PS/90000\n      y=0110000009";
     // A channel that is not shared (or does not exist).
@@ -384,4 +423,94 @@ fn cascade_superior_bad_requests_are_refused_without_harm() {
         "the camera was asked for a stream: {streams}"
     );
     s.edge.stop();
+}
+
+/// A flood of INVITEs from a superior for a channel whose device session
+/// is still opening: past the limit of relays opening at once, 486 Busy
+/// Here (counted); the others are answered; a local recording of the other
+/// channel keeps running untouched.
+#[test]
+fn cascade_superior_invite_flood_is_bounded() {
+    if !have_tools(&["ffmpeg"]) {
+        return;
+    }
+    let dir = TempDir::new("cascade-flood");
+    let mut s = setup(dir.path(), "31300-31399");
+    let ch2 = sim::channel(CAMERA, 2);
+    let local = s.edge.open_stream(CAMERA, &ch2, "udp", "");
+    let local_id = local["id"].as_str().unwrap().to_string();
+    let packets = |d: &Daemon| {
+        d.get(&format!("/api/streams/{local_id}")).unwrap()["media"]["packets"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = packets(&s.edge);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let me = sock.local_addr().unwrap();
+    const N: usize = 40;
+    for k in 0..N {
+        let sdp = format!(
+            "v=0\r\no={CENTRAL} 0 0 IN IP4 127.0.0.1\r\ns=Play\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video {} RTP/AVP 96\r\na=recvonly\r\na=rtpmap:96 PS/90000\r\ny=01100{k:05}\r\n",
+            40000 + 2 * k
+        );
+        let req = format!(
+            "INVITE sip:{ch}@{edge} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-flood-{k}\r\n\
+             From: <sip:{CENTRAL}@1100000000>;tag=f{k}\r\nTo: <sip:{ch}@3402000000>\r\n\
+             Call-ID: flood-{k}@test\r\nCSeq: 1 INVITE\r\nContact: <sip:{CENTRAL}@{me}>\r\n\
+             Max-Forwards: 70\r\nContent-Type: APPLICATION/SDP\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len(),
+            ch = s.channel,
+            edge = s.edge.sip,
+        );
+        sock.send_to(req.as_bytes(), s.edge.sip).unwrap();
+    }
+    // Final answers by Call-ID (100 Trying is provisional).
+    let mut finals = std::collections::BTreeMap::new();
+    let mut buf = [0u8; 8192];
+    let t0 = Instant::now();
+    while finals.len() < N && t0.elapsed() < Duration::from_secs(30) {
+        let Ok(n) = sock.recv(&mut buf) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let code: u16 = text.get(8..11).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let call = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Call-ID: "))
+            .unwrap_or("")
+            .to_string();
+        if code >= 200 {
+            finals.insert(call, code);
+        }
+    }
+    let busy = finals.values().filter(|c| **c == 486).count();
+    let ok = finals.values().filter(|c| **c == 200).count();
+    assert_eq!(
+        finals.len(),
+        N,
+        "every INVITE gets a final answer: {finals:?}"
+    );
+    assert_eq!(busy + ok, N, "{finals:?}");
+    assert_eq!(busy, N - 32, "32 relays may wait for one device session");
+    assert_eq!(
+        s.edge.stat(
+            "gateway_cascade_requests_total",
+            "kind=invite_refused,platform=central"
+        ),
+        busy as u64
+    );
+    // The local recording of the other channel was not disturbed.
+    s.edge
+        .wait_until(
+            Duration::from_secs(10),
+            "local stream keeps receiving",
+            |d| packets(d) > before + 20,
+        )
+        .unwrap();
+    let v = s.edge.get(&format!("/api/streams/{local_id}")).unwrap();
+    assert_eq!(v["state"], "established");
+    assert_eq!(v["channel"], ch2.as_str());
+    assert_eq!(v["media"]["lost"], 0);
 }
