@@ -325,11 +325,11 @@ fn main() -> Result<()> {
          each part after the previous part's 200 OK; baseline: the gateway pulling it from gb-sim"
     );
     println!(
-        "{:<54}| {:<54}| push/pull",
+        "{:<54}| {:<58}| push/pull",
         "      push: gateway -> sipp superior", "pull (baseline): gb-sim device -> gateway"
     );
     println!(
-        "{:>5} {:>6} {:>6} {:>8} {:>9} {:>7} {:>6} | {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} | {:>6} {:>6}",
+        "{:>5} {:>6} {:>6} {:>8} {:>9} {:>7} {:>6} | {:>8} {:>13} {:>9} {:>8} {:>8} {:>6} | {:>6} {:>6}",
         "chunk",
         "parts",
         "items",
@@ -350,7 +350,7 @@ fn main() -> Result<()> {
     for (chunk, pl) in CHUNKS.iter().zip(&pulls) {
         let ps = push(dir.path(), &store, *chunk, n)?;
         println!(
-            "{:>5} {:>6} {:>6} {:>8.3} {:>9.0} {:>7} {:>6.2} | {:>8.3} {:>9} {:>9.0} {:>8} {:>8} {:>6.2} | {:>6.2} {:>6}",
+            "{:>5} {:>6} {:>6} {:>8.3} {:>9.0} {:>7} {:>6.2} | {:>8.3} {:>13} {:>9.0} {:>8} {:>8} {:>6.2} | {:>6.2} {:>6}",
             chunk,
             ps.parts,
             ps.items,

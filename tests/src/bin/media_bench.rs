@@ -421,7 +421,8 @@ fn main() -> Result<()> {
     println!(
         "(%c = % of one core, gateway CPU only (10 ms ticks: the 10-stream row is coarse). base = receive + demux + \
          record, measured just before in this run; relay CPU % = extra / base; ratio = relay / base per stream. \
-         pkts relayed and errors = the gateway's forward counters, sink recv = what arrived here)"
+         pkts relayed and errors = the gateway's forward counters, sink recv = what arrived here. On loopback the \
+         delivery into the sink sockets runs in the gateway's send calls and is counted in its CPU)"
     );
     Ok(())
 }
