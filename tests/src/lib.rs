@@ -82,3 +82,30 @@ pub fn cpu_secs(pid: u32) -> f64 {
     // utime and stime are fields 14 and 15 of stat: 11 and 12 after ") ".
     (ticks(11) + ticks(12)) / tck
 }
+
+/// The CPU model as /proc/cpuinfo names it (`model name`; on arm64, which
+/// has none, `lscpu`'s), with the number of CPUs online: what the
+/// benchmarks print first, since their figures depend on it.
+pub fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let lscpu = || {
+        let out = std::process::Command::new("lscpu").output().ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == "Model name")
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name")
+        .or_else(lscpu)
+        .or_else(|| field("Hardware"))
+        .unwrap_or_else(|| "unknown".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{model} ({cpus} CPUs, {})", std::env::consts::ARCH)
+}

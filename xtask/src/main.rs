@@ -9,8 +9,9 @@
 //!   every unit and integration test.
 //! - arch: the gateway crate's layering, `unsafe` only where allowed,
 //!   crate roots that forbid unsafe_code; see arch.rs.
-//! - bench: the benchmarks (release build): data plane, signalling, media,
-//!   crypto, metrics; see docs/benchmarks.md.
+//! - bench: the benchmarks (release build): data plane, signalling, media
+//!   (with the userspace relay), crypto, metrics, cascade; see
+//!   docs/benchmarks.md.
 //! - dist: static musl release binaries and a tarball per edge target
 //!   (x86_64, aarch64, loongarch64); see dist.rs.
 //! - cross-test: those binaries and the pure-logic crates' unit tests
@@ -47,7 +48,8 @@ enum Cmd {
     /// Architecture check: the gateway crate's layering (a module imports only
     /// from lower layers) and `unsafe` only in the allowed modules.
     Arch,
-    /// Data-plane (root) and signalling benchmarks.
+    /// The benchmarks (docs/benchmarks.md): data plane (root), signalling,
+    /// media and relay, crypto, metrics, cascade.
     Bench {
         /// Fewer repetitions (CI).
         #[arg(long)]
@@ -211,6 +213,8 @@ fn main() -> Result<()> {
                 "gateway",
                 "-p",
                 "gateway-tests",
+                "-p",
+                "gb-sim",
                 "--bins",
             ])?;
             for b in [
@@ -219,6 +223,7 @@ fn main() -> Result<()> {
                 "media-bench",
                 "crypto-bench",
                 "metrics-bench",
+                "cascade-bench",
             ] {
                 let mut c = Command::new(target_dir().join("release").join(b));
                 if quick {
