@@ -30,7 +30,10 @@ use super::{
     core::{pkey, Core, Purpose},
     transport::{Dest, Inbound},
 };
-use crate::{config::CascadeConfig, sys::clock::wall_ms};
+use crate::{
+    config::{CascadeConfig, CatalogGroup},
+    sys::clock::wall_ms,
+};
 
 /// Longest back-off between registration attempts.
 const MAX_RETRY: Duration = Duration::from_secs(600);
@@ -1034,60 +1037,9 @@ impl Core {
             status: Some("ON".into()),
             ..CatalogItem::default()
         }];
-        // Business groups (215) and virtual organisations (216): a
-        // virtual organisation belongs to its parent, or to the (first)
-        // business group; a business group to the gateway.
-        let business = u
-            .cfg
-            .groups
-            .iter()
-            .find(|g| g.kind() == "215")
-            .map(|g| g.id.clone());
-        for g in &u.cfg.groups {
-            let parent = g
-                .parent
-                .clone()
-                .unwrap_or_else(|| match (g.kind(), &business) {
-                    ("216", Some(b)) => b.clone(),
-                    _ => u.local_id.clone(),
-                });
-            items.push(CatalogItem {
-                device_id: g.id.clone(),
-                name: Some(g.name.clone()),
-                parental: Some("1".into()),
-                parent_id: Some(parent),
-                business_group_id: (g.kind() == "216").then(|| business.clone()).flatten(),
-                ..CatalogItem::default()
-            });
-        }
-        // The group an item hangs below: the last group listing its
-        // channel, else its device, else the gateway.
-        let parent_of = |device: &str, channel: &str| -> (String, Option<String>) {
-            let g = u
-                .cfg
-                .groups
-                .iter()
-                .rev()
-                .find(|g| g.channels.iter().any(|c| c == channel))
-                .or_else(|| {
-                    u.cfg
-                        .groups
-                        .iter()
-                        .rev()
-                        .find(|g| g.devices.iter().any(|d| d == device))
-                });
-            match g {
-                Some(g) => (
-                    g.id.clone(),
-                    if g.kind() == "216" {
-                        business.clone()
-                    } else {
-                        Some(g.id.clone())
-                    },
-                ),
-                None => (u.local_id.clone(), None),
-            }
-        };
+        items.extend(group_items(&u.cfg.groups, &u.local_id));
+        let parent_of =
+            |device: &str, channel: &str| group_parent(&u.cfg.groups, &u.local_id, device, channel);
         let mut ids: Vec<&String> = self.reg.devices.keys().collect();
         ids.sort();
         for id in ids {
@@ -1250,6 +1202,68 @@ impl Core {
     }
 }
 
+/// The first business group (type 215) of a superior's catalog.
+fn business_group(groups: &[CatalogGroup]) -> Option<String> {
+    groups
+        .iter()
+        .find(|g| g.kind() == "215")
+        .map(|g| g.id.clone())
+}
+
+/// The items of business groups (215) and virtual organisations (216): a
+/// virtual organisation belongs to its `parent`, or to the (first)
+/// business group, and carries that group's ID as BusinessGroupID; a
+/// business group belongs to the gateway.
+fn group_items(groups: &[CatalogGroup], gateway: &str) -> Vec<CatalogItem> {
+    let business = business_group(groups);
+    groups
+        .iter()
+        .map(|g| {
+            let parent = g
+                .parent
+                .clone()
+                .unwrap_or_else(|| match (g.kind(), &business) {
+                    ("216", Some(b)) => b.clone(),
+                    _ => gateway.to_string(),
+                });
+            CatalogItem {
+                device_id: g.id.clone(),
+                name: Some(g.name.clone()),
+                parental: Some("1".into()),
+                parent_id: Some(parent),
+                business_group_id: (g.kind() == "216").then(|| business.clone()).flatten(),
+                ..CatalogItem::default()
+            }
+        })
+        .collect()
+}
+
+/// Where a channel hangs (ParentID, BusinessGroupID): the last group that
+/// lists the channel, else the last that lists its device, else the
+/// gateway.
+fn group_parent(
+    groups: &[CatalogGroup],
+    gateway: &str,
+    device: &str,
+    channel: &str,
+) -> (String, Option<String>) {
+    let g = groups
+        .iter()
+        .rev()
+        .find(|g| g.channels.iter().any(|c| c == channel))
+        .or_else(|| {
+            groups
+                .iter()
+                .rev()
+                .find(|g| g.devices.iter().any(|d| d == device))
+        });
+    match g {
+        Some(g) if g.kind() == "216" => (g.id.clone(), business_group(groups)),
+        Some(g) => (g.id.clone(), Some(g.id.clone())),
+        None => (gateway.to_string(), None),
+    }
+}
+
 /// host:port of a 3xx Contact (default port: the current one); names are
 /// not resolved.
 fn contact_addr(c: &NameAddr, default_port: u16) -> Option<SocketAddr> {
@@ -1283,5 +1297,53 @@ mod tests {
         );
         let c = NameAddr::parse("<sip:x@example.org>").unwrap();
         assert_eq!(contact_addr(&c, 5060), None, "names are not resolved");
+    }
+
+    #[test]
+    fn groups_hang_where_the_standard_puts_them() {
+        let gw = "34020000002000000001";
+        let g =
+            |id: &str, parent: Option<&str>, devices: &[&str], channels: &[&str]| CatalogGroup {
+                id: id.into(),
+                name: format!("group {id}"),
+                parent: parent.map(str::to_string),
+                devices: devices.iter().map(|x| x.to_string()).collect(),
+                channels: channels.iter().map(|x| x.to_string()).collect(),
+            };
+        let bg = "34020000002150000001";
+        let vo = "34020000002160000001";
+        let vo2 = "34020000002160000002";
+        let groups = vec![
+            g(bg, None, &["34020000001320000001"], &[]),
+            g(vo, None, &[], &["34020000001310000005"]),
+            g(vo2, Some(vo), &[], &["34020000001310000009"]),
+        ];
+        let items = group_items(&groups, gw);
+        let by = |id: &str| items.iter().find(|i| i.device_id == id).unwrap();
+        assert_eq!(by(bg).parent_id.as_deref(), Some(gw));
+        assert_eq!(by(bg).business_group_id, None);
+        assert_eq!(by(vo).parent_id.as_deref(), Some(bg));
+        assert_eq!(by(vo).business_group_id.as_deref(), Some(bg));
+        assert_eq!(by(vo2).parent_id.as_deref(), Some(vo));
+        assert!(items.iter().all(|i| i.parental.as_deref() == Some("1")));
+        // A listed channel hangs below its organisation, its device's
+        // other channels below the business group, the rest below us.
+        assert_eq!(
+            group_parent(&groups, gw, "34020000001320000001", "34020000001310000005"),
+            (vo.to_string(), Some(bg.to_string()))
+        );
+        assert_eq!(
+            group_parent(&groups, gw, "34020000001320000001", "34020000001310000001"),
+            (bg.to_string(), Some(bg.to_string()))
+        );
+        assert_eq!(
+            group_parent(&groups, gw, "34020000001320000002", "34020000001310000009"),
+            (vo2.to_string(), Some(bg.to_string()))
+        );
+        assert_eq!(
+            group_parent(&groups, gw, "34020000001320000002", "34020000001310000002"),
+            (gw.to_string(), None)
+        );
+        assert!(group_items(&[], gw).is_empty());
     }
 }

@@ -160,6 +160,22 @@ impl Core {
                 );
             }
         };
+        // Only live view is relayed: playback and download would need the
+        // device's recordings (not relayed yet); refuse rather than send
+        // live video for a request about the past.
+        if offer
+            .session
+            .as_deref()
+            .is_some_and(|s| !s.eq_ignore_ascii_case("Play"))
+        {
+            count(self, "invite_unsupported_session");
+            return self.reply(
+                m,
+                488,
+                "Not Acceptable Here (only live view is relayed)",
+                &[],
+            );
+        }
         // Our role is the opposite of the offer's setup; a TCP offer
         // without one means the superior listens (the common practice).
         let transport = match (offer.tcp(), offer.setup.as_deref()) {

@@ -387,6 +387,9 @@ fn cascade_superior_bad_requests_are_refused_without_harm() {
     // A TCP setup role the gateway cannot take.
     let bad_setup = format!("{good}\n      a=setup:holdconn").replace("RTP/AVP", "TCP/RTP/AVP");
     refused(dir.path(), edge, "badsetup", &s.channel, &bad_setup, 488);
+    // Playback (the past) is not relayed: refused, not answered with live video.
+    let playback = good.replace("s=Play", "s=Playback");
+    refused(dir.path(), edge, "playback", &s.channel, &playback, 488);
     // Garbage instead of SDP.
     refused(
         dir.path(),
@@ -416,6 +419,13 @@ fn cascade_superior_bad_requests_are_refused_without_harm() {
             "kind=invite_bad_sdp,platform=central"
         ),
         3
+    );
+    assert_eq!(
+        s.edge.stat(
+            "gateway_cascade_requests_total",
+            "kind=invite_unsupported_session,platform=central"
+        ),
+        1
     );
     let streams = sim::report(&s.cam_status)["streams"].clone();
     assert!(
