@@ -380,6 +380,11 @@ impl Core {
         let sn = self.next_sn();
         let u = &self.upstreams[i];
         let body = manscdp::keepalive(sn, &u.local_id, self.charset);
+        self.up_message(i, &body, UpReq::Keepalive);
+    }
+
+    /// A MANSCDP MESSAGE to superior `i` (a new Call-ID each).
+    fn up_message(&mut self, i: usize, body: &[u8], req: UpReq) -> bool {
         let call_id = gsip::token(20);
         self.up_send(
             i,
@@ -388,9 +393,9 @@ impl Core {
             1,
             &[],
             Some("Application/MANSCDP+xml"),
-            &body,
-            UpReq::Keepalive,
-        );
+            body,
+            req,
+        )
     }
 
     /// Registration and keepalive timers of every superior (from the sweep).
@@ -679,17 +684,7 @@ impl Core {
                     },
                 );
                 self.reply(m, 200, "OK", &[]);
-                let call_id = gsip::token(20);
-                self.up_send(
-                    i,
-                    "MESSAGE",
-                    &call_id,
-                    1,
-                    &[],
-                    Some("Application/MANSCDP+xml"),
-                    &body,
-                    UpReq::Response,
-                );
+                self.up_message(i, &body, UpReq::Response);
             }
             _ => {
                 kind(self, "unsupported");
@@ -754,17 +749,7 @@ impl Core {
             return;
         };
         self.upstreams[i].controls.remove(&key);
-        let call_id = gsip::token(20);
-        self.up_send(
-            i,
-            "MESSAGE",
-            &call_id,
-            1,
-            &[],
-            Some("Application/MANSCDP+xml"),
-            body,
-            UpReq::Response,
-        );
+        self.up_message(i, body, UpReq::Response);
     }
 
     /// SUBSCRIBE (catalog) from a superior: 200 with the granted expiry,
@@ -827,7 +812,6 @@ impl Core {
             let u = &self.upstreams[i];
             manscdp::catalog_notify(sn, &u.local_id, &items, self.charset)
         };
-        let tag = self.tag.clone();
         let u = &mut self.upstreams[i];
         let Some(sub) = u.sub.as_mut() else {
             return false;
@@ -838,63 +822,22 @@ impl Core {
             return false;
         }
         sub.cseq += 1;
-        let h = &sub.head;
-        let from = NameAddr::parse(&h.to.raw)
-            .map(|n| n.uri)
-            .unwrap_or_default();
-        let to = NameAddr::parse(&h.from.raw)
-            .map(|n| n.uri)
-            .unwrap_or_default();
-        let uri = h
-            .contact
-            .as_ref()
-            .map(|c| c.uri.clone())
-            .unwrap_or_else(|| to.clone());
         let left = sub.expires_at.duration_since(now).as_secs();
         let state = format!("active;expires={left}");
-        let (dest, local, call_id, cseq, to_tag) = (
-            sub.from,
-            sub.local,
-            h.call_id.clone(),
-            sub.cseq,
-            h.from.tag.clone(),
-        );
-        let local_sip = self.local_sip(local, dest.peer());
-        let branch = gsip::branch();
-        let msg = Outgoing {
-            method: "NOTIFY",
-            uri: &uri,
-            transport: dest.transport(),
-            local: &local_sip,
-            branch: &branch,
-            from: &from,
-            from_tag: &tag,
-            to: &to,
-            to_tag: to_tag.as_deref(),
-            call_id: &call_id,
-            cseq,
-            contact: None,
-            headers: &[("Event", "Catalog"), ("Subscription-State", &state)],
-            content_type: Some("Application/MANSCDP+xml"),
-            body: &body,
-        }
-        .build();
-        self.client.start(
-            &branch,
-            "NOTIFY",
-            msg.clone(),
+        let (head, dest, local, cseq) = (sub.head.clone(), sub.from, sub.local, sub.cseq);
+        self.uas_request(
+            &head,
             dest,
-            dest.transport().reliable(),
-            now,
-        );
-        self.purposes.insert(
-            pkey(&branch, "NOTIFY"),
+            local,
+            "NOTIFY",
+            cseq,
+            &[("Event", "Catalog"), ("Subscription-State", &state)],
+            Some(("Application/MANSCDP+xml", &body)),
             Purpose::Upstream {
                 idx: i,
                 req: UpReq::Response,
             },
         );
-        self.out.send(dest, msg);
         true
     }
 
@@ -951,17 +894,7 @@ impl Core {
                 .with_label_values(&[&name, "notified"])
                 .inc_by(items.len() as u64);
             debug!(platform = %name, device, event, items = items.len(), "catalog change notified to the superior");
-            let call_id = gsip::token(20);
-            self.up_send(
-                i,
-                "MESSAGE",
-                &call_id,
-                1,
-                &[],
-                Some("Application/MANSCDP+xml"),
-                &body,
-                UpReq::Response,
-            );
+            self.up_message(i, &body, UpReq::Response);
         }
     }
 
@@ -1151,17 +1084,7 @@ impl Core {
             .cascade_catalog
             .with_label_values(&[u.cfg.name(), "items"])
             .inc_by(n);
-        let call_id = gsip::token(20);
-        self.up_send(
-            i,
-            "MESSAGE",
-            &call_id,
-            1,
-            &[],
-            Some("Application/MANSCDP+xml"),
-            &body,
-            UpReq::CatalogPart { sn },
-        );
+        self.up_message(i, &body, UpReq::CatalogPart { sn });
     }
 
     /// Unregisters from every superior (shutdown); true when some were

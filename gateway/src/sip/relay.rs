@@ -358,8 +358,34 @@ impl Core {
         }
         info!(call_id, why, "relay ended; BYE to the superior");
         self.relay_count("bye_sent");
-        let h = &r.invite;
-        let local_sip = self.local_sip(r.local, r.from.peer());
+        self.uas_request(
+            &r.invite,
+            r.from,
+            r.local,
+            "BYE",
+            1,
+            &[],
+            None,
+            Purpose::Bye,
+        );
+    }
+
+    /// A request of ours inside a dialog a peer opened (we are its UAS):
+    /// From/To mirrored from its request `h`, sent to its Contact, as a
+    /// client transaction for `purpose`. `body`: content type and bytes.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn uas_request(
+        &mut self,
+        h: &Head,
+        dest: Dest,
+        local: SocketAddr,
+        method: &'static str,
+        cseq: u32,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+        purpose: Purpose,
+    ) {
+        let local_sip = self.local_sip(local, dest.peer());
         let from = NameAddr::parse(&h.to.raw)
             .map(|n| n.uri)
             .unwrap_or_default();
@@ -373,9 +399,9 @@ impl Core {
             .unwrap_or_else(|| to.clone());
         let branch = gsip::branch();
         let msg = Outgoing {
-            method: "BYE",
+            method,
             uri: &uri,
-            transport: r.from.transport(),
+            transport: dest.transport(),
             local: &local_sip,
             branch: &branch,
             from: &from,
@@ -383,23 +409,23 @@ impl Core {
             to: &to,
             to_tag: h.from.tag.as_deref(),
             call_id: &h.call_id,
-            cseq: 1,
+            cseq,
             contact: None,
-            headers: &[],
-            content_type: None,
-            body: b"",
+            headers,
+            content_type: body.map(|(ct, _)| ct),
+            body: body.map_or(&[][..], |(_, b)| b),
         }
         .build();
         self.client.start(
             &branch,
-            "BYE",
+            method,
             msg.clone(),
-            r.from,
-            r.from.transport().reliable(),
+            dest,
+            dest.transport().reliable(),
             Instant::now(),
         );
-        self.purposes.insert(pkey(&branch, "BYE"), Purpose::Bye);
-        self.out.send(r.from, msg);
+        self.purposes.insert(pkey(&branch, method), purpose);
+        self.out.send(dest, msg);
     }
 
     /// ACK, BYE or CANCEL in a relay dialog; false if the Call-ID is not
