@@ -27,7 +27,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::{
-    core::{pkey, Core, Purpose},
+    core::{Core, Purpose},
     transport::{Dest, Inbound},
 };
 use crate::{
@@ -316,17 +316,13 @@ impl Core {
             body,
         }
         .build();
-        self.client.start(
+        self.start_request(
+            dest,
             &branch,
             method,
-            msg.clone(),
-            dest,
-            dest.transport().reliable(),
-            Instant::now(),
-        );
-        self.purposes
-            .insert(pkey(&branch, method), Purpose::Upstream { idx: i, req });
-        self.out.send(dest, msg)
+            msg,
+            Some(Purpose::Upstream { idx: i, req }),
+        )
     }
 
     /// REGISTER (with `expires` 0: unregister), with credentials when we
@@ -855,19 +851,7 @@ impl Core {
             if !(u.cfg.catalog_notify || subscribed) || u.state != UpState::Registered {
                 continue;
             }
-            let mut items: Vec<CatalogItem> = self
-                .shared_items(i)
-                .into_iter()
-                .skip(1)
-                .filter(|it| {
-                    it.device_id == device
-                        || self
-                            .reg
-                            .channels
-                            .get(device)
-                            .is_some_and(|c| c.contains_key(&it.device_id))
-                })
-                .collect();
+            let mut items = self.device_items(i, device);
             if items.is_empty() {
                 continue;
             }
@@ -971,58 +955,68 @@ impl Core {
             ..CatalogItem::default()
         }];
         items.extend(group_items(&u.cfg.groups, &u.local_id));
-        let parent_of =
-            |device: &str, channel: &str| group_parent(&u.cfg.groups, &u.local_id, device, channel);
         let mut ids: Vec<&String> = self.reg.devices.keys().collect();
         ids.sort();
         for id in ids {
-            let d = &self.reg.devices[id];
-            let status = if d.online { "ON" } else { "OFF" };
-            let channels = self.reg.channels.get(id).filter(|c| !c.is_empty());
-            match channels {
-                Some(chs) => {
-                    for (ch, item) in chs {
-                        if !u.cfg.share.shares(id, ch) {
-                            continue;
-                        }
-                        let mut it = item.clone();
-                        let (parent, bg) = parent_of(id, ch);
-                        it.parent_id = Some(parent);
-                        if bg.is_some() {
-                            it.business_group_id = bg;
-                        }
-                        it.civil_code.get_or_insert_with(|| civil.clone());
-                        if !d.online {
-                            it.status = Some(status.into());
-                        }
-                        it.status.get_or_insert_with(|| status.into());
-                        items.push(it);
-                    }
-                }
-                None if u.cfg.share.shares(id, id) => {
-                    let info = d.info.as_ref();
-                    items.push(CatalogItem {
-                        device_id: id.clone(),
-                        name: Some(
-                            info.and_then(|x| x.device_name.clone())
-                                .unwrap_or_else(|| id.clone()),
-                        ),
-                        manufacturer: info.and_then(|x| x.manufacturer.clone()),
-                        model: info.and_then(|x| x.model.clone()),
-                        civil_code: Some(civil.clone()),
-                        parental: Some("0".into()),
-                        parent_id: Some(parent_of(id, id).0),
-                        business_group_id: parent_of(id, id).1,
-                        register_way: Some("1".into()),
-                        secrecy: Some("0".into()),
-                        status: Some(status.into()),
-                        ..CatalogItem::default()
-                    });
-                }
-                None => {}
-            }
+            items.extend(self.device_items(i, id));
         }
         items
+    }
+
+    /// What superior `i` sees of one device: its shared channels (or the
+    /// device as its own channel when it reported no catalog), below
+    /// their group or the gateway, `Status` OFF while the device is
+    /// offline.
+    fn device_items(&self, i: usize, id: &str) -> Vec<CatalogItem> {
+        let u = &self.upstreams[i];
+        let Some(d) = self.reg.devices.get(id) else {
+            return Vec::new();
+        };
+        let civil: String = u.local_id.chars().take(6).collect();
+        let status = if d.online { "ON" } else { "OFF" };
+        let parent_of = |channel: &str| group_parent(&u.cfg.groups, &u.local_id, id, channel);
+        match self.reg.channels.get(id).filter(|c| !c.is_empty()) {
+            Some(chs) => chs
+                .iter()
+                .filter(|(ch, _)| u.cfg.share.shares(id, ch))
+                .map(|(ch, item)| {
+                    let mut it = item.clone();
+                    let (parent, bg) = parent_of(ch);
+                    it.parent_id = Some(parent);
+                    if bg.is_some() {
+                        it.business_group_id = bg;
+                    }
+                    it.civil_code.get_or_insert_with(|| civil.clone());
+                    if !d.online {
+                        it.status = Some(status.into());
+                    }
+                    it.status.get_or_insert_with(|| status.into());
+                    it
+                })
+                .collect(),
+            None if u.cfg.share.shares(id, id) => {
+                let info = d.info.as_ref();
+                let (parent, bg) = parent_of(id);
+                vec![CatalogItem {
+                    device_id: id.to_string(),
+                    name: Some(
+                        info.and_then(|x| x.device_name.clone())
+                            .unwrap_or_else(|| id.to_string()),
+                    ),
+                    manufacturer: info.and_then(|x| x.manufacturer.clone()),
+                    model: info.and_then(|x| x.model.clone()),
+                    civil_code: Some(civil),
+                    parental: Some("0".into()),
+                    parent_id: Some(parent),
+                    business_group_id: bg,
+                    register_way: Some("1".into()),
+                    secrecy: Some("0".into()),
+                    status: Some(status.into()),
+                    ..CatalogItem::default()
+                }]
+            }
+            None => Vec::new(),
+        }
     }
 
     fn start_catalog_push(&mut self, i: usize, sn: u32) {

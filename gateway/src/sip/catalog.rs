@@ -11,7 +11,7 @@ use gb28181::{
 use tracing::{debug, info, warn};
 
 use super::{
-    core::{fmt_addr, pkey, Assembly, Core, Purpose, QueryKind, KNOWN_CMDS},
+    core::{fmt_addr, Assembly, Core, Purpose, QueryKind, KNOWN_CMDS},
     registry::SyncState,
     transport::{Dest, Inbound},
 };
@@ -98,18 +98,7 @@ impl Core {
             body: &body,
         }
         .build();
-        self.client.start(
-            &branch,
-            "MESSAGE",
-            req.clone(),
-            dest,
-            dest.transport().reliable(),
-            Instant::now(),
-        );
-        if let Some(p) = purpose {
-            self.purposes.insert(pkey(&branch, "MESSAGE"), p);
-        }
-        self.out.send(dest, req);
+        self.start_request(dest, &branch, "MESSAGE", req, purpose);
         Ok(())
     }
 

@@ -364,6 +364,30 @@ impl Core {
         self.reply_with(&m.head, m.from, code, reason, headers, None);
     }
 
+    /// Sends a request as a client transaction (retransmitted, timed
+    /// out), remembering what it was for.
+    pub(super) fn start_request(
+        &mut self,
+        dest: Dest,
+        branch: &str,
+        method: &str,
+        msg: Vec<u8>,
+        purpose: Option<Purpose>,
+    ) -> bool {
+        self.client.start(
+            branch,
+            method,
+            msg.clone(),
+            dest,
+            dest.transport().reliable(),
+            Instant::now(),
+        );
+        if let Some(p) = purpose {
+            self.purposes.insert(pkey(branch, method), p);
+        }
+        self.out.send(dest, msg)
+    }
+
     /// Answers a request (also one received earlier), through its server
     /// transaction; returns the bytes sent.
     pub(super) fn reply_with(

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 use super::{
-    core::{fmt_addr, pkey, Core, Purpose},
+    core::{fmt_addr, Core, Purpose},
     transport::{local_ip_for, Dest, Inbound},
 };
 use crate::session::{self, Answer, Error, Session, State};
@@ -206,19 +206,13 @@ impl Core {
             body: body.as_bytes(),
         }
         .build();
-        self.client.start(
+        self.start_request(
+            dest,
             &dialog.branch,
             "INVITE",
-            msg.clone(),
-            dest,
-            dest.transport().reliable(),
-            Instant::now(),
+            msg,
+            Some(Purpose::Invite { session: y.clone() }),
         );
-        self.purposes.insert(
-            pkey(&dialog.branch, "INVITE"),
-            Purpose::Invite { session: y.clone() },
-        );
-        self.out.send(dest, msg);
         info!(device = %device, channel = %channel, stream = %y, port, transport = transport.as_str(), "INVITE sent");
         self.dialogs
             .by_call
@@ -419,16 +413,7 @@ impl Core {
                 let cseq = d.cseq + 1;
                 let msg = self.in_dialog(&d, "BYE", cseq, &branch, d.remote_tag.as_deref());
                 if let Some(dest) = d.dest {
-                    self.client.start(
-                        &branch,
-                        "BYE",
-                        msg.clone(),
-                        dest,
-                        dest.transport().reliable(),
-                        Instant::now(),
-                    );
-                    self.purposes.insert(pkey(&branch, "BYE"), Purpose::Bye);
-                    self.out.send(dest, msg);
+                    self.start_request(dest, &branch, "BYE", msg, Some(Purpose::Bye));
                 }
             }
         }
@@ -476,15 +461,7 @@ impl Core {
                 let d = d.clone();
                 let msg = self.in_dialog(&d, "CANCEL", d.cseq, &d.branch, None);
                 if let Some(dest) = d.dest {
-                    self.client.start(
-                        &d.branch,
-                        "CANCEL",
-                        msg.clone(),
-                        dest,
-                        dest.transport().reliable(),
-                        now,
-                    );
-                    self.out.send(dest, msg);
+                    self.start_request(dest, &d.branch, "CANCEL", msg, None);
                 }
             } else {
                 let branch = d.branch.clone();

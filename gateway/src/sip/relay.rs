@@ -22,7 +22,7 @@ use gb28181::{
 use tracing::{info, warn};
 
 use super::{
-    core::{pkey, Core, Purpose},
+    core::{Core, Purpose},
     dialog::OpenStream,
     transport::{local_ip_for, Dest, Inbound},
 };
@@ -80,10 +80,12 @@ fn sip_status(e: &Error) -> (u16, &'static str) {
 }
 
 impl Core {
-    fn relay_count(&self, k: &str) {
+    /// Counts a relay event under its superior's name.
+    fn relay_count(&self, platform: usize, k: &str) {
+        let name = self.upstreams[platform].name();
         self.metrics
             .cascade_requests
-            .with_label_values(&["relay", k])
+            .with_label_values(&[name, k])
             .inc();
     }
 
@@ -316,7 +318,7 @@ impl Core {
             r.resend_every = T1;
             r.deadline = Instant::now() + ACK_WAIT;
         }
-        self.relay_count("answered");
+        self.relay_count(i, "answered");
     }
 
     /// Answers the superior's INVITE with an error and forgets the relay;
@@ -326,7 +328,7 @@ impl Core {
             return;
         };
         warn!(call_id, code, reason, "relay to the superior failed");
-        self.relay_count("failed");
+        self.relay_count(r.platform, "failed");
         self.reply_with(&r.invite, r.from, code, reason, &[], None);
         self.release_session(&r.session, call_id);
     }
@@ -357,7 +359,7 @@ impl Core {
             return;
         }
         info!(call_id, why, "relay ended; BYE to the superior");
-        self.relay_count("bye_sent");
+        self.relay_count(r.platform, "bye_sent");
         self.uas_request(
             &r.invite,
             r.from,
@@ -416,16 +418,7 @@ impl Core {
             body: body.map_or(&[][..], |(_, b)| b),
         }
         .build();
-        self.client.start(
-            &branch,
-            method,
-            msg.clone(),
-            dest,
-            dest.transport().reliable(),
-            Instant::now(),
-        );
-        self.purposes.insert(pkey(&branch, method), purpose);
-        self.out.send(dest, msg);
+        self.start_request(dest, &branch, method, msg, Some(purpose));
     }
 
     /// ACK, BYE or CANCEL in a relay dialog; false if the Call-ID is not
@@ -445,16 +438,16 @@ impl Core {
             }
             Some("BYE") => {
                 self.reply(m, 200, "OK", &[]);
-                self.relay_count("bye_received");
                 if let Some(r) = self.relays.remove(call_id) {
+                    self.relay_count(r.platform, "bye_received");
                     info!(call_id = %call_id, stream = %r.session, "BYE from the superior");
                     self.release_session(&r.session, call_id);
                 }
             }
             Some("CANCEL") => {
                 self.reply(m, 200, "OK", &[]);
-                self.relay_count("cancelled");
                 if let Some(r) = self.relays.remove(call_id) {
+                    self.relay_count(r.platform, "cancelled");
                     if r.state != RelayState::Confirmed {
                         self.reply_with(&r.invite, r.from, 487, "Request Terminated", &[], None);
                     }
@@ -527,12 +520,14 @@ impl Core {
         for (c, answered) in late {
             if answered {
                 warn!(call_id = %c, "no ACK from the superior; ending the relay");
-                self.relay_count("ack_timeout");
-                let session = self.relays.get(&c).map(|r| r.session.clone());
+                let Some((platform, session)) =
+                    self.relays.get(&c).map(|r| (r.platform, r.session.clone()))
+                else {
+                    continue;
+                };
+                self.relay_count(platform, "ack_timeout");
                 self.relay_bye(&c, "no ACK");
-                if let Some(s) = session {
-                    self.release_session(&s, &c);
-                }
+                self.release_session(&session, &c);
             } else {
                 self.relay_fail(&c, 408, "Request Timeout (the device did not answer)");
             }
