@@ -7,6 +7,7 @@
 //! implicit padding and has its size asserted at compile time.
 #![cfg_attr(not(test), no_std)]
 
+pub mod csum;
 pub mod rtp;
 pub mod stats;
 
@@ -20,12 +21,19 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EGRESS: &str = "EGRESS";
+    pub const RELAYS: &str = "RELAYS";
+    pub const RELAY_STATS: &str = "RELAY_STATS";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const VLAN_DEVS: &str = "VLAN_DEVS";
 }
 
 /// Program names in the object file.
 pub mod prog_names {
     pub const XDP: &str = "gateway_xdp";
     pub const TC_EGRESS: &str = "gateway_tc_egress";
+    /// TC ingress: the relays that copy a stream to several destinations
+    /// (and to the daemon) with `bpf_clone_redirect`.
+    pub const TC_INGRESS: &str = "gateway_tc_ingress";
     /// An XDP program that only returns `XDP_PASS`: the baseline for benchmarks.
     pub const XDP_NOOP: &str = "gateway_xdp_noop";
 }
@@ -67,6 +75,10 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
 
 /// `FlowValue::flags`.
 pub const FLOW_EXPECT_SSRC: u32 = 1;
+/// The flow's slot has an entry in `RELAYS` (the kernel relays it).
+pub const FLOW_RELAY: u32 = 2;
+/// ... in one of the TC modes (TC ingress copies it).
+pub const FLOW_RELAY_TC: u32 = 4;
 
 pub const FLOW_NAME_LEN: usize = 32;
 
@@ -96,6 +108,9 @@ pub const PORT_EXACT_SSRC: u32 = 1;
 pub const PORT_EXACT: u32 = 2;
 pub const PORT_ANY_SSRC: u32 = 4;
 pub const PORT_ANY: u32 = 8;
+/// A flow on the port is relayed by TC ingress: only packets to such ports
+/// are looked up there.
+pub const PORT_TC_RELAY: u32 = 16;
 
 /// `Config::unknown_policy`.
 pub const POLICY_PASS: u32 = 0;
@@ -167,8 +182,24 @@ pub mod counter {
     pub const EGRESS_TABLE_FULL: u32 = 14;
     /// RTCP (RFC 5761 packet types 200-204) on a flow port or the port after it.
     pub const RTCP: u32 = 15;
+    /// Relay: packets the kernel sent to a relay destination (XDP_TX or a
+    /// redirect from XDP; one per copy from TC).
+    pub const RELAY_SENT: u32 = 16;
+    /// Relay: packets of a relayed flow left to the daemon's userspace
+    /// relay, by reason.
+    pub const RELAY_PASS_FRAGMENT: u32 = 17;
+    pub const RELAY_PASS_SOURCE: u32 = 18;
+    pub const RELAY_PASS_NO_NEIGH: u32 = 19;
+    pub const RELAY_PASS_FIB: u32 = 20;
+    pub const RELAY_PASS_FWD_DISABLED: u32 = 21;
+    pub const RELAY_PASS_MTU: u32 = 22;
+    pub const RELAY_PASS_NO_TX_PORT: u32 = 23;
+    pub const RELAY_PASS_VLAN: u32 = 24;
+    pub const RELAY_PASS_FAMILY: u32 = 25;
+    /// Relay (TC): a copy could not be made (clone or redirect failed).
+    pub const RELAY_CLONE_FAILED: u32 = 26;
     /// Number of counters (array size).
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 27;
 
     /// Names for display and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -188,6 +219,17 @@ pub mod counter {
         "egress_marked",
         "egress_table_full",
         "rtcp",
+        "relay_sent",
+        "relay_pass_fragment",
+        "relay_pass_source",
+        "relay_pass_no_neigh",
+        "relay_pass_fib",
+        "relay_pass_fwd_disabled",
+        "relay_pass_mtu",
+        "relay_pass_no_tx_port",
+        "relay_pass_vlan",
+        "relay_pass_family",
+        "relay_clone_failed",
     ];
 }
 
@@ -212,6 +254,98 @@ pub struct EgressStats {
 }
 const _: () = assert!(core::mem::size_of::<EgressStats>() == 24);
 
+/// Outputs per relayed stream (one in XDP, up to this many from TC).
+pub const RELAY_MAX_OUT: usize = 4;
+
+/// `RelayValue::mode`.
+/// One destination, nothing for the daemon: XDP rewrites and sends
+/// (XDP_TX or a devmap redirect); the daemon's socket sees none of it.
+pub const RELAY_XDP: u8 = 1;
+/// TC ingress sends a copy to every destination; the original goes up to
+/// the daemon (recorded or watched locally).
+pub const RELAY_TC_COPY: u8 = 2;
+/// TC ingress sends a copy to every destination; the original is dropped
+/// (several destinations, nothing local).
+pub const RELAY_TC_ONLY: u8 = 3;
+
+/// One relay destination: where the stream goes and how its headers are
+/// rewritten. Addresses as in [`FlowKey`]; ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayOut {
+    /// Destination address and port.
+    pub dst: [u8; 16],
+    /// Our address and port the copy is sent from.
+    pub src: [u8; 16],
+    pub dport: u16,
+    pub sport: u16,
+    /// RTP SSRC of the copy.
+    pub ssrc: u32,
+    /// Added to the RTP sequence number (mod 2^16).
+    pub seq_delta: u16,
+    /// With `RELAY_OUT_START_SEQ`: the kernel sends packets from this input
+    /// sequence number on (serial arithmetic); the ones before are the
+    /// daemon's (the hand-over point of a copying relay).
+    pub start_seq: u16,
+    /// `RELAY_OUT_*` bits.
+    pub flags: u32,
+}
+
+/// `RelayOut::flags`: `start_seq` is in force.
+pub const RELAY_OUT_START_SEQ: u32 = 1;
+const _: () = assert!(core::mem::size_of::<RelayOut>() == 48);
+
+/// What the kernel does with a relayed stream's packets, indexed by the
+/// flow's stream slot in `RELAYS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayValue {
+    /// The confirmed source (the camera's address and port, seen by the
+    /// daemon): packets from elsewhere are left to the daemon.
+    pub src: [u8; 16],
+    pub sport: u16,
+    /// `FAMILY_V4`/`FAMILY_V6` of the source and of every output.
+    pub family: u8,
+    /// `RELAY_XDP`, `RELAY_TC_COPY` or `RELAY_TC_ONLY`; 0: none.
+    pub mode: u8,
+    /// Outputs in use (`out[..n_out]`).
+    pub n_out: u32,
+    pub out: [RelayOut; RELAY_MAX_OUT],
+}
+const _: () = assert!(core::mem::size_of::<RelayValue>() == 24 + 48 * RELAY_MAX_OUT);
+
+/// Per-CPU counters of one relay output, at `slot * RELAY_MAX_OUT + i` in
+/// `RELAY_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Copies sent by the kernel, and their UDP payload bytes.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets of this output left to the daemon (any pass reason).
+    pub passed: u64,
+    /// Input RTP sequence number of the first packet the kernel sent
+    /// (valid when `packets > 0`): the daemon's hand-over point.
+    pub first_seq: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` of the first and last copy.
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<RelayStats>() == 48);
+
+/// A VLAN device on an attached interface, keyed by its ifindex in
+/// `VLAN_DEVS`: XDP may send a tagged packet back out (XDP_TX) when the
+/// route to the destination goes through this VLAN device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VlanDev {
+    pub parent_ifindex: u32,
+    pub vid: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<VlanDev>() == 8);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C), Copy, contain only integers and byte
@@ -223,4 +357,7 @@ mod pod {
     unsafe impl aya::Pod for super::EgressKey {}
     unsafe impl aya::Pod for super::EgressStats {}
     unsafe impl aya::Pod for super::StreamStats {}
+    unsafe impl aya::Pod for super::RelayValue {}
+    unsafe impl aya::Pod for super::RelayStats {}
+    unsafe impl aya::Pod for super::VlanDev {}
 }

@@ -6,7 +6,18 @@
 //!   unknown-flow policy. Everything else passes untouched.
 //! - `gateway_tc_egress` (TC, egress): counts media the gateway sends per
 //!   destination and optionally sets DSCP.
+//! - `gateway_tc_ingress` (TC, ingress): the relays that copy a stream to
+//!   several destinations (and up to the daemon), marked by XDP in the
+//!   packet's metadata.
 //! - `gateway_xdp_noop`: returns XDP_PASS; the baseline for benchmarks.
+//!
+//! Relay (see `relay.rs`): a flow with `FLOW_RELAY` has an entry in
+//! `RELAYS`. In `RELAY_XDP` mode the XDP program rewrites the packet for its
+//! one destination and sends it (XDP_TX, or a redirect through `TX_PORTS`);
+//! in the TC modes it writes the stream slot into the packet metadata and
+//! passes it, and TC ingress clones it to every destination. A packet the
+//! kernel cannot relay (fragment, unconfirmed source, no neighbour, ...) goes
+//! up to the daemon, whose userspace relay sends it; the reason is counted.
 //!
 //! No logging on the packet path; counters are updated through map pointers.
 #![no_std]
@@ -15,18 +26,23 @@
 #![feature(asm_experimental_arch)]
 
 mod parse;
+mod relay;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK},
+    bindings::{__sk_buff, xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    cty::c_void,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruPerCpuHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
+    EbpfContext,
 };
 use gateway_common::{
-    counter, stats, Config, EgressKey, EgressStats, FlowKey, FlowValue, StreamStats, DSCP_OFF,
-    EGRESS_MAX_ENTRIES, FAMILY_ANY, FAMILY_V4, FLOW_EXPECT_SSRC, POLICY_DROP, PORT_ANY,
-    PORT_ANY_SSRC, PORT_EXACT, PORT_EXACT_SSRC, PORT_FLAGS_ENTRIES,
+    counter, rtp::RtpHeader, stats, Config, EgressKey, EgressStats, FlowKey, FlowValue, RelayStats,
+    RelayValue, StreamStats, VlanDev, DSCP_OFF, EGRESS_MAX_ENTRIES, FAMILY_ANY, FAMILY_V4,
+    FLOW_EXPECT_SSRC, FLOW_RELAY, FLOW_RELAY_TC, POLICY_DROP, PORT_ANY, PORT_ANY_SSRC, PORT_EXACT,
+    PORT_EXACT_SSRC, PORT_FLAGS_ENTRIES, PORT_TC_RELAY, RELAY_MAX_OUT, RELAY_TC_COPY,
+    RELAY_TC_ONLY, RELAY_XDP,
 };
 use parse::{Packet, Udp};
 
@@ -55,6 +71,24 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static EGRESS: LruPerCpuHashMap<EgressKey, EgressStats> =
     LruPerCpuHashMap::with_max_entries(EGRESS_MAX_ENTRIES, 0);
+
+/// Relays, indexed by the flow's stream slot. Sized at load time.
+#[map]
+static RELAYS: Array<RelayValue> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters of each relay output: `slot * RELAY_MAX_OUT + i`.
+/// Sized at load time.
+#[map]
+static RELAY_STATS: PerCpuArray<RelayStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Interfaces XDP may redirect relayed packets to (ones that accept
+/// XDP frames), keyed by ifindex.
+#[map]
+static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// VLAN devices on the attached interface, keyed by their ifindex.
+#[map]
+static VLAN_DEVS: HashMap<u32, VlanDev> = HashMap::with_max_entries(256, 0);
 
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_NOEXIST: u64 = 1;
@@ -153,14 +187,12 @@ fn stream_slot(flow: &FlowValue) -> Option<*mut StreamStats> {
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     let action = classify(&ctx);
-    count(
-        if action == xdp_action::XDP_DROP {
-            counter::VERDICT_DROP
-        } else {
-            counter::VERDICT_PASS
-        },
-        1,
-    );
+    // Relayed packets (XDP_TX, XDP_REDIRECT) are counted as RELAY_SENT.
+    if action == xdp_action::XDP_DROP {
+        count(counter::VERDICT_DROP, 1);
+    } else if action == xdp_action::XDP_PASS {
+        count(counter::VERDICT_PASS, 1);
+    }
     action
 }
 
@@ -223,14 +255,14 @@ fn classify(ctx: &XdpContext) -> u32 {
     // SAFETY: map value pointer from a successful lookup; the kernel keeps
     // the element alive for the duration of the program.
     let flow = unsafe { &*f };
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
     if let Some(s) = stream_slot(flow) {
         let expected = if flow.flags & FLOW_EXPECT_SSRC != 0 {
             Some(flow.expected_ssrc)
         } else {
             None
         };
-        // SAFETY: helper without side effects.
-        let now = unsafe { bpf_ktime_get_ns() };
         // SAFETY: this CPU's own slot of the stream; no other CPU writes it.
         stats::update(
             unsafe { &mut *s },
@@ -243,12 +275,302 @@ fn classify(ctx: &XdpContext) -> u32 {
     }
     count(counter::MATCHED, 1);
     count(counter::MATCHED_BYTES, u.payload_len as u64);
+    if flow.flags & FLOW_RELAY != 0 {
+        if let Some(r) = RELAYS.get(flow.slot) {
+            return relay_xdp(ctx, &p, &u, &h, r, flow.slot, now);
+        }
+    }
     xdp_action::XDP_PASS
 }
 
-#[xdp]
-pub fn gateway_xdp_noop(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
+#[inline(always)]
+fn relay_stats(slot: u32, i: u32) -> Option<*mut RelayStats> {
+    RELAY_STATS.get_ptr_mut(slot.wrapping_mul(RELAY_MAX_OUT as u32).wrapping_add(i))
+}
+
+#[inline(always)]
+fn relay_sent(slot: u32, i: u32, seq: u16, bytes: usize, now: u64) {
+    count(counter::RELAY_SENT, 1);
+    if let Some(s) = relay_stats(slot, i) {
+        // SAFETY: this CPU's own per-CPU element.
+        unsafe {
+            if (*s).packets == 0 {
+                (*s).first_seq = seq as u32;
+                (*s).first_ns = now;
+            }
+            (*s).packets += 1;
+            (*s).bytes += bytes as u64;
+            (*s).last_ns = now;
+        }
+    }
+}
+
+#[inline(always)]
+fn relay_passed(slot: u32, i: u32, reason: u32) {
+    count(reason, 1);
+    if let Some(s) = relay_stats(slot, i) {
+        // SAFETY: this CPU's own per-CPU element.
+        unsafe { (*s).passed += 1 };
+    }
+}
+
+/// Checks common to both relay paths: a whole datagram from the confirmed
+/// source, of the relay's address family.
+#[inline(always)]
+fn relay_admits(u: &Udp, r: &RelayValue) -> Result<(), u32> {
+    if u.partial {
+        return Err(counter::RELAY_PASS_FRAGMENT);
+    }
+    if u.family != r.family {
+        return Err(counter::RELAY_PASS_FAMILY);
+    }
+    if u.sport != r.sport || u.src != r.src {
+        return Err(counter::RELAY_PASS_SOURCE);
+    }
+    Ok(())
+}
+
+/// The XDP side of a relay: in `RELAY_XDP` mode rewrites and sends the
+/// packet; in the TC modes marks it for TC ingress.
+#[inline(always)]
+fn relay_xdp(
+    ctx: &XdpContext,
+    p: &Packet,
+    u: &Udp,
+    h: &RtpHeader,
+    r: &RelayValue,
+    slot: u32,
+    now: u64,
+) -> u32 {
+    if let Err(reason) = relay_admits(u, r) {
+        relay_passed(slot, 0, reason);
+        return xdp_action::XDP_PASS;
+    }
+    // The TC modes: TC ingress copies it.
+    if r.mode != RELAY_XDP || r.n_out == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    let out = &r.out[0];
+    if !relay::takes(out, h.seq) {
+        return xdp_action::XDP_PASS;
+    }
+    let ingress = ctx.ingress_ifindex() as u32;
+    let hop = match relay::fib(
+        ctx.ctx as *mut c_void,
+        u.family,
+        out,
+        ingress,
+        relay::ip_len(u),
+    ) {
+        Ok(hop) => hop,
+        Err(reason) => {
+            relay_passed(slot, 0, reason);
+            return xdp_action::XDP_PASS;
+        }
+    };
+    // Where it leaves: back out of this interface (keeping a VLAN tag when
+    // the route goes through that VLAN's device), or another XDP-capable
+    // interface (untagged only).
+    let tx = if u.vlan_tags == 0 {
+        if hop.ifindex == ingress {
+            true
+        } else if TX_PORTS.get_ifindex(hop.ifindex).is_some() {
+            false
+        } else {
+            relay_passed(slot, 0, counter::RELAY_PASS_NO_TX_PORT);
+            return xdp_action::XDP_PASS;
+        }
+    } else {
+        let ok = u.vlan_tags == 1
+            && match VLAN_DEVS.get_ptr(&hop.ifindex) {
+                // SAFETY: map value pointer from a successful lookup.
+                Some(v) => unsafe { (*v).parent_ifindex == ingress && (*v).vid == u.vid },
+                None => false,
+            };
+        if !ok {
+            relay_passed(slot, 0, counter::RELAY_PASS_VLAN);
+            return xdp_action::XDP_PASS;
+        }
+        true
+    };
+    let Some(orig) = relay::read_hdr(p, u) else {
+        relay_passed(slot, 0, counter::MALFORMED);
+        return xdp_action::XDP_PASS;
+    };
+    let to = relay::out_hdr(&orig, out, &hop);
+    if !relay::rewrite(p, &relay::Layout::of(u), &to, false) {
+        relay_passed(slot, 0, counter::MALFORMED);
+        return xdp_action::XDP_PASS;
+    }
+    relay_sent(slot, 0, h.seq, u.payload_len, now);
+    if tx {
+        xdp_action::XDP_TX
+    } else {
+        // Present (checked above); a race with its removal aborts the packet.
+        TX_PORTS
+            .redirect(hop.ifindex, 0)
+            .unwrap_or(xdp_action::XDP_ABORTED)
+    }
+}
+
+#[classifier]
+pub fn gateway_tc_ingress(ctx: TcContext) -> i32 {
+    relay_tc(&ctx)
+}
+
+/// TC ingress relay: for a packet of a flow relayed in a TC mode (its
+/// port has `PORT_TC_RELAY`), a copy to every destination with
+/// `bpf_clone_redirect`; the original then goes up to the daemon restored
+/// byte for byte (`RELAY_TC_COPY`) or is dropped (`RELAY_TC_ONLY`).
+#[inline(always)]
+fn relay_tc(ctx: &TcContext) -> i32 {
+    let p = Packet {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        wire_len: ctx.len() as usize,
+    };
+    let Ok(u) = parse::udp(&p) else {
+        return TC_ACT_OK;
+    };
+    let pflags = port_flags(u.dport);
+    if pflags & PORT_TC_RELAY == 0 {
+        return TC_ACT_OK;
+    }
+    let Some(h) = parse::rtp(&p, &u) else {
+        return TC_ACT_OK;
+    };
+    let Some(f) = lookup(&u, pflags, Some(h.ssrc)) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let slot = unsafe {
+        if (*f).flags & FLOW_RELAY_TC == 0 {
+            return TC_ACT_OK;
+        }
+        (*f).slot
+    };
+    let Some(r) = RELAYS.get(slot) else {
+        return TC_ACT_OK;
+    };
+    let mode = r.mode;
+    if mode != RELAY_TC_COPY && mode != RELAY_TC_ONLY {
+        return TC_ACT_OK;
+    }
+    // XDP counted why it did not admit the packet; the daemon sends it.
+    if relay_admits(&u, r).is_err() {
+        return TC_ACT_OK;
+    }
+    let skb = ctx.as_ptr() as *mut __sk_buff;
+    // SAFETY: the program's own context.
+    let ingress = unsafe { (*skb).ingress_ifindex };
+    // Headers in the linear part for direct access.
+    if ctx.pull_data(0).is_err() {
+        count(counter::RELAY_CLONE_FAILED, 1);
+        return TC_ACT_OK;
+    }
+    let p = Packet {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        wire_len: ctx.len() as usize,
+    };
+    let Ok(u) = parse::udp(&p) else {
+        return TC_ACT_OK;
+    };
+    let Some(orig) = relay::read_hdr(&p, &u) else {
+        return TC_ACT_OK;
+    };
+    let job = TcJob {
+        orig,
+        layout: relay::Layout::of(&u),
+        slot,
+        ingress,
+        ip_len: relay::ip_len(&u),
+        payload_len: u.payload_len as u32,
+        // SAFETY: helper without side effects.
+        now: unsafe { bpf_ktime_get_ns() },
+    };
+    let mut sent = 0u32;
+    let mut i = 0u32;
+    while i < RELAY_MAX_OUT as u32 {
+        if i >= r.n_out {
+            break;
+        }
+        if tc_copy(ctx, &job, i) {
+            sent += 1;
+        }
+        i += 1;
+    }
+    if mode == RELAY_TC_ONLY && sent == r.n_out {
+        return TC_ACT_SHOT;
+    }
+    if sent > 0 {
+        let p = Packet {
+            start: ctx.data(),
+            end: ctx.data_end(),
+            wire_len: ctx.len() as usize,
+        };
+        relay::rewrite(&p, &job.layout, &job.orig, true);
+    }
+    TC_ACT_OK
+}
+
+/// What every copy of one packet shares.
+struct TcJob {
+    orig: relay::Hdr,
+    layout: relay::Layout,
+    slot: u32,
+    ingress: u32,
+    ip_len: u16,
+    payload_len: u32,
+    now: u64,
+}
+
+/// One copy: rewrite for output `i`, clone to its next hop. A function of
+/// its own (a BPF-to-BPF call) so the unrolled outputs do not each take
+/// stack. Returns whether the copy was sent.
+#[inline(never)]
+fn tc_copy(ctx: &TcContext, job: &TcJob, i: u32) -> bool {
+    let Some(r) = RELAYS.get(job.slot) else {
+        return false;
+    };
+    let Some(out) = r.out.get(i as usize) else {
+        return false;
+    };
+    if !relay::takes(out, job.orig.seq) {
+        return false;
+    }
+    let hop = match relay::fib(
+        ctx.as_ptr() as *mut c_void,
+        job.layout.family,
+        out,
+        job.ingress,
+        job.ip_len,
+    ) {
+        Ok(hop) => hop,
+        Err(reason) => {
+            relay_passed(job.slot, i, reason);
+            return false;
+        }
+    };
+    // An earlier clone invalidated the packet pointers; the offsets stay.
+    let p = Packet {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        wire_len: ctx.len() as usize,
+    };
+    if relay::rewrite(
+        &p,
+        &job.layout,
+        &relay::out_hdr(&job.orig, out, &hop),
+        false,
+    ) && ctx.clone_redirect(hop.ifindex, 0).is_ok()
+    {
+        relay_sent(job.slot, i, job.orig.seq, job.payload_len as usize, job.now);
+        true
+    } else {
+        count(counter::RELAY_CLONE_FAILED, 1);
+        false
+    }
 }
 
 #[classifier]

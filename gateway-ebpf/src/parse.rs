@@ -39,8 +39,17 @@ pub fn ptr_at<T>(p: &Packet, off: usize) -> Option<*const T> {
     Some((p.start + off) as *const T)
 }
 
+/// Mutable twin of [`ptr_at`] for the relay's rewrites.
 #[inline(always)]
-fn read<T: Copy>(p: &Packet, off: usize) -> Option<T> {
+pub fn ptr_at_mut<T>(p: &Packet, off: usize) -> Option<*mut T> {
+    if p.start + off + size_of::<T>() > p.end {
+        return None;
+    }
+    Some((p.start + off) as *mut T)
+}
+
+#[inline(always)]
+pub fn read<T: Copy>(p: &Packet, off: usize) -> Option<T> {
     // SAFETY: ptr_at checked that [off, off + size_of::<T>()) lies inside the
     // packet; read_unaligned copes with any alignment.
     ptr_at::<T>(p, off).map(|ptr| unsafe { core::ptr::read_unaligned(ptr) })
@@ -63,6 +72,10 @@ pub struct Udp {
     pub payload_len: usize,
     /// First fragment of a fragmented datagram: the payload is incomplete.
     pub partial: bool,
+    /// VLAN tags in front of the IP header (0, 1 or 2) and the VLAN ID of
+    /// the innermost one.
+    pub vlan_tags: u8,
+    pub vid: u16,
 }
 
 /// Parses Ethernet (with up to two VLAN tags), IPv4 (with options) or IPv6
@@ -72,13 +85,19 @@ pub struct Udp {
 pub fn udp(p: &Packet) -> Result<Udp, u32> {
     let mut off = ETH_HLEN;
     let mut proto = be16(p, 12).ok_or(counter::MALFORMED)?;
+    let mut vlan_tags = 0u8;
+    let mut vid = 0u16;
     // Two tags at most: 802.1ad outer + 802.1Q inner, or a single tag.
     if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        vid = be16(p, off).ok_or(counter::MALFORMED)? & 0x0fff;
         proto = be16(p, off + 2).ok_or(counter::MALFORMED)?;
         off += 4;
+        vlan_tags = 1;
         if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            vid = be16(p, off).ok_or(counter::MALFORMED)? & 0x0fff;
             proto = be16(p, off + 2).ok_or(counter::MALFORMED)?;
             off += 4;
+            vlan_tags = 2;
         }
     }
     let l3_off = off;
@@ -92,6 +111,8 @@ pub fn udp(p: &Packet) -> Result<Udp, u32> {
         payload_off: 0,
         payload_len: 0,
         partial: false,
+        vlan_tags,
+        vid,
     };
     let ip_end;
     let l4_off;

@@ -565,6 +565,14 @@ pub struct DataplaneConfig {
     /// Seconds between counter read-outs.
     #[serde(default = "default_poll")]
     pub poll_interval_secs: f64,
+    /// Relay legs in the kernel where a leg allows it (UDP to UDP, not
+    /// encrypted): true (default) or false (always the userspace relay).
+    #[serde(default = "default_true")]
+    pub kernel_relay: bool,
+    /// Other interfaces XDP may redirect relayed packets to (they must
+    /// accept XDP frames); the attached one is always allowed.
+    #[serde(default)]
+    pub relay_to: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -591,6 +599,10 @@ fn default_unknown() -> String {
 fn default_dscp() -> String {
     "off".into()
 }
+fn default_true() -> bool {
+    true
+}
+
 fn default_poll() -> f64 {
     5.0
 }

@@ -45,7 +45,7 @@ pub fn run(config: &Path, netns: Option<&str>, bpffs: &Path) -> Result<()> {
                 info!(iface = %target.iface, "adopting the existing attachment");
                 attach::set(&target, &settings)?;
             } else {
-                let a = attach::attach(&target, dp.mode, dp.max_streams, &settings)?;
+                let a = attach::attach(&target, dp.mode, dp.max_streams, &settings, &dp.relay_to)?;
                 info!(iface = %a.iface, mode = a.mode, tc = a.tc, pins = %a.pin_dir.display(), "attached");
             }
             Some(target)

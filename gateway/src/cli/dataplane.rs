@@ -28,7 +28,7 @@ use crate::{
 pub(super) fn attach(t: &Target, a: &AttachArgs) -> Result<()> {
     let mut s = Settings::default();
     a.settings.apply(&mut s);
-    let r = attach::attach(t, a.mode, a.max_streams, &s)?;
+    let r = attach::attach(t, a.mode, a.max_streams, &s, &a.relay_to)?;
     if a.json {
         print_json(&r)?;
     } else {

@@ -190,6 +190,10 @@ pub struct AttachArgs {
     /// Capacity of the flow table and statistics array.
     #[arg(long, default_value_t = gateway_common::DEFAULT_MAX_STREAMS)]
     pub max_streams: u32,
+    /// Another interface the kernel relay may send through (XDP redirect;
+    /// it must accept XDP frames). Repeatable.
+    #[arg(long, value_name = "IF")]
+    pub relay_to: Vec<String>,
     #[command(flatten)]
     pub settings: SettingsArgs,
     #[arg(long)]

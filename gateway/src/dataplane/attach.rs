@@ -4,7 +4,8 @@
 //!
 //! Pin layout: `<bpffs>/gateway/<scope>/<iface>/` where scope is the network
 //! namespace name (`host` for the caller's own), holding the maps by name,
-//! `xdp_prog`, `tc_prog`, `xdp_link` and (with TCX) `tc_link`.
+//! `xdp_prog`, `tc_prog` (egress), `tc_in_prog` (ingress), `xdp_link` and
+//! (with TCX) `tc_link` and `tc_in_link`.
 
 use std::{
     fs,
@@ -32,6 +33,8 @@ const XDP_PROG: &str = "xdp_prog";
 const TC_PROG: &str = "tc_prog";
 const XDP_LINK: &str = "xdp_link";
 const TC_LINK: &str = "tc_link";
+const TC_IN_PROG: &str = "tc_in_prog";
+const TC_IN_LINK: &str = "tc_in_link";
 /// `Config::tc_kind`.
 pub const TC_KIND_TCX: u32 = 1;
 pub const TC_KIND_NETLINK: u32 = 2;
@@ -150,6 +153,11 @@ pub fn load(max_streams: u32, pin_dir: Option<&Path>) -> Result<(aya::Ebpf, Maps
         .override_global(NCPUS_GLOBAL, &ncpus, true)
         .map_max_entries(map_names::FLOWS, max_streams)
         .map_max_entries(map_names::STREAM_STATS, slots)
+        .map_max_entries(map_names::RELAYS, max_streams)
+        .map_max_entries(
+            map_names::RELAY_STATS,
+            max_streams * gateway_common::RELAY_MAX_OUT as u32,
+        )
         .load(super::EBPF_OBJECT)
         .map_err(|e| Error::bpf("loading the eBPF object", e))?;
     let maps = Maps::from_ebpf(&mut ebpf, pin_dir)?;
@@ -207,8 +215,14 @@ pub fn attach(
     mode: Mode,
     max_streams: u32,
     settings: &Settings,
+    relay_to: &[String],
 ) -> Result<Attached> {
     validate(settings)?;
+    let mut relay_ifindexes = Vec::new();
+    for name in relay_to {
+        relay_ifindexes
+            .push(sys::if_nametoindex(name).ok_or_else(|| Error::UnknownInterface(name.clone()))?);
+    }
     let _lock = target.lock()?;
     let ifindex = sys::if_nametoindex(&target.iface)
         .ok_or_else(|| Error::UnknownInterface(target.iface.clone()))?;
@@ -284,15 +298,8 @@ pub fn attach(
     xdp.pin(dir.join(XDP_PROG))
         .map_err(|e| Error::bpf("pinning the XDP program", e))?;
 
-    // TC egress: TCX (a pinnable link) on 6.6+, else a clsact filter.
-    let tc_prog: &mut SchedClassifier = ebpf
-        .program_mut(prog_names::TC_EGRESS)
-        .ok_or_else(|| Error::Invalid("TC program missing from the object".into()))?
-        .try_into()
-        .map_err(|e| Error::bpf("TC program", e))?;
-    tc_prog
-        .load()
-        .map_err(|e| Error::bpf("verifying the TC program", e))?;
+    // TC egress (counting) and ingress (relay copies): TCX (a pinnable
+    // link) on 6.6+, else clsact filters.
     let has_tcx = aya::util::KernelVersion::current()
         .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
     if has_tcx {
@@ -302,24 +309,65 @@ pub fn attach(
             return Err(Error::bpf("adding the clsact qdisc", e));
         }
     }
-    let tc_id = tc_prog
-        .attach(ifindex, TcAttachType::Egress)
-        .map_err(|e| Error::bpf(format!("attaching TC egress to {}", target.iface), e))?;
-    let tc_link = tc_prog
-        .take_link(tc_id)
-        .map_err(|e| Error::bpf("TC link", e))?;
-    let tc_kind = match FdLink::try_from(tc_link) {
-        Ok(fd_link) => {
-            fd_link
-                .pin(dir.join(TC_LINK))
-                .map_err(|e| Error::bpf("pinning the TC link", e))?;
-            TC_KIND_TCX
+    let mut tc_kind = TC_KIND_TCX;
+    for (prog, at, prog_pin, link_pin) in [
+        (
+            prog_names::TC_EGRESS,
+            TcAttachType::Egress,
+            TC_PROG,
+            TC_LINK,
+        ),
+        (
+            prog_names::TC_INGRESS,
+            TcAttachType::Ingress,
+            TC_IN_PROG,
+            TC_IN_LINK,
+        ),
+    ] {
+        let tc_prog: &mut SchedClassifier = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| Error::Invalid(format!("TC program {prog} missing from the object")))?
+            .try_into()
+            .map_err(|e| Error::bpf("TC program", e))?;
+        tc_prog
+            .load()
+            .map_err(|e| Error::bpf(format!("verifying the TC program {prog}"), e))?;
+        let tc_id = tc_prog
+            .attach(ifindex, at)
+            .map_err(|e| Error::bpf(format!("attaching TC {at:?} to {}", target.iface), e))?;
+        let tc_link = tc_prog
+            .take_link(tc_id)
+            .map_err(|e| Error::bpf("TC link", e))?;
+        match FdLink::try_from(tc_link) {
+            Ok(fd_link) => {
+                fd_link
+                    .pin(dir.join(link_pin))
+                    .map_err(|e| Error::bpf("pinning the TC link", e))?;
+            }
+            Err(_) => tc_kind = TC_KIND_NETLINK,
         }
-        Err(_) => TC_KIND_NETLINK,
-    };
-    tc_prog
-        .pin(dir.join(TC_PROG))
-        .map_err(|e| Error::bpf("pinning the TC program", e))?;
+        tc_prog
+            .pin(dir.join(prog_pin))
+            .map_err(|e| Error::bpf("pinning the TC program", e))?;
+    }
+
+    // Relay: where XDP may redirect, and the VLAN devices it may send
+    // tagged packets back out through.
+    for i in &relay_ifindexes {
+        maps.add_tx_port(*i)?;
+    }
+    for (name, vid) in super::relay::vlan_devices(&target.iface) {
+        if let Some(vi) = sys::if_nametoindex(&name) {
+            maps.add_vlan_dev(
+                vi,
+                &gateway_common::VlanDev {
+                    parent_ifindex: ifindex,
+                    vid,
+                    _pad: 0,
+                },
+            )?;
+        }
+    }
 
     // Configuration and attach record, then the maps.
     let mut cfg = Config::default();
@@ -388,7 +436,7 @@ pub fn detach(target: &Target) -> Result<()> {
         .map(|c| c.tc_kind)
         .unwrap_or(0);
     // Links first (this detaches), then everything else.
-    for name in [XDP_LINK, TC_LINK] {
+    for name in [XDP_LINK, TC_LINK, TC_IN_LINK] {
         let p = dir.join(name);
         if !p.exists() {
             continue;
@@ -408,6 +456,11 @@ pub fn detach(target: &Target) -> Result<()> {
                 ifindex,
                 TcAttachType::Egress.into(),
                 prog_names::TC_EGRESS,
+            );
+            let _ = tc::qdisc_detach_program(
+                ifindex,
+                TcAttachType::Ingress.into(),
+                prog_names::TC_INGRESS,
             );
         }
     }

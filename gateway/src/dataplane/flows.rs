@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 
 use gateway_common::{
-    FlowKey, FlowValue, FAMILY_ANY, FLOW_EXPECT_SSRC, FLOW_NAME_LEN, PORT_ANY, PORT_ANY_SSRC,
-    PORT_EXACT, PORT_EXACT_SSRC,
+    FlowKey, FlowValue, FAMILY_ANY, FLOW_EXPECT_SSRC, FLOW_NAME_LEN, FLOW_RELAY_TC, PORT_ANY,
+    PORT_ANY_SSRC, PORT_EXACT, PORT_EXACT_SSRC, PORT_TC_RELAY,
 };
 
 use std::os::fd::AsFd;
@@ -68,6 +68,17 @@ fn port_bit(k: &FlowKey) -> u32 {
     }
 }
 
+/// The PORT_* bits a flow contributes: its key kind, and `PORT_TC_RELAY`
+/// when TC ingress relays it.
+fn port_bits(k: &FlowKey, v: &FlowValue) -> u32 {
+    port_bit(k)
+        | if v.flags & FLOW_RELAY_TC != 0 {
+            PORT_TC_RELAY
+        } else {
+            0
+        }
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -116,9 +127,9 @@ impl Maps {
         // Port flags for every port touched, from the in-memory table.
         let mut ports: std::collections::BTreeMap<u16, u32> =
             added.iter().map(|(k, _)| (k.port, 0)).collect();
-        for (k, _) in &flows {
+        for (k, v) in &flows {
             if let Some(f) = ports.get_mut(&k.port) {
-                *f |= port_bit(k);
+                *f |= port_bits(k, v);
             }
         }
         for (port, flags) in ports {
@@ -208,12 +219,12 @@ impl Maps {
     }
 
     /// Recomputes `PORT_FLAGS[port]` from the flow table.
-    fn refresh_port(&mut self, port: u16) -> Result<()> {
+    pub(super) fn refresh_port(&mut self, port: u16) -> Result<()> {
         let flags = self
             .flows()?
             .iter()
             .filter(|(k, _)| k.port == port)
-            .fold(0, |acc, (k, _)| acc | port_bit(k));
+            .fold(0, |acc, (k, v)| acc | port_bits(k, v));
         put(&self.port_flags, &(port as u32), &flags, 0)
             .map_err(|e| Error::io("writing port flags", e))
     }

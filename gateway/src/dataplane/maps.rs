@@ -60,6 +60,9 @@ pub struct Maps {
     pub(crate) config: MapData,
     pub(crate) counters: MapData,
     pub(crate) egress: MapData,
+    /// The relay maps (`None`: pinned by a version without the kernel relay;
+    /// re-attach to get it).
+    pub(crate) relay: Option<RelayMaps>,
     mmap: MmapArray,
     ncpus: u32,
     max_streams: u32,
@@ -69,11 +72,19 @@ pub struct Maps {
     slot_buf: Vec<u8>,
 }
 
+/// The kernel relay's maps.
+pub(crate) struct RelayMaps {
+    pub(crate) relays: MapData,
+    pub(crate) stats: MapData,
+    pub(crate) tx_ports: MapData,
+    pub(crate) vlan_devs: MapData,
+}
+
 fn map_data(name: &str, map: aya::maps::Map) -> Result<MapData> {
     use aya::maps::Map::*;
     match map {
         Array(m) | PerCpuArray(m) | HashMap(m) | PerCpuLruHashMap(m) | PerCpuHashMap(m)
-        | LruHashMap(m) => Ok(m),
+        | LruHashMap(m) | DevMapHash(m) => Ok(m),
         other => Err(Error::Invalid(format!(
             "map {name} has unexpected type {other:?}"
         ))),
@@ -102,7 +113,21 @@ impl Maps {
         let config = take(map_names::CONFIG)?;
         let counters = take(map_names::COUNTERS)?;
         let egress = take(map_names::EGRESS)?;
-        Self::new(flows, stream_stats, port_flags, config, counters, egress)
+        let relay = RelayMaps {
+            relays: take(map_names::RELAYS)?,
+            stats: take(map_names::RELAY_STATS)?,
+            tx_ports: take(map_names::TX_PORTS)?,
+            vlan_devs: take(map_names::VLAN_DEVS)?,
+        };
+        Self::new(
+            flows,
+            stream_stats,
+            port_flags,
+            config,
+            counters,
+            egress,
+            Some(relay),
+        )
     }
 
     /// Opens the maps pinned in `dir`.
@@ -111,6 +136,15 @@ impl Maps {
             MapData::from_pin(dir.join(name))
                 .map_err(|e| Error::bpf(format!("opening pinned map {name}"), e))
         };
+        // Absent when an older version attached the interface.
+        let relay = (|| {
+            Some(RelayMaps {
+                relays: open(map_names::RELAYS).ok()?,
+                stats: open(map_names::RELAY_STATS).ok()?,
+                tx_ports: open(map_names::TX_PORTS).ok()?,
+                vlan_devs: open(map_names::VLAN_DEVS).ok()?,
+            })
+        })();
         Self::new(
             open(map_names::FLOWS)?,
             open(map_names::STREAM_STATS)?,
@@ -118,6 +152,7 @@ impl Maps {
             open(map_names::CONFIG)?,
             open(map_names::COUNTERS)?,
             open(map_names::EGRESS)?,
+            relay,
         )
     }
 
@@ -128,6 +163,7 @@ impl Maps {
         config: MapData,
         counters: MapData,
         egress: MapData,
+        relay: Option<RelayMaps>,
     ) -> Result<Self> {
         let ncpus = possible_cpus()?;
         let info = stream_stats.info().map_err(|e| Error::bpf("map info", e))?;
@@ -160,6 +196,7 @@ impl Maps {
             config,
             counters,
             egress,
+            relay,
             mmap,
             ncpus,
             max_streams,

@@ -11,6 +11,7 @@ pub mod attach;
 pub mod flows;
 pub mod maps;
 pub mod probe;
+pub mod relay;
 
 pub use maps::{Maps, Shared, StreamRow};
 

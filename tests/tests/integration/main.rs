@@ -42,6 +42,7 @@ mod media_netns;
 mod media_sessions;
 mod metrics_prometheus;
 mod netns_attach;
+mod relay_test_run;
 mod sim_netns;
 mod sip_bad_input;
 mod sip_sessions;
