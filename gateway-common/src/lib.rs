@@ -25,6 +25,7 @@ pub mod map_names {
     pub const RELAY_STATS: &str = "RELAY_STATS";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const VLAN_DEVS: &str = "VLAN_DEVS";
+    pub const TC_JUMP: &str = "TC_JUMP";
 }
 
 /// Program names in the object file.
@@ -34,6 +35,8 @@ pub mod prog_names {
     /// TC ingress: the relays that copy a stream to several destinations
     /// (and to the daemon) with `bpf_clone_redirect`.
     pub const TC_INGRESS: &str = "gateway_tc_ingress";
+    /// Tail-called by `TC_INGRESS` through `TC_JUMP`: the copies.
+    pub const TC_RELAY_COPIES: &str = "gateway_tc_relay_copies";
     /// An XDP program that only returns `XDP_PASS`: the baseline for benchmarks.
     pub const XDP_NOOP: &str = "gateway_xdp_noop";
 }

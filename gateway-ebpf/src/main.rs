@@ -33,7 +33,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{Array, DevMapHash, HashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
@@ -85,6 +85,17 @@ static RELAY_STATS: PerCpuArray<RelayStats> = PerCpuArray::with_max_entries(1, 0
 /// XDP frames), keyed by ifindex.
 #[map]
 static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// TC ingress tail-calls `gateway_tc_relay_copies` (index 0) with the
+/// packet's relay job in `TC_SCRATCH`: the copies get a verifier state and
+/// a stack of their own.
+#[map]
+static TC_JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The relay job TC ingress hands to its tail call (per CPU: the tail call
+/// runs on the same CPU, in the same softirq).
+#[map]
+static TC_SCRATCH: PerCpuArray<TcJob> = PerCpuArray::with_max_entries(1, 0);
 
 /// VLAN devices on the attached interface, keyed by their ifindex.
 #[map]
@@ -463,47 +474,68 @@ fn relay_tc(ctx: &TcContext) -> i32 {
     let skb = ctx.as_ptr() as *mut __sk_buff;
     // SAFETY: the program's own context.
     let ingress = unsafe { (*skb).ingress_ifindex };
-    // Headers in the linear part for direct access.
+    let Some(orig) = relay::read_hdr(&p, &u) else {
+        return TC_ACT_OK;
+    };
+    let Some(job) = TC_SCRATCH.get_ptr_mut(0) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: this CPU's own scratch element; the tail call below runs on
+    // this CPU before anything else can use it.
+    unsafe {
+        *job = TcJob {
+            orig,
+            layout: relay::Layout::of(&u),
+            slot,
+            ingress,
+            ip_len: relay::ip_len(&u),
+            mode,
+            payload_len: u.payload_len as u32,
+            now: bpf_ktime_get_ns(),
+        };
+        // Does not return on success.
+        TC_JUMP.tail_call(ctx, 0);
+    }
+    count(counter::RELAY_CLONE_FAILED, 1);
+    TC_ACT_OK
+}
+
+/// The copies of one packet (tail-called by `gateway_tc_ingress` with the
+/// job in `TC_SCRATCH`): one per output, then the original restored and
+/// passed up (`RELAY_TC_COPY`) or dropped (`RELAY_TC_ONLY`, every copy
+/// sent).
+#[classifier]
+pub fn gateway_tc_relay_copies(ctx: TcContext) -> i32 {
+    let Some(job) = TC_SCRATCH.get_ptr(0) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: this CPU's scratch element, written by the caller just now.
+    let (slot, mode) = unsafe { ((*job).slot, (*job).mode) };
+    let Some(r) = RELAYS.get(slot) else {
+        return TC_ACT_OK;
+    };
+    let n_out = r.n_out;
     if ctx.pull_data(0).is_err() {
         count(counter::RELAY_CLONE_FAILED, 1);
         return TC_ACT_OK;
     }
-    let p = Packet {
-        start: ctx.data(),
-        end: ctx.data_end(),
-        wire_len: ctx.len() as usize,
-    };
-    let Ok(u) = parse::udp(&p) else {
-        return TC_ACT_OK;
-    };
-    let Some(orig) = relay::read_hdr(&p, &u) else {
-        return TC_ACT_OK;
-    };
-    let job = TcJob {
-        orig,
-        layout: relay::Layout::of(&u),
-        slot,
-        ingress,
-        ip_len: relay::ip_len(&u),
-        payload_len: u.payload_len as u32,
-        // SAFETY: helper without side effects.
-        now: unsafe { bpf_ktime_get_ns() },
-    };
     let mut sent = 0u32;
     let mut i = 0u32;
     while i < RELAY_MAX_OUT as u32 {
-        if i >= r.n_out {
+        if i >= n_out {
             break;
         }
-        if tc_copy(ctx, &job, i) {
+        if tc_copy(&ctx, i) {
             sent += 1;
         }
         i += 1;
     }
-    if mode == RELAY_TC_ONLY && sent == r.n_out {
+    if mode == RELAY_TC_ONLY && sent == n_out {
         return TC_ACT_SHOT;
     }
     if sent > 0 {
+        // SAFETY: as above.
+        let job = unsafe { &*job };
         let p = Packet {
             start: ctx.data(),
             end: ctx.data_end(),
@@ -515,12 +547,14 @@ fn relay_tc(ctx: &TcContext) -> i32 {
 }
 
 /// What every copy of one packet shares.
-struct TcJob {
+#[derive(Clone, Copy)]
+pub struct TcJob {
     orig: relay::Hdr,
     layout: relay::Layout,
     slot: u32,
     ingress: u32,
     ip_len: u16,
+    mode: u8,
     payload_len: u32,
     now: u64,
 }
@@ -529,7 +563,12 @@ struct TcJob {
 /// its own (a BPF-to-BPF call) so the unrolled outputs do not each take
 /// stack. Returns whether the copy was sent.
 #[inline(never)]
-fn tc_copy(ctx: &TcContext, job: &TcJob, i: u32) -> bool {
+fn tc_copy(ctx: &TcContext, i: u32) -> bool {
+    let Some(job) = TC_SCRATCH.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch element, written before the tail call.
+    let job = unsafe { &*job };
     let Some(r) = RELAYS.get(job.slot) else {
         return false;
     };

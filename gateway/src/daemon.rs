@@ -105,7 +105,11 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
                 keys = Some(ks.clone());
                 let mut sessions = Sessions::new(cfg.media.clone(), ks, sip_metrics.clone());
                 if let (Some(t), Some(m)) = (&target, &maps) {
-                    sessions.set_kernel(Kernel::new(t.clone(), m.clone()));
+                    sessions.set_kernel(Kernel::new(
+                        t.clone(),
+                        m.clone(),
+                        cfg.dataplane.as_ref().is_none_or(|d| d.kernel_relay),
+                    ));
                 }
                 sessions.start_static();
                 Some(

@@ -35,6 +35,7 @@ const XDP_LINK: &str = "xdp_link";
 const TC_LINK: &str = "tc_link";
 const TC_IN_PROG: &str = "tc_in_prog";
 const TC_IN_LINK: &str = "tc_in_link";
+const TC_COPIES_PROG: &str = "tc_copies_prog";
 /// `Config::tc_kind`.
 pub const TC_KIND_TCX: u32 = 1;
 pub const TC_KIND_NETLINK: u32 = 2;
@@ -349,6 +350,36 @@ pub fn attach(
         tc_prog
             .pin(dir.join(prog_pin))
             .map_err(|e| Error::bpf("pinning the TC program", e))?;
+    }
+
+    // The TC relay's tail call. The program array is pinned: its entries
+    // live only while user space holds a reference to it.
+    {
+        let copies: &mut SchedClassifier = ebpf
+            .program_mut(prog_names::TC_RELAY_COPIES)
+            .ok_or_else(|| Error::Invalid("TC relay program missing from the object".into()))?
+            .try_into()
+            .map_err(|e| Error::bpf("TC relay program", e))?;
+        copies
+            .load()
+            .map_err(|e| Error::bpf("verifying the TC relay program", e))?;
+        copies
+            .pin(dir.join(TC_COPIES_PROG))
+            .map_err(|e| Error::bpf("pinning the TC relay program", e))?;
+        let fd = copies
+            .fd()
+            .map_err(|e| Error::bpf("TC relay program fd", e))?
+            .try_clone()
+            .map_err(|e| Error::io("dup of the TC relay program fd", e))?;
+        let map = ebpf
+            .map_mut(map_names::TC_JUMP)
+            .ok_or_else(|| Error::Invalid("map TC_JUMP missing from the object".into()))?;
+        let mut jump =
+            aya::maps::ProgramArray::try_from(map).map_err(|e| Error::bpf("map TC_JUMP", e))?;
+        jump.set(0, &fd, 0)
+            .map_err(|e| Error::bpf("filling TC_JUMP", e))?;
+        jump.pin(dir.join(map_names::TC_JUMP))
+            .map_err(|e| Error::bpf("pinning TC_JUMP", e))?;
     }
 
     // Relay: where XDP may redirect, and the VLAN devices it may send

@@ -720,20 +720,35 @@ fn load_programs(percpu_batch: Option<bool>) -> LoadResult {
         },
         Err(e) => fail(e),
     };
-    let tc = match ebpf
-        .program_mut(prog_names::TC_EGRESS)
-        .ok_or_else(|| "program missing from the object".to_string())
-        .and_then(|p| <&mut SchedClassifier>::try_from(p).map_err(|e| e.to_string()))
-    {
-        Ok(p) => match p.load() {
-            Ok(()) => ok(format!(
-                "{} accepted by the verifier (not attached)",
-                prog_names::TC_EGRESS
-            )),
-            Err(e) => fail(program_error(&e)),
-        },
-        Err(e) => fail(e),
-    };
+    let mut tc = ok(String::new());
+    let mut names = Vec::new();
+    for name in [
+        prog_names::TC_EGRESS,
+        prog_names::TC_INGRESS,
+        prog_names::TC_RELAY_COPIES,
+    ] {
+        let r = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("{name}: program missing from the object"))
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).map_err(|e| e.to_string()))
+            .and_then(|p| {
+                p.load()
+                    .map_err(|e| format!("{name}: {}", program_error(&e)))
+            });
+        match r {
+            Ok(()) => names.push(name),
+            Err(e) => {
+                tc = fail(e);
+                break;
+            }
+        }
+    }
+    if tc.0 == Status::Ok {
+        tc = ok(format!(
+            "{} accepted by the verifier (not attached)",
+            names.join(", ")
+        ));
+    }
     let readout = (|| -> crate::dataplane::Result<String> {
         let flows = maps.flows()?.len();
         let counters = maps.counters()?.len();

@@ -15,6 +15,7 @@ use crate::{
     dataplane::{
         attach::Target,
         flows::{describe, FlowSpec},
+        relay::OutputStats,
         Shared,
     },
     sys::clock::monotonic_ns,
@@ -41,11 +42,69 @@ pub struct KernelView {
 pub struct Kernel {
     target: Target,
     maps: Shared,
+    /// Relay legs in the kernel where they allow it.
+    relay: bool,
 }
 
 impl Kernel {
-    pub fn new(target: Target, maps: Shared) -> Kernel {
-        Kernel { target, maps }
+    pub fn new(target: Target, maps: Shared, relay: bool) -> Kernel {
+        Kernel {
+            target,
+            maps,
+            relay,
+        }
+    }
+
+    /// Why the kernel cannot relay legs of family `v6` at all (`None`: it
+    /// can): switched off, programs too old, or IP forwarding off on the
+    /// interface (`bpf_fib_lookup` refuses to resolve then).
+    pub(super) fn relay_unavailable(&self, v6: bool) -> Option<String> {
+        if !self.relay {
+            return Some("kernel relay switched off ([dataplane] kernel_relay = false)".into());
+        }
+        if !self.maps.lock().has_relay() {
+            return Some(format!(
+                "{} was attached by a version without the kernel relay (detach and attach again)",
+                self.target.iface
+            ));
+        }
+        let path = if v6 {
+            "/proc/sys/net/ipv6/conf/all/forwarding".to_string()
+        } else {
+            format!("/proc/sys/net/ipv4/conf/{}/forwarding", self.target.iface)
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => None,
+            _ => Some(format!(
+                "IP forwarding is off ({path}); the kernel's next-hop lookup needs it"
+            )),
+        }
+    }
+
+    /// Installs or replaces the relay of a session's flow.
+    pub(super) fn set_relay(
+        &self,
+        key: &gateway_common::FlowKey,
+        entry: &gateway_common::RelayValue,
+    ) -> Result<(), String> {
+        let _lock = self.target.lock();
+        self.maps
+            .lock()
+            .set_relay(key, entry)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Removes a session flow's relay (nothing if it has none).
+    pub(super) fn clear_relay(&self, key: &gateway_common::FlowKey) {
+        let _lock = self.target.lock();
+        if let Err(e) = self.maps.lock().clear_relay(key) {
+            warn!(error = %e, "cannot remove a kernel relay");
+        }
+    }
+
+    /// Counters of output `i` of the relay on stream slot `slot`.
+    pub(super) fn relay_stats(&self, slot: u32, i: u32) -> Option<OutputStats> {
+        self.maps.lock().relay_stats(slot, i).ok()
     }
 
     /// Puts a flow (any local address, `port`, expecting `ssrc`) in the
@@ -124,6 +183,8 @@ impl Sessions {
         else {
             return;
         };
+        // The relay first: no relay entry outlives its stream.
+        k.clear_relay(&key);
         k.del(id, &key);
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod kernel;
 pub mod media;
+mod offload;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -35,6 +36,7 @@ use crate::{
 };
 
 pub use kernel::KernelView;
+pub use offload::{LegKernel, LegPath};
 
 /// How many ended sessions are kept for the API.
 const KEEP_CLOSED: usize = 200;
@@ -180,6 +182,9 @@ pub struct LegView {
     /// Our media port it is sent from.
     pub local_port: u16,
     pub started_ms: i64,
+    /// Userspace or kernel relay, why, and the kernel's counters.
+    #[serde(flatten)]
+    pub relay: LegPath,
 }
 
 impl Session {
@@ -639,6 +644,11 @@ impl Sessions {
                 transport,
                 local_port: port,
                 started_ms: wall_ms(),
+                relay: LegPath {
+                    path: "userspace",
+                    reason: Some("starting".into()),
+                    kernel: None,
+                },
             });
         }
         self.metrics
@@ -652,6 +662,16 @@ impl Sessions {
     /// Removes a relay leg; returns true when the session is then unused
     /// (opened for relays only and no leg left): the caller ends it.
     pub fn remove_leg(&mut self, id: &str, leg: &str) -> bool {
+        let in_kernel = self.active.get(id).is_some_and(|s| {
+            s.legs
+                .iter()
+                .any(|l| l.id == leg && l.relay.kernel.is_some())
+        });
+        if in_kernel {
+            // The others go back to userspace for a moment and are handed
+            // over again as a new set.
+            self.hand_back(id, "a kernel leg of the stream ended");
+        }
         if let Some(r) = self.receivers.get(id) {
             r.legs.remove(leg);
         }

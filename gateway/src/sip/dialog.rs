@@ -481,6 +481,7 @@ impl Core {
         for (id, why) in self.sessions.idle() {
             self.close(&id, &why, true, State::Closed);
         }
+        self.sessions.offload_legs();
     }
 
     /// Closes the sessions of a device that went away.

@@ -1,7 +1,13 @@
 //! Forwarding sinks: PS/RTP to a destination with its own SSRC and
 //! sequence, optionally re-encrypted with srtp-sm4.
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc,
+    },
+};
 
 use media::rtp::{self};
 use serde::Serialize;
@@ -29,6 +35,65 @@ pub struct ForwardStats {
     pub waiting_key: bool,
     /// "udp", or "tcp" (RFC 4571).
     pub transport: &'static str,
+    /// Packets left to the kernel relay (it sent them).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub kernel_sent: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a relay leg shares with the control side, for the hand-over to
+/// the kernel relay: the leg's sequence mapping (once it has started, every
+/// packet goes out as input sequence number + delta, as the kernel's copies
+/// do), the last input packet it sent, and from which input sequence
+/// number on the kernel sends instead.
+#[derive(Debug, Default)]
+pub struct LegShared {
+    /// `MAPPED` | delta.
+    mapping: AtomicU32,
+    /// Input sequence number of the last packet sent (with `mapping`).
+    last_in: AtomicU32,
+    /// 0: userspace sends everything that reaches it; `KERNEL_FROM` | seq:
+    /// the kernel sends input sequence numbers from `seq` on.
+    kernel: AtomicU32,
+    /// Fed re-muxed (decrypted) media: the kernel cannot take it over.
+    remuxed: AtomicBool,
+}
+
+const MAPPED: u32 = 1 << 31;
+const KERNEL_FROM: u32 = 1 << 31;
+const KERNEL_ALL: u32 = 1 << 30;
+
+impl LegShared {
+    /// (delta, last input sequence number sent) once the leg has started.
+    pub fn mapping(&self) -> Option<(u16, u16)> {
+        let m = self.mapping.load(Ordering::Acquire);
+        (m & MAPPED != 0).then(|| (m as u16, self.last_in.load(Ordering::Acquire) as u16))
+    }
+
+    pub fn remuxed(&self) -> bool {
+        self.remuxed.load(Ordering::Relaxed)
+    }
+
+    /// The kernel sends from input sequence number `seq` on (`None`: the
+    /// leg sends everything that reaches it again).
+    pub fn set_kernel_from(&self, seq: Option<u16>) {
+        self.kernel
+            .store(seq.map_or(0, |s| KERNEL_FROM | s as u32), Ordering::Release);
+    }
+
+    /// The kernel sends every packet of the leg (the TC modes after the
+    /// start point): the leg sends none.
+    pub fn set_kernel_all(&self) {
+        self.kernel.store(KERNEL_ALL, Ordering::Release);
+    }
+
+    fn kernel_takes(&self, seq: u16) -> bool {
+        let k = self.kernel.load(Ordering::Acquire);
+        k & KERNEL_ALL != 0 || (k & KERNEL_FROM != 0 && (seq.wrapping_sub(k as u16) as i16) >= 0)
+    }
 }
 
 /// Re-sends the stream's RTP payloads (PS or raw, as received, in order)
@@ -44,6 +109,10 @@ pub struct Forward {
     pub(super) stats: ForwardStats,
     pub(super) srtp: Option<SrtpSender>,
     pub(super) enc_buf: Vec<u8>,
+    /// A relay leg's state shared with the control side.
+    pub(super) shared: Option<Arc<LegShared>>,
+    /// Output = input sequence number + delta (relay legs, once started).
+    delta: Option<u16>,
 }
 
 impl Forward {
@@ -67,7 +136,13 @@ impl Forward {
         let mut f = Forward::from_socket(sock, dest, ssrc)?;
         f.stats.leg = Some(id.to_string());
         f.stats.waiting_key = true;
+        f.shared = Some(Arc::default());
         Ok(f)
+    }
+
+    /// The leg's state shared with the control side (relay legs).
+    pub fn shared(&self) -> Option<Arc<LegShared>> {
+        self.shared.clone()
     }
 
     /// A TCP leg (RFC 4571: each RTP packet after a 2-byte length) on an
@@ -115,6 +190,8 @@ impl Forward {
             },
             srtp: None,
             enc_buf: Vec::new(),
+            shared: None,
+            delta: None,
         })
     }
 
@@ -125,6 +202,8 @@ impl Forward {
         self
     }
 
+    /// Sends one payload; `in_seq` is the input packet's sequence number
+    /// (`None` for re-muxed packets, which have none).
     pub(super) fn send(
         &mut self,
         pt: u8,
@@ -132,6 +211,7 @@ impl Forward {
         marker: bool,
         payload: &[u8],
         buf: &mut Vec<u8>,
+        in_seq: Option<u16>,
     ) {
         if self.stats.waiting_key {
             // A PS key frame starts with a pack carrying the system header.
@@ -139,18 +219,44 @@ impl Forward {
                 return;
             }
             self.stats.waiting_key = false;
+            if let (Some(sh), Some(s)) = (&self.shared, in_seq) {
+                let d = self.seq.wrapping_sub(s);
+                self.delta = Some(d);
+                sh.last_in.store(s as u32, Ordering::Release);
+                sh.mapping.store(MAPPED | d as u32, Ordering::Release);
+            }
         }
+        if let Some(sh) = &self.shared {
+            match in_seq {
+                Some(s) if sh.kernel_takes(s) => {
+                    self.stats.kernel_sent += 1;
+                    return;
+                }
+                Some(_) => {}
+                None => sh.remuxed.store(true, Ordering::Relaxed),
+            }
+        }
+        let seq = match (self.delta, in_seq) {
+            (Some(d), Some(s)) => s.wrapping_add(d),
+            _ => {
+                let q = self.seq;
+                self.seq = self.seq.wrapping_add(1);
+                q
+            }
+        };
         buf.clear();
         rtp::RtpHeader {
             marker,
             pt,
-            seq: self.seq,
+            seq,
             ts,
             ssrc: self.ssrc,
         }
         .write(buf);
         buf.extend_from_slice(payload);
-        self.seq = self.seq.wrapping_add(1);
+        if let (Some(sh), Some(s)) = (&self.shared, in_seq) {
+            sh.last_in.store(s as u32, Ordering::Release);
+        }
         let wire: &[u8] = match &mut self.srtp {
             Some(tx) => {
                 self.enc_buf.clear();

@@ -23,7 +23,7 @@ use serde::Serialize;
 use crypto::DecryptStats;
 
 pub use crate::config::RecordConfig;
-pub use forward::{Forward, ForwardStats};
+pub use forward::{Forward, ForwardStats, LegShared};
 pub use pipeline::Legs;
 pub(crate) use pipeline::*;
 pub use receiver::{bind, start, Bound, Receiver};
@@ -56,6 +56,11 @@ pub struct MediaStats {
     pub files: Vec<String>,
     /// TCP: peer of the media connection.
     pub peer: Option<String>,
+    /// UDP: where the media comes from, and whether it is confirmed (the
+    /// same source for `SOURCE_CONFIRM` packets in a row).
+    pub source: Option<std::net::SocketAddr>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub source_confirmed: bool,
     /// Forwarding destinations and what was sent to each.
     pub forwards: Vec<ForwardStats>,
     /// Decryption (SM4 profiles): what was decrypted, what failed and why.

@@ -45,6 +45,8 @@ pub struct Pipeline {
     pub(super) remux_buf: Vec<u8>,
     /// Legs added and removed while the stream runs.
     pub(super) legs: Legs,
+    /// Consecutive UDP packets from the current source.
+    pub(super) source_run: u32,
 }
 
 /// Forwarding legs to add or remove while a stream runs (cascade relays):
@@ -63,13 +65,23 @@ pub(super) struct LegChanges {
     /// Legs removed for good: one that arrives later (a TCP leg whose
     /// connection completed after its dialog ended) is not added.
     gone: std::collections::VecDeque<String>,
+    /// Each UDP relay leg's state shared with the control side.
+    shared: std::collections::HashMap<String, std::sync::Arc<super::forward::LegShared>>,
 }
 
 impl Legs {
+    /// A running UDP leg's state shared with the control side.
+    pub fn shared(&self, id: &str) -> Option<std::sync::Arc<super::forward::LegShared>> {
+        self.0.lock().ok()?.shared.get(id).cloned()
+    }
+
     pub fn add(&self, f: Forward) {
         if let Ok(mut c) = self.0.lock() {
-            let id = f.stats.leg.as_deref().unwrap_or("");
-            if !c.gone.iter().any(|g| g == id) {
+            let id = f.stats.leg.as_deref().unwrap_or("").to_string();
+            if !c.gone.iter().any(|g| *g == id) {
+                if let Some(sh) = f.shared() {
+                    c.shared.insert(id, sh);
+                }
                 c.add.push(f);
                 self.1.store(true, Ordering::Release);
             }
@@ -79,6 +91,7 @@ impl Legs {
     pub fn remove(&self, id: &str) {
         if let Ok(mut c) = self.0.lock() {
             c.add.retain(|f| f.stats.leg.as_deref() != Some(id));
+            c.shared.remove(id);
             c.remove.push(id.to_string());
             c.gone.push_back(id.to_string());
             if c.gone.len() > 64 {
@@ -88,6 +101,9 @@ impl Legs {
         }
     }
 }
+
+/// Packets in a row from one source that confirm it.
+pub const SOURCE_CONFIRM: u32 = 25;
 
 pub(super) const LOG_GARBAGE: u32 = 1;
 pub(super) const LOG_SSRC: u32 = 2;
@@ -142,6 +158,7 @@ impl Pipeline {
             remux: None,
             remux_buf: Vec::new(),
             legs: Legs::default(),
+            source_run: 0,
         }
     }
 
@@ -181,6 +198,20 @@ impl Pipeline {
         let first = self.logged & what == 0;
         self.logged |= what;
         first
+    }
+
+    /// The source address of the next UDP packet: a source that sent
+    /// `SOURCE_CONFIRM` packets in a row is confirmed (the kernel relay
+    /// takes only its packets).
+    pub fn source(&mut self, src: Option<std::net::SocketAddr>) {
+        let Some(src) = src else { return };
+        if self.stats.source == Some(src) {
+            self.source_run = self.source_run.saturating_add(1);
+        } else {
+            self.stats.source = Some(src);
+            self.source_run = 1;
+        }
+        self.stats.source_confirmed = self.source_run >= SOURCE_CONFIRM;
     }
 
     /// One RTP (or SRTP) packet as received, at `now_ns` (monotonic).
@@ -291,7 +322,7 @@ impl Pipeline {
                     let relay = !self.crypto.nal_encrypted();
                     if relay {
                         for f in &mut self.forwards {
-                            f.send(pt, ts, marker, payload, &mut self.fwd_buf);
+                            f.send(pt, ts, marker, payload, &mut self.fwd_buf, Some(seq));
                         }
                     }
                     let frames = match &mut self.raw {
@@ -358,6 +389,7 @@ impl Pipeline {
                             i + 1 == chunks.len(),
                             c,
                             &mut self.fwd_buf,
+                            None,
                         );
                     }
                 }

@@ -95,6 +95,7 @@ pub fn start(bound: Bound, remote: Option<SocketAddr>, mut pipe: Pipeline) -> Re
                 // counted and dropped).
                 let mut bufs = vec![vec![0u8; 8192]; 16];
                 let mut lens = [0usize; 16];
+                let mut srcs = [None; 16];
                 loop {
                     tokio::select! {
                         r = sock.readable() => {
@@ -104,12 +105,13 @@ pub fn start(bound: Bound, remote: Option<SocketAddr>, mut pipe: Pipeline) -> Re
                             loop {
                                 let got = sock.try_io(tokio::io::Interest::READABLE, || {
                                     use std::os::fd::AsFd;
-                                    crate::sys::net::recv_mmsg(sock.as_fd(), &mut bufs, &mut lens)
+                                    crate::sys::net::recv_mmsg_from(sock.as_fd(), &mut bufs, &mut lens, &mut srcs)
                                 });
                                 match got {
                                     Ok(n) => {
                                         let t = now_ns();
-                                        for (b, l) in bufs.iter().zip(&lens[..n]) {
+                                        for ((b, l), src) in bufs.iter().zip(&lens[..n]).zip(&srcs) {
+                                            pipe.source(*src);
                                             match b.get(..*l) {
                                                 Some(d) => pipe.packet(d, t),
                                                 None => pipe.oversized(),

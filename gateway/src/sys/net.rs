@@ -45,10 +45,25 @@ pub fn recv_mmsg(
     bufs: &mut [Vec<u8>],
     lens: &mut [usize],
 ) -> io::Result<usize> {
+    recv_mmsg_from(fd, bufs, lens, &mut [])
+}
+
+/// As [`recv_mmsg`], and `srcs[i]` gets the source address of datagram
+/// `i` (for the first `srcs.len()` datagrams; `None` if not IP).
+pub fn recv_mmsg_from(
+    fd: BorrowedFd<'_>,
+    bufs: &mut [Vec<u8>],
+    lens: &mut [usize],
+    srcs: &mut [Option<std::net::SocketAddr>],
+) -> io::Result<usize> {
     let n = bufs.len().min(lens.len()).min(64);
     if n == 0 {
         return Ok(0);
     }
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut names: Vec<libc::sockaddr_storage> = (0..srcs.len().min(n))
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
     let mut iov: Vec<libc::iovec> = bufs[..n]
         .iter_mut()
         .map(|b| libc::iovec {
@@ -63,9 +78,14 @@ pub fn recv_mmsg(
         m.msg_hdr.msg_iov = v;
         m.msg_hdr.msg_iovlen = 1;
     }
+    for (m, name) in msgs.iter_mut().zip(names.iter_mut()) {
+        m.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+        m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    }
     // SAFETY: `msgs` holds `n` initialised headers whose iovecs point into
-    // `bufs`, which outlive the call and are not otherwise borrowed; the
-    // kernel writes at most `iov_len` bytes into each.
+    // `bufs` and whose names (if any) point into `names`, which outlive
+    // the call and are not otherwise borrowed; the kernel writes at most
+    // `iov_len` bytes into each buffer and `msg_namelen` into each name.
     let r = unsafe {
         libc::recvmmsg(
             fd.as_raw_fd(),
@@ -80,6 +100,9 @@ pub fn recv_mmsg(
         return Err(io::Error::last_os_error());
     }
     let r = r as usize;
+    for ((src, m), name) in srcs.iter_mut().zip(&msgs[..r]).zip(&names) {
+        *src = sockaddr(name, m.msg_hdr.msg_namelen);
+    }
     for ((l, m), b) in lens.iter_mut().zip(&msgs[..r]).zip(bufs.iter()) {
         // A truncated datagram is reported as one byte longer than its
         // buffer, so the caller can tell (and drop) it.
@@ -90,6 +113,33 @@ pub fn recv_mmsg(
         };
     }
     Ok(r)
+}
+
+/// An IPv4/IPv6 socket address from a `sockaddr_storage` the kernel filled.
+fn sockaddr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    let len = len as usize;
+    match s.ss_family as i32 {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says sockaddr_in, and it fits (checked).
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says sockaddr_in6, and it fits (checked).
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }
 
 /// The driver name of an interface (ETHTOOL_GDRVINFO), looked up in the
@@ -177,7 +227,13 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let mut bufs = vec![vec![0u8; 2048]; 8];
         let mut lens = [0usize; 8];
-        let n = recv_mmsg(rx.as_fd(), &mut bufs, &mut lens).unwrap();
+        let mut srcs = [None; 2];
+        let n = recv_mmsg_from(rx.as_fd(), &mut bufs, &mut lens, &mut srcs).unwrap();
+        assert_eq!(
+            srcs[0],
+            Some(tx.local_addr().unwrap()),
+            "source of the first datagram"
+        );
         assert_eq!(n, 5);
         for i in 0..5 {
             assert_eq!(lens[i], 100 + i);

@@ -68,7 +68,10 @@ fn this_kernel_passes_every_required_check() {
         .unwrap()
         .contains("gateway_xdp"));
     let readout = check(&r, "readout")["detail"].as_str().unwrap().to_string();
-    assert!(readout.contains("COUNTERS (16)"), "{readout}");
+    assert!(
+        readout.contains(&format!("COUNTERS ({})", gateway_common::counter::COUNT)),
+        "{readout}"
+    );
     assert_eq!(
         readout.contains("read one by one"),
         !percpu_batch,
