@@ -25,6 +25,8 @@ apt_pkgs=(
   prometheus      # a real Prometheus server and promtool for the metrics tests
   python3-venv    # edge builds: the venv for Zig and cargo-zigbuild
   systemd         # edge builds: systemd-analyze checks the shipped unit
+  ethtool         # kernel relay test: full checksums from the camera's veth
+  tshark          # kernel relay test: UDP checksums of relayed packets validated
 )
 if [ "${SETUP_SKIP_APT:-0}" != 1 ]; then
   missing=()

@@ -113,6 +113,40 @@ pub(super) fn flow_list(t: &Target, a: &IfaceJson) -> Result<()> {
     Ok(())
 }
 
+pub(super) fn relay_list(t: &Target, a: &IfaceJson) -> Result<()> {
+    let mut maps = t.open()?;
+    let relays = maps.relay_views()?;
+    if a.json {
+        print_json(&relays)?;
+        return Ok(());
+    }
+    if relays.is_empty() {
+        println!("no kernel relays on {}", t.iface);
+        return Ok(());
+    }
+    for r in &relays {
+        let mode = r
+            .mode
+            .map(|m| format!("{m:?}").to_lowercase())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{} ({}) slot {} mode {mode}, source {}",
+            r.flow, r.name, r.slot, r.source
+        );
+        for o in &r.outputs {
+            let start = o
+                .start_seq
+                .map(|s| format!(" from seq {s}"))
+                .unwrap_or_default();
+            println!(
+                "  -> {} from {} ssrc {} seq +{}{start}: {} packets, {} bytes, {} left to userspace",
+                o.dest, o.from, o.ssrc, o.seq_delta, o.stats.packets, o.stats.bytes, o.stats.passed
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn stream_rows(
     now_ns: u64,
     cur: &[StreamRow],

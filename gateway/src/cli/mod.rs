@@ -49,6 +49,9 @@ pub enum Command {
     /// Manage the flow table.
     #[command(subcommand)]
     Flow(FlowCmd),
+    /// The kernel relay.
+    #[command(subcommand)]
+    Relay(RelayCmd),
     /// Per-stream counters with packet and bit rates.
     Streams(StreamsArgs),
     /// What is attached, in which mode, map fill and global counters.
@@ -209,6 +212,13 @@ pub struct SetArgs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum RelayCmd {
+    /// The streams the kernel relays: mode, confirmed source, and per
+    /// output the destination, rewrite and the kernel's counters.
+    List(IfaceJson),
+}
+
+#[derive(Subcommand, Debug)]
 pub enum FlowCmd {
     /// Add a flow: media to a local address and UDP port (and SSRC).
     Add(FlowAddArgs),
@@ -313,6 +323,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Flow(FlowCmd::Add(a)) => dataplane::flow_add(&target(&a.key.iface)?, a)?,
         Command::Flow(FlowCmd::Del(a)) => dataplane::flow_del(&target(&a.iface)?, a)?,
         Command::Flow(FlowCmd::List(a)) => dataplane::flow_list(&target(&a.iface)?, a)?,
+        Command::Relay(RelayCmd::List(a)) => dataplane::relay_list(&target(&a.iface)?, a)?,
         Command::Streams(a) => dataplane::streams(&target(&a.iface)?, a)?,
         Command::Status(a) => dataplane::status(&target(&a.iface)?, a.json)?,
         Command::Run(a) => daemon::run(&a.config, cli.netns.as_deref(), &cli.bpffs)?,

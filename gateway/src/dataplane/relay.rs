@@ -371,3 +371,67 @@ mod tests {
         assert_eq!(Mode::from_code(0), None);
     }
 }
+
+/// One relay as operators see it (`gateway relay list`, metrics).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RelayView {
+    pub flow: String,
+    pub name: String,
+    pub slot: u32,
+    pub mode: Option<Mode>,
+    /// The confirmed source the kernel takes packets from.
+    pub source: SocketAddr,
+    pub outputs: Vec<OutputView>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OutputView {
+    pub dest: SocketAddr,
+    pub from: SocketAddr,
+    pub ssrc: u32,
+    pub seq_delta: u16,
+    pub start_seq: Option<u16>,
+    /// `kernel`: these counters are the kernel's (per-CPU, summed).
+    pub counted_by: &'static str,
+    #[serde(flatten)]
+    pub stats: OutputStats,
+}
+
+fn addr(family: u8, a: &[u8; 16], port: u16) -> SocketAddr {
+    let ip = if family == FAMILY_V4 {
+        IpAddr::from([a[0], a[1], a[2], a[3]])
+    } else {
+        IpAddr::from(*a)
+    };
+    SocketAddr::new(ip, port)
+}
+
+impl Maps {
+    /// Every relay with its outputs' counters.
+    pub fn relay_views(&mut self) -> Result<Vec<RelayView>> {
+        let mut out = Vec::new();
+        for (k, v, r) in self.relays()? {
+            let mut outputs = Vec::new();
+            for (i, o) in r.out.iter().take(r.n_out as usize).enumerate() {
+                outputs.push(OutputView {
+                    dest: addr(r.family, &o.dst, o.dport),
+                    from: addr(r.family, &o.src, o.sport),
+                    ssrc: o.ssrc,
+                    seq_delta: o.seq_delta,
+                    start_seq: (o.flags & RELAY_OUT_START_SEQ != 0).then_some(o.start_seq),
+                    counted_by: "kernel",
+                    stats: self.relay_stats(v.slot, i as u32)?,
+                });
+            }
+            out.push(RelayView {
+                flow: super::flows::describe(&k),
+                name: super::flows::flow_name(&v),
+                slot: v.slot,
+                mode: Mode::from_code(r.mode),
+                source: addr(r.family, &r.src, r.sport),
+                outputs,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -226,8 +226,9 @@ impl Exporter {
             let rows = maps.streams().unwrap_or_default();
             let counters = maps.counters().ok();
             let capacity = maps.max_streams();
+            let relays = maps.relay_views().unwrap_or_default();
             self.readout.observe(t.elapsed().as_secs_f64());
-            (rows, counters, capacity)
+            (rows, counters, capacity, relays)
         });
         let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
         let by_name: HashMap<&str, &StreamSummary> = kernel
@@ -240,8 +241,9 @@ impl Exporter {
             .unwrap_or_default();
         self.streams(&mut out, &by_name);
         self.devices(&mut out);
-        if let (Some(k), Some((rows, counters, capacity))) = (&self.kernel, &kernel) {
+        if let (Some(k), Some((rows, counters, capacity, relays))) = (&self.kernel, &kernel) {
             kernel_families(&mut out, k, rows.len(), counters.as_ref(), *capacity);
+            relay_families(&mut out, relays);
         }
         self.last_len.store(out.len(), Ordering::Relaxed);
         self.scrape.observe(t0.elapsed().as_secs_f64());
@@ -461,6 +463,40 @@ impl Exporter {
             }),
         );
     }
+}
+
+/// Per relay output: what the kernel sent and what it left to userspace.
+fn relay_families(out: &mut String, relays: &[crate::dataplane::relay::RelayView]) {
+    let mut rows = Vec::new();
+    for r in relays {
+        for o in &r.outputs {
+            let mut l = String::from("stream=\"");
+            escape(&r.name, &mut l);
+            let _ = write!(l, "\",dest=\"{}\",ssrc=\"{}\"", o.dest, o.ssrc);
+            rows.push((l, o.stats));
+        }
+    }
+    family(
+        out,
+        "gateway_relay_kernel_packets_total",
+        "counter",
+        "Packets the kernel relay sent to a relay destination",
+        rows.iter().map(|(l, s)| (l.as_str(), s.packets)),
+    );
+    family(
+        out,
+        "gateway_relay_kernel_bytes_total",
+        "counter",
+        "UDP payload bytes the kernel relay sent to a relay destination",
+        rows.iter().map(|(l, s)| (l.as_str(), s.bytes)),
+    );
+    family(
+        out,
+        "gateway_relay_kernel_passed_total",
+        "counter",
+        "Packets of a kernel relay output left to the userspace relay",
+        rows.iter().map(|(l, s)| (l.as_str(), s.passed)),
+    );
 }
 
 fn kernel_families(

@@ -216,7 +216,10 @@ impl Core {
                     device: device.clone(),
                     channel: Some(channel.clone()),
                     transport: MediaTransport::Udp,
-                    record: None,
+                    // A superior's live view is relayed, not recorded here
+                    // (it records on its side); a relay-only stream is
+                    // then the kernel relay's whole job.
+                    record: Some(false),
                     forward: Vec::new(),
                     srtp: false,
                 };

@@ -37,6 +37,7 @@ mod check;
 mod cli_errors;
 mod dashboards;
 mod dist;
+mod kernel_relay;
 mod media_bad_input;
 mod media_netns;
 mod media_sessions;
