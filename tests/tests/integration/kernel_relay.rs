@@ -388,7 +388,6 @@ fn root_kernel_relay_camera_edge_central() {
     // delimiters are the recorder's own).
     let nals = |b: &[u8]| -> Vec<Vec<u8>> {
         media::h26x::split_annexb(b)
-            .into_iter()
             .filter(|n| n.first().is_some_and(|h| h & 0x1f != 9))
             .map(|n| n.to_vec())
             .collect()
