@@ -424,6 +424,11 @@ fn relay_xdp(
     }
 }
 
+#[xdp]
+pub fn gateway_xdp_noop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[classifier]
 pub fn gateway_tc_ingress(ctx: TcContext) -> i32 {
     relay_tc(&ctx)

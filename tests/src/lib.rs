@@ -7,6 +7,7 @@
 //! Tests that need root (BPF, namespaces) call [`require_root`] and are
 //! skipped with a printed reason otherwise; CI runs as root.
 
+pub mod benchmedia;
 pub mod cli;
 pub mod frames;
 pub mod netns;

@@ -224,6 +224,7 @@ fn main() -> Result<()> {
                 "crypto-bench",
                 "metrics-bench",
                 "cascade-bench",
+                "relay-bench",
             ] {
                 let mut c = Command::new(target_dir().join("release").join(b));
                 if quick {

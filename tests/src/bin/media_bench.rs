@@ -30,76 +30,12 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use gateway_tests::benchmedia::{encode, rtp_frames};
 use gateway_tests::sipp::{free_port, Daemon, TempDir};
-use media::{ps::PsDemuxer, ps::PsMuxer, rtp::RtpHeader, Codec};
-
-fn encode(dir: &Path, secs: u32) -> Result<Vec<Vec<u8>>> {
-    let out = dir.join("src.h264");
-    let secs = secs.to_string();
-    gateway_tests::testmedia::ffmpeg_encode(
-        &out,
-        "testsrc2=size=1280x720:rate=25",
-        &[
-            "-t",
-            &secs,
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-b:v",
-            "4M",
-            "-maxrate",
-            "4M",
-            "-bufsize",
-            "2M",
-            "-g",
-            "50",
-            "-bf",
-            "0",
-            "-bsf:v",
-            "h264_metadata=aud=insert",
-            "-f",
-            "h264",
-        ],
-    )?;
-    let aus = gateway_tests::testmedia::split_aus(&std::fs::read(&out)?);
-    Ok(aus)
-}
+use media::{ps::PsDemuxer, ps::PsMuxer, Codec};
 
 fn best_of(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
     (0..n).map(|_| f()).min().unwrap_or_default()
-}
-
-/// The RTP packets of each access unit, PS-muxed and cut at 1388 bytes
-/// (sequence numbers and timestamps are rewritten per stream when sent).
-fn rtp_frames(aus: &[Vec<u8>]) -> Vec<Vec<Vec<u8>>> {
-    let mut frame_pkts: Vec<Vec<Vec<u8>>> = Vec::new();
-    let mut mux = PsMuxer::new(Codec::H264);
-    for (i, au) in aus.iter().enumerate() {
-        let mut p = Vec::new();
-        mux.write_video(au, i as u64 * 3600, None, &mut p);
-        let cs: Vec<&[u8]> = media::ps::packetize_rtp(&p, 1388).collect();
-        let n = cs.len();
-        frame_pkts.push(
-            cs.into_iter()
-                .enumerate()
-                .map(|(j, c)| {
-                    let mut v = Vec::with_capacity(c.len() + 12);
-                    RtpHeader {
-                        marker: j + 1 == n,
-                        pt: 96,
-                        seq: 0,
-                        ts: i as u32 * 3600,
-                        ssrc: 1,
-                    }
-                    .write(&mut v);
-                    v.extend_from_slice(c);
-                    v
-                })
-                .collect(),
-        );
-    }
-    frame_pkts
 }
 
 /// What one run of `n` streams measured.
