@@ -26,6 +26,8 @@ pub mod map_names {
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const VLAN_DEVS: &str = "VLAN_DEVS";
     pub const TC_JUMP: &str = "TC_JUMP";
+    pub const PORT_ANY_FLOW: &str = "PORT_ANY_FLOW";
+    pub const FLOW_SLOTS: &str = "FLOW_SLOTS";
 }
 
 /// Program names in the object file.

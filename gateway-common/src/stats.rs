@@ -79,7 +79,10 @@ pub struct StreamStats {
     pub last_pt: u8,
     pub flags: u8,
     pub _pad: [u8; 2],
-    pub _reserved: [u8; 12],
+    /// RTP timestamp of the last packet (the XDP program reads the clock
+    /// only when it changes: once per video frame).
+    pub last_ts: u32,
+    pub _reserved: [u8; 8],
 }
 const _: () = assert!(core::mem::size_of::<StreamStats>() == 128);
 
@@ -113,6 +116,18 @@ pub fn ns_to_units(ns: u64, rate: u32) -> u32 {
     ((ns / 1_000) * rate as u64 / 1_000_000) as u32
 }
 
+/// The arrival time to account a packet with: a packet that carries the
+/// previous packet's RTP timestamp and SSRC (the rest of a video frame,
+/// sent in one burst) reuses that packet's arrival time, so the caller
+/// reads the clock once per frame (`None`: read it). Jitter is then the
+/// spread of frames' arrivals, which is what a player's buffer absorbs;
+/// within a burst the difference is a few microseconds.
+#[inline(always)]
+pub fn reuse_arrival(s: &StreamStats, h: &RtpHeader) -> Option<u64> {
+    (s.flags & SEQ_INIT != 0 && s.last_ns != 0 && s.last_ts == h.timestamp && s.ssrc == h.ssrc)
+        .then_some(s.last_ns)
+}
+
 /// Accounts one RTP packet of `len` UDP payload bytes that arrived at
 /// `now_ns` into this CPU's slot. `expected_ssrc`: the SSRC the flow insists
 /// on, if any. Never panics; all arithmetic wraps.
@@ -132,6 +147,7 @@ pub fn update(
     }
     s.last_ns = now_ns;
     s.last_pt = h.payload_type;
+    s.last_ts = h.timestamp;
 
     if let Some(want) = expected_ssrc {
         if h.ssrc != want {

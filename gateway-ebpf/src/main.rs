@@ -56,6 +56,17 @@ static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(1, 0);
 #[map]
 static STREAM_STATS: Array<StreamStats> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
+/// Per UDP port: stream slot + 1 of its port-level any-address flow (the
+/// kind the daemon's sessions use), 0 for none: with `FLOW_SLOTS`, two
+/// array lookups instead of hashing a 24-byte key.
+#[map]
+static PORT_ANY_FLOW: Array<u32> = Array::with_max_entries(PORT_FLAGS_ENTRIES, 0);
+
+/// A copy of each flow's value, by stream slot (for `PORT_ANY_FLOW`).
+/// Sized at load time.
+#[map]
+static FLOW_SLOTS: Array<FlowValue> = Array::with_max_entries(1, 0);
+
 /// Per UDP port: which kinds of flow keys exist (PORT_* bits).
 #[map]
 static PORT_FLAGS: Array<u32> = Array::with_max_entries(PORT_FLAGS_ENTRIES, 0);
@@ -176,11 +187,24 @@ fn lookup(u: &Udp, pflags: u32, ssrc: Option<u32>) -> Option<*mut FlowValue> {
         }
     }
     if pflags & PORT_ANY != 0 {
+        if let Some(v) = any_flow(u.dport) {
+            return Some(v);
+        }
         if let Some(v) = FLOWS.get_ptr_mut(&key(u, true, None)) {
             return Some(v);
         }
     }
     None
+}
+
+/// The port-level any-address flow of `port` through the arrays.
+#[inline(always)]
+fn any_flow(port: u16) -> Option<*mut FlowValue> {
+    let idx = match PORT_ANY_FLOW.get(port as u32) {
+        Some(i) if *i != 0 => *i,
+        _ => return None,
+    };
+    FLOW_SLOTS.get_ptr_mut(idx - 1)
 }
 
 #[inline(always)]
@@ -266,9 +290,16 @@ fn classify(ctx: &XdpContext) -> u32 {
     // SAFETY: map value pointer from a successful lookup; the kernel keeps
     // the element alive for the duration of the program.
     let flow = unsafe { &*f };
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(s) = stream_slot(flow) {
+    let slot = stream_slot(flow);
+    // One clock read per video frame (see stats::reuse_arrival): the clock
+    // is the most expensive step of the count path.
+    // SAFETY: this CPU's own slot of the stream; no other CPU writes it.
+    let now = match slot.and_then(|s| stats::reuse_arrival(unsafe { &*s }, &h)) {
+        Some(t) => t,
+        // SAFETY: helper without side effects.
+        None => unsafe { bpf_ktime_get_ns() },
+    };
+    if let Some(s) = slot {
         let expected = if flow.flags & FLOW_EXPECT_SSRC != 0 {
             Some(flow.expected_ssrc)
         } else {

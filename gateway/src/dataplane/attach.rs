@@ -155,6 +155,7 @@ pub fn load(max_streams: u32, pin_dir: Option<&Path>) -> Result<(aya::Ebpf, Maps
         .map_max_entries(map_names::FLOWS, max_streams)
         .map_max_entries(map_names::STREAM_STATS, slots)
         .map_max_entries(map_names::RELAYS, max_streams)
+        .map_max_entries(map_names::FLOW_SLOTS, max_streams)
         .map_max_entries(
             map_names::RELAY_STATS,
             max_streams * gateway_common::RELAY_MAX_OUT as u32,

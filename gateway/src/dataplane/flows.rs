@@ -201,6 +201,7 @@ impl Maps {
             _ => Error::io("inserting the flow", e),
         })?;
         used[slot as usize] = true;
+        self.sync_fast(&key, Some(&value))?;
         Ok((key, value))
     }
 
@@ -209,6 +210,7 @@ impl Maps {
         let value: FlowValue = get(&self.flows, key)
             .map_err(|e| Error::io("reading the flow table", e))?
             .ok_or_else(|| Error::NoSuchFlow(describe(key)))?;
+        self.sync_fast(key, None)?;
         if !sys::delete_elem(self.flows.fd().as_fd(), sys::pod_bytes(key))
             .map_err(|e| Error::io("deleting the flow", e))?
         {

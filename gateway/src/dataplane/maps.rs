@@ -63,6 +63,9 @@ pub struct Maps {
     /// The relay maps (`None`: pinned by a version without the kernel relay;
     /// re-attach to get it).
     pub(crate) relay: Option<RelayMaps>,
+    /// The port-level any-address fast path (`None`: pinned by a version
+    /// without it; the hash lookup serves).
+    pub(crate) fast: Option<FastMaps>,
     mmap: MmapArray,
     ncpus: u32,
     max_streams: u32,
@@ -70,6 +73,12 @@ pub struct Maps {
     counter_reader: BatchReader,
     egress_reader: BatchReader,
     slot_buf: Vec<u8>,
+}
+
+/// `PORT_ANY_FLOW` and `FLOW_SLOTS`.
+pub(crate) struct FastMaps {
+    pub(crate) port_any_flow: MapData,
+    pub(crate) flow_slots: MapData,
 }
 
 /// The kernel relay's maps.
@@ -119,6 +128,10 @@ impl Maps {
             tx_ports: take(map_names::TX_PORTS)?,
             vlan_devs: take(map_names::VLAN_DEVS)?,
         };
+        let fast = FastMaps {
+            port_any_flow: take(map_names::PORT_ANY_FLOW)?,
+            flow_slots: take(map_names::FLOW_SLOTS)?,
+        };
         Self::new(
             flows,
             stream_stats,
@@ -127,6 +140,7 @@ impl Maps {
             counters,
             egress,
             Some(relay),
+            Some(fast),
         )
     }
 
@@ -145,6 +159,12 @@ impl Maps {
                 vlan_devs: open(map_names::VLAN_DEVS).ok()?,
             })
         })();
+        let fast = (|| {
+            Some(FastMaps {
+                port_any_flow: open(map_names::PORT_ANY_FLOW).ok()?,
+                flow_slots: open(map_names::FLOW_SLOTS).ok()?,
+            })
+        })();
         Self::new(
             open(map_names::FLOWS)?,
             open(map_names::STREAM_STATS)?,
@@ -153,6 +173,7 @@ impl Maps {
             open(map_names::COUNTERS)?,
             open(map_names::EGRESS)?,
             relay,
+            fast,
         )
     }
 
@@ -164,6 +185,7 @@ impl Maps {
         counters: MapData,
         egress: MapData,
         relay: Option<RelayMaps>,
+        fast: Option<FastMaps>,
     ) -> Result<Self> {
         let ncpus = possible_cpus()?;
         let info = stream_stats.info().map_err(|e| Error::bpf("map info", e))?;
@@ -197,6 +219,7 @@ impl Maps {
             counters,
             egress,
             relay,
+            fast,
             mmap,
             ncpus,
             max_streams,
@@ -282,6 +305,29 @@ impl Maps {
     }
 
     /// Zeroes a stream slot (all CPUs) before it is given to a new flow.
+    /// Keeps the port-level any-address fast path in step with the flow
+    /// table for `key`: its value by slot, then the port's index (or, with
+    /// `None`, the port's index cleared first).
+    pub(crate) fn sync_fast(&self, key: &FlowKey, value: Option<&FlowValue>) -> Result<()> {
+        let Some(f) = &self.fast else {
+            return Ok(());
+        };
+        if key.family != gateway_common::FAMILY_ANY || key.by_ssrc != 0 {
+            return Ok(());
+        }
+        let port = key.port as u32;
+        match value {
+            Some(v) => {
+                put(&f.flow_slots, &v.slot, v, 0)
+                    .map_err(|e| Error::io("writing FLOW_SLOTS", e))?;
+                put(&f.port_any_flow, &port, &(v.slot + 1), 0)
+                    .map_err(|e| Error::io("writing PORT_ANY_FLOW", e))
+            }
+            None => put(&f.port_any_flow, &port, &0u32, 0)
+                .map_err(|e| Error::io("clearing PORT_ANY_FLOW", e)),
+        }
+    }
+
     pub(crate) fn zero_slot(&self, slot: u32) -> bool {
         let size = self.ncpus as usize * size_of::<StreamStats>();
         self.mmap.zero(slot as usize * size, size)

@@ -192,6 +192,7 @@ impl Maps {
         if f.flags != flow.flags {
             put(&self.flows, key, &f, sys::bpf::BPF_EXIST)
                 .map_err(|e| Error::io("marking the flow relayed", e))?;
+            self.sync_fast(key, Some(&f))?;
             self.refresh_port(key.port)?;
         }
         Ok(())
@@ -213,6 +214,7 @@ impl Maps {
             f.flags &= !(FLOW_RELAY | FLOW_RELAY_TC);
             put(&self.flows, key, &f, sys::bpf::BPF_EXIST)
                 .map_err(|e| Error::io("unmarking the flow", e))?;
+            self.sync_fast(key, Some(&f))?;
             self.refresh_port(key.port)?;
         }
         put(

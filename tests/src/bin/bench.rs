@@ -37,10 +37,22 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn specs(n: u32) -> Vec<FlowSpec> {
+/// `n` flows; `any`: port-level any-address flows expecting an SSRC, as
+/// the daemon's sessions are (the array fast path), else keyed by the
+/// exact address (and beyond 1 000 streams by SSRC: the hash path).
+fn specs(n: u32, any: bool) -> Vec<FlowSpec> {
     (0..n)
         .map(|i| {
             let port = 30000 + (i % 1000) as u16;
+            if any {
+                return FlowSpec {
+                    local: Some(SocketAddr::from(([0, 0, 0, 0], port))),
+                    ssrc: None,
+                    expect_ssrc: Some(7),
+                    name: String::new(),
+                    clock_rate: 90_000,
+                };
+            }
             FlowSpec {
                 local: Some(SocketAddr::from(([198, 18, 0, 1], port))),
                 // Beyond 1 000 streams, several share a port split by SSRC.
@@ -74,10 +86,24 @@ fn xdp_cost(quick: bool) -> anyhow::Result<()> {
         "\n## XDP cost per packet (BPF_PROG_TEST_RUN, repeat {repeat}, {samples} streams sampled)"
     );
     println!(
-        "{:>8} {:>12} {:>12} {:>12} {:>12} {:>8}",
-        "streams", "empty ns", "full ns", "full-empty", "other-udp ns", "ratio"
+        "{:>5} {:>7} {:>10} {:>10} {:>11} {:>8} {:>10} {:>11} {:>7}",
+        "key",
+        "streams",
+        "empty ns",
+        "full ns",
+        "full-empty",
+        "arp ns",
+        "other-udp",
+        "no-flow ns",
+        "ratio"
     );
-    for n in [1u32, 1000, 65536] {
+    for (n, any) in [
+        (1u32, false),
+        (1000, false),
+        (65536, false),
+        (1, true),
+        (1000, true),
+    ] {
         let (mut ebpf, mut maps) = attach::load(n.max(64), None)?;
         for name in ["gateway_xdp", "gateway_xdp_noop"] {
             let p: &mut Xdp = ebpf
@@ -95,7 +121,7 @@ fn xdp_cost(quick: bool) -> anyhow::Result<()> {
         }
         .apply(&mut cfg);
         maps.set_config(&cfg)?;
-        let added = maps.add_flows(&specs(n))?;
+        let added = maps.add_flows(&specs(n, any))?;
         let (mut empty, mut full) = (0.0, 0.0);
         let picks: Vec<usize> = (0..samples)
             .map(|i| (i as usize * added.len()) / samples as usize)
@@ -117,18 +143,37 @@ fn xdp_cost(quick: bool) -> anyhow::Result<()> {
         }
         let other = Frame::rtp("198.18.0.1", 5060, &Rtp::new(1, 1)).bytes();
         let other_ns = run_ns(&mut ebpf, "gateway_xdp", &other, repeat)?;
+        // A media port without a flow (dropped): parse, RTP check, lookups.
+        let unknown = Frame::rtp("198.18.0.1", 30999, &Rtp::new(1, 1)).bytes();
+        let unknown_ns = run_ns(&mut ebpf, "gateway_xdp", &unknown, repeat)?;
+        let arp_ns = run_ns(
+            &mut ebpf,
+            "gateway_xdp",
+            &gateway_tests::frames::arp(),
+            repeat,
+        )?;
         let (empty, full) = (empty / picks.len() as f64, full / picks.len() as f64);
         println!(
-            "{:>8} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>8.2}",
+            "{:>5} {:>7} {:>10.1} {:>10.1} {:>11.1} {:>8.1} {:>10.1} {:>11.1} {:>7.2}",
+            if any { "any" } else { "exact" },
             n,
             empty,
             full,
             full - empty,
+            arp_ns,
             other_ns,
+            unknown_ns,
             full / empty.max(0.001)
         );
     }
-    println!("(repeating one frame exercises the duplicate-sequence path after the first run; goal: full-empty <= 30 ns)");
+    println!(
+        "(key exact: flows keyed by address and port (and SSRC beyond 1 000 streams), hash lookups; \
+         any: port-level any-address flows as the daemon's sessions, array lookups. \
+         full: a packet of a flow, parsed, matched, counted; arp: not IP; other-udp: UDP to a port \
+         with no flow outside the media range; no-flow: RTP to a media port without a flow, dropped. \
+         Repeating one frame exercises the duplicate-sequence path after the first run; goal: \
+         full-empty <= 30 ns)"
+    );
     Ok(())
 }
 
@@ -157,7 +202,7 @@ fn readout(quick: bool) -> anyhow::Result<()> {
     }
     // The production path: flows + mmapped per-CPU slots.
     let (_ebpf, mut maps) = attach::load(N, None)?;
-    maps.add_flows(&specs(N))?;
+    maps.add_flows(&specs(N, false))?;
 
     let merge = |bytes: &[u8]| -> stats::StreamSummary {
         let slots: Vec<StreamStats> = (0..ncpus)

@@ -503,4 +503,26 @@ fn ssrc_split_and_mismatch() {
         (sc.packets, sc.ssrc_mismatch, sc.received, sc.lost),
         (8, 3, 5, 0)
     );
+
+    // The port-level any-address flow is found through the arrays
+    // (PORT_ANY_FLOW, FLOW_SLOTS): once deleted, and its slot given to a
+    // flow on another port, its port's packets match nothing.
+    let key = gateway::dataplane::make_key("0.0.0.0:30020".parse().unwrap(), None);
+    h.maps.del_flow(&key).unwrap();
+    let (_, d) = h.flow("0.0.0.0:30030", None, Some(300));
+    assert_eq!(d.slot, c.slot, "the slot is reused");
+    let before = h.counters();
+    h.run(&Frame::rtp(GW, 30020, &Rtp::new(9, 300)).bytes());
+    let after = h.counters();
+    assert_eq!(
+        after[counter::UNKNOWN_PASSED as usize],
+        before[counter::UNKNOWN_PASSED as usize] + 1,
+        "the deleted flow's port is unknown"
+    );
+    h.run(&Frame::rtp(GW, 30030, &Rtp::new(9, 300)).bytes());
+    assert_eq!(
+        h.stream(d.slot).packets,
+        1,
+        "the new flow counts its own port"
+    );
 }
