@@ -75,6 +75,12 @@ pub struct Maps {
     slot_buf: Vec<u8>,
 }
 
+/// Maps a version of the programs may lack (pinned by an older one).
+struct OptionalMaps {
+    relay: Option<RelayMaps>,
+    fast: Option<FastMaps>,
+}
+
 /// `PORT_ANY_FLOW` and `FLOW_SLOTS`.
 pub(crate) struct FastMaps {
     pub(crate) port_any_flow: MapData,
@@ -139,8 +145,10 @@ impl Maps {
             config,
             counters,
             egress,
-            Some(relay),
-            Some(fast),
+            OptionalMaps {
+                relay: Some(relay),
+                fast: Some(fast),
+            },
         )
     }
 
@@ -172,8 +180,7 @@ impl Maps {
             open(map_names::CONFIG)?,
             open(map_names::COUNTERS)?,
             open(map_names::EGRESS)?,
-            relay,
-            fast,
+            OptionalMaps { relay, fast },
         )
     }
 
@@ -184,9 +191,9 @@ impl Maps {
         config: MapData,
         counters: MapData,
         egress: MapData,
-        relay: Option<RelayMaps>,
-        fast: Option<FastMaps>,
+        optional: OptionalMaps,
     ) -> Result<Self> {
+        let OptionalMaps { relay, fast } = optional;
         let ncpus = possible_cpus()?;
         let info = stream_stats.info().map_err(|e| Error::bpf("map info", e))?;
         let slots = info.max_entries();
