@@ -267,11 +267,19 @@ fn per_stream(quick: bool) -> Result<()> {
     let frame_pkts = rtp_frames(&aus);
     let pkts_per_sec =
         frame_pkts.iter().map(Vec::len).sum::<usize>() as f64 / frame_pkts.len() as f64 * 25.0;
-    let secs = if quick { 3.0 } else { 6.0 };
+    // Full: at least a million packets per run (whole-machine CPU time is
+    // counted in 10 ms ticks), 6 to 30 s.
+    let secs_for = |n: usize| {
+        if quick {
+            3.0
+        } else {
+            (1e6 / (n as f64 * pkts_per_sec)).clamp(6.0, 30.0)
+        }
+    };
     let reps = if quick { 2 } else { 3 };
     let counts: &[usize] = if quick { &[300] } else { &[100, 1000] };
     println!(
-        "\n## CPU per relayed 4 Mbit/s stream ({pkts_per_sec:.0} packets/s each; {secs} s per run; \
+        "\n## CPU per relayed 4 Mbit/s stream ({pkts_per_sec:.0} packets/s each; \
          whole-machine busy time from /proc/stat; the median of {reps} runs per mode)"
     );
     println!(
@@ -279,6 +287,7 @@ fn per_stream(quick: bool) -> Result<()> {
         "streams", "mode", "sent", "delivered", "busy s", "ns/packet", "%core/stream"
     );
     for &n in counts {
+        let secs = secs_for(n);
         let chain = NetnsChain::new("rbs", 3)?;
         let (snd, gw, sink) = (&chain.ns[0], &chain.ns[1], &chain.ns[2]);
         let (down, up) = (&chain.links[0], &chain.links[1]);
@@ -421,7 +430,7 @@ fn per_stream(quick: bool) -> Result<()> {
             let pct = x * pkts_per_sec * 100.0;
             extra.push(x);
             println!(
-                "{n:>7} {mode:>10} {:>10} {:>10} {:>10.2} {:>12.0} {:>14}",
+                "{n:>7} {mode:>10} {:>10} {:>10} {:>10.2} {:>12.0} {:>14}  ({:.0} s)",
                 r.sent,
                 r.delivered,
                 r.busy,
@@ -430,9 +439,9 @@ fn per_stream(quick: bool) -> Result<()> {
                     "(baseline)".to_string()
                 } else {
                     format!("{pct:.3}")
-                }
+                },
+                r.secs
             );
-            let _ = r.secs;
         }
         // /proc/stat counts 10 ms ticks: below two ticks per run the
         // kernel's extra is not resolved, and the ratio is a lower bound.
