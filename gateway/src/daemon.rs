@@ -72,6 +72,15 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
     if let (Some(target), Some(maps)) = (target, &maps) {
         let _lock = target.lock()?;
         let mut maps = maps.lock();
+        // Relays of a daemon before this one (kept attached) have no
+        // dialog any more: the kernel must not go on sending for them.
+        let stale = maps.clear_relays().context("clearing stale relays")?;
+        if stale > 0 {
+            warn!(
+                count = stale,
+                "removed kernel relays left by the previous daemon"
+            );
+        }
         for spec in cfg.flows.iter().map(FlowSpec::from) {
             match maps.add_flow(&spec) {
                 Ok((k, v)) => info!(flow = %describe(&k), slot = v.slot, "flow added"),

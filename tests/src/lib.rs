@@ -8,6 +8,7 @@
 //! skipped with a printed reason otherwise; CI runs as root.
 
 pub mod benchmedia;
+pub mod chain;
 pub mod cli;
 pub mod frames;
 pub mod netns;
@@ -17,6 +18,7 @@ pub mod sipclient;
 pub mod sipp;
 pub mod testmedia;
 pub mod unpriv;
+pub mod xdp;
 
 use std::path::PathBuf;
 

@@ -270,6 +270,20 @@ impl Maps {
         Ok(out)
     }
 
+    /// Removes every relay (a daemon starting on an attachment it adopts:
+    /// the relays of the one before have no dialog any more). Returns how
+    /// many there were.
+    pub fn clear_relays(&mut self) -> Result<usize> {
+        if self.relay.is_none() {
+            return Ok(0);
+        }
+        let keys: Vec<FlowKey> = self.relays()?.into_iter().map(|(k, _, _)| k).collect();
+        for k in &keys {
+            self.clear_relay(k)?;
+        }
+        Ok(keys.len())
+    }
+
     /// Lets XDP redirect relayed packets to interface `ifindex` (it must
     /// accept XDP frames: a driver with ndo_xdp_xmit, a veth whose peer
     /// runs XDP or has GRO on).

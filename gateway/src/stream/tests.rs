@@ -388,3 +388,58 @@ fn rotation_starts_new_files_at_key_frames() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A relay leg numbers its packets input sequence + a fixed delta from its
+/// first key frame on, and leaves to the kernel what the hand-over says:
+/// from a start point, then everything; handed back, it sends again.
+#[test]
+fn leg_sequence_mapping_and_kernel_hand_over() {
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut f = Forward::leg("leg1", tx, rx.local_addr().unwrap(), 4242).unwrap();
+    let sh = f.shared().expect("a leg shares its state");
+    let mut buf = Vec::new();
+    let key = [0u8, 0, 1, 0xBA, 0x44, 0, 0, 0, 0, 0, 0, 1, 0xBB, 0, 0];
+    let recv_seq = |rx: &std::net::UdpSocket| {
+        let mut b = [0u8; 2048];
+        let n = rx.recv(&mut b).unwrap();
+        let p = rtp::parse(&b[..n]).unwrap();
+        assert_eq!(p.ssrc, 4242);
+        p.sequence
+    };
+    // Not started: no mapping yet; a non-key payload is not sent.
+    f.send(96, 0, false, b"not a key frame", &mut buf, Some(65530));
+    assert_eq!(sh.mapping(), None);
+    // The key frame starts it: out = in + delta.
+    f.send(96, 0, false, &key, &mut buf, Some(65534));
+    let (delta, last) = sh.mapping().expect("mapped once started");
+    assert_eq!(last, 65534);
+    let first = recv_seq(&rx);
+    assert_eq!(first, 65534u16.wrapping_add(delta));
+    // A gap stays a gap (across the wrap).
+    f.send(96, 0, false, b"p", &mut buf, Some(2));
+    assert_eq!(recv_seq(&rx), 2u16.wrapping_add(delta));
+    // The kernel takes from input 10 on: 5 is still the leg's, 10 is not.
+    sh.set_kernel_from(Some(10));
+    f.send(96, 0, false, b"p", &mut buf, Some(5));
+    assert_eq!(recv_seq(&rx), 5u16.wrapping_add(delta));
+    f.send(96, 0, false, b"p", &mut buf, Some(10));
+    f.send(96, 0, false, b"p", &mut buf, Some(40000));
+    assert_eq!(f.stats.kernel_sent, 1, "10 left to the kernel");
+    // 40000 is behind 10 in serial arithmetic: the leg's to send.
+    assert_eq!(recv_seq(&rx), 40000u16.wrapping_add(delta));
+    // The kernel takes all: nothing is sent.
+    sh.set_kernel_all();
+    f.send(96, 0, false, b"p", &mut buf, Some(41000));
+    assert_eq!(f.stats.kernel_sent, 2);
+    // Handed back: the leg sends everything again, same numbering.
+    sh.set_kernel_from(None);
+    f.send(96, 0, false, b"p", &mut buf, Some(41001));
+    assert_eq!(recv_seq(&rx), 41001u16.wrapping_add(delta));
+    assert_eq!(sh.mapping().map(|m| m.1), Some(41001));
+    // Re-muxed packets (no input number) mark the leg as not for the kernel.
+    assert!(!sh.remuxed());
+    f.send(96, 0, false, b"p", &mut buf, None);
+    assert!(sh.remuxed());
+}

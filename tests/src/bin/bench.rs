@@ -12,7 +12,7 @@
 
 use std::{net::SocketAddr, os::fd::AsFd, time::Instant};
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use gateway::{
     dataplane::{
         attach::{self, Settings},
@@ -66,17 +66,7 @@ fn specs(n: u32, any: bool) -> Vec<FlowSpec> {
 }
 
 fn run_ns(ebpf: &mut aya::Ebpf, prog: &str, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
-    let p: &mut Xdp = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| anyhow::anyhow!("no {prog}"))?
-        .try_into()?;
-    let r = p.test_run(TestRunOptions {
-        data_in: Some(frame),
-        repeat,
-        ..Default::default()
-    })?;
-    // The kernel reports the mean time per repetition.
-    Ok(r.duration.as_nanos() as f64)
+    Ok(gateway_tests::xdp::run(ebpf, prog, frame, None, repeat)?.ns)
 }
 
 fn xdp_cost(quick: bool) -> anyhow::Result<()> {

@@ -32,7 +32,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use gateway::dataplane::{
     attach::{self, Mode as AttachMode, Settings, Target},
     flows::FlowSpec,
@@ -122,20 +122,8 @@ fn run_ns(
     ifindex: u32,
     repeat: u32,
 ) -> Result<(f64, u32)> {
-    let p: &mut Xdp = ebpf
-        .program_mut(prog)
-        .with_context(|| format!("program {prog}"))?
-        .try_into()?;
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    let r = p.test_run(TestRunOptions {
-        data_in: Some(frame),
-        ctx_in: Some(&ctx),
-        repeat,
-        ..Default::default()
-    })?;
-    Ok((r.duration.as_nanos() as f64, r.return_value))
+    let r = gateway_tests::xdp::run(ebpf, prog, frame, Some(ifindex), repeat)?;
+    Ok((r.ns, r.verdict))
 }
 
 fn per_packet(quick: bool) -> Result<()> {

@@ -9,7 +9,6 @@
 //! reused by a relay and outlives it.
 
 use std::{
-    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -17,6 +16,7 @@ use std::{
 use serde_json::Value;
 
 use gateway_tests::{
+    chain::{config, delete_stream, first_key_frame, sessions_on, sim_streams, stream, wait_sim},
     netns::NetnsChain,
     require_root, sim,
     sipp::{free_port, Daemon, TempDir},
@@ -31,75 +31,11 @@ const EDGE: &str = "34020000002000000001";
 const CENTRAL: &str = "34010000002000000001";
 const FRAMES: usize = 100;
 
-/// Writes a gateway config `<name>.toml` (its log: `<name>.log`) in `dir`.
-fn config(dir: &Path, name: &str, api_port: u16, body: &str) -> PathBuf {
-    let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "{body}\
-             [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n\
-             [store]\npath = \"{}\"\n",
-            dir.join(format!("{name}.redb")).display()
-        ),
-    )
-    .unwrap();
-    cfg
-}
-
-/// The active sessions of `d` on `device`'s `channel`.
-fn sessions_on(d: &Daemon, device: &str, channel: &str) -> Vec<Value> {
-    let v = d.get("/api/streams").unwrap();
-    v["streams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["device"] == device && s["channel"] == channel && s["closed_ms"].is_null())
-        .cloned()
-        .collect()
-}
-
-fn stream(d: &Daemon, id: &str) -> Value {
-    d.get(&format!("/api/streams/{id}")).unwrap()
-}
-
-fn delete_stream(d: &Daemon, id: &str) {
-    let (code, v) = d
-        .request("DELETE", &format!("/api/streams/{id}"), None)
-        .unwrap();
-    assert_eq!(code, 200, "DELETE /api/streams/{id}: {v}");
-}
-
-/// The gb-sim report's streams on `channel`.
-fn sim_streams(status: &Path, channel: &str) -> Vec<Value> {
-    sim::report(status)["streams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["channel"] == channel)
-        .cloned()
-        .collect()
-}
-
 fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// Waits (bounded) for gb-sim's report to satisfy `f`.
-fn wait_sim(status: &Path, what: &str, f: impl Fn(&Value) -> bool) {
-    let t0 = Instant::now();
-    while !f(&sim::report(status)) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{what}: not reached; gb-sim report: {}",
-            sim::report(status)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -311,11 +247,7 @@ fn root_cascade_relay_camera_edge_central() {
     };
     // The leg started at a key frame: the frames from there on are what
     // it forwarded.
-    let first = (0..FRAMES)
-        .find(|&k| frames[k].1 && frames[k..].iter().map(|f| f.0).sum::<u64>() == forwarded)
-        .unwrap_or_else(|| {
-            panic!("{forwarded} packets forwarded: not the packets from any key frame on")
-        });
+    let first = first_key_frame(&frames, forwarded);
     let expected = (FRAMES - first) as u64;
     eprintln!(
         "relay leg started at frame {first}: {expected} of {FRAMES} frames, \

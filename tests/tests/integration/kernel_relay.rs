@@ -26,6 +26,7 @@ use std::{
 use serde_json::Value;
 
 use gateway_tests::{
+    chain::{config, delete_stream, first_key_frame, sessions_on, stream, wait_sim},
     cli::gateway_in,
     netns::NetnsChain,
     require_root, sim,
@@ -38,22 +39,6 @@ const EDGE: &str = "34020000002000000001";
 const CENTRAL: &str = "34010000002000000001";
 /// 12 s at 25 fps, a key frame every second: time for the hand-over.
 const FRAMES: usize = 300;
-
-fn config(dir: &Path, name: &str, api_port: u16, body: &str) -> PathBuf {
-    let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "{body}\
-             [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n\
-             [store]\npath = \"{}\"\n",
-            dir.join(format!("{name}.redb")).display()
-        ),
-    )
-    .unwrap();
-    cfg
-}
 
 fn sh(ns: &str, cmd: &str) {
     let out = Command::new("ip")
@@ -68,40 +53,6 @@ fn sh(ns: &str, cmd: &str) {
     );
 }
 
-fn sessions_on(d: &Daemon, device: &str, channel: &str) -> Vec<Value> {
-    let v = d.get("/api/streams").unwrap();
-    v["streams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["device"] == device && s["channel"] == channel && s["closed_ms"].is_null())
-        .cloned()
-        .collect()
-}
-
-fn stream(d: &Daemon, id: &str) -> Value {
-    d.get(&format!("/api/streams/{id}")).unwrap()
-}
-
-fn delete_stream(d: &Daemon, id: &str) {
-    let (code, v) = d
-        .request("DELETE", &format!("/api/streams/{id}"), None)
-        .unwrap();
-    assert_eq!(code, 200, "DELETE /api/streams/{id}: {v}");
-}
-
-fn wait_sim(status: &Path, what: &str, f: impl Fn(&Value) -> bool) {
-    let t0 = Instant::now();
-    while !f(&sim::report(status)) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "{what}: not reached; gb-sim report: {}",
-            sim::report(status)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The camera's stream `y` has sent the whole file.
 fn sent_all(status: &Path, y: &str) -> Value {
     wait_sim(status, "the file sent", |r| {
@@ -112,14 +63,6 @@ fn sent_all(status: &Path, y: &str) -> Value {
             .any(|st| st["y"] == y && st["state"] == "idle")
     });
     sim::stream(status, y)
-}
-
-/// The index of the key frame from which on the frames hold `packets`
-/// packets (where a relay leg started).
-fn first_key_frame(frames: &[(u64, bool)], packets: u64) -> usize {
-    (0..frames.len())
-        .find(|&k| frames[k].1 && frames[k..].iter().map(|f| f.0).sum::<u64>() == packets)
-        .unwrap_or_else(|| panic!("{packets} packets: not the packets from any key frame on"))
 }
 
 /// tshark capturing UDP to `host` on `dev` in `ns` into `file`.

@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use gateway::dataplane::{
     attach::{self, Settings},
     flows::FlowSpec,
@@ -65,29 +65,10 @@ struct Harness {
 
 impl Harness {
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut("gateway_xdp")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-        // rx_queue_index, egress_ifindex.
-        // The kernel wants data_end = the frame's length.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&self.ifindex.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        let r =
+            gateway_tests::xdp::run(&mut self.ebpf, "gateway_xdp", frame, Some(self.ifindex), 1)
+                .expect("BPF_PROG_TEST_RUN");
+        (r.verdict, r.data)
     }
 
     fn counter(&mut self, c: u32) -> u64 {
@@ -116,32 +97,50 @@ fn input(src: &str, dst: &str, seq: u16, vlan: bool) -> Vec<u8> {
 }
 
 /// The copy the relay must send: the same RTP payload from `from` to
-/// `to`, SSRC and sequence number rewritten, TTL 64, next-hop MACs.
-#[allow(clippy::too_many_arguments)]
-fn expected(
-    from: &str,
+/// `to`, SSRC 0x51510001, sequence number `seq`, TTL 64, next-hop MACs.
+#[derive(Clone, Copy)]
+struct Want<'a> {
+    from: &'a str,
     sport: u16,
-    to: &str,
+    to: &'a str,
     dport: u16,
     seq: u16,
-    ssrc: u32,
     dmac: [u8; 6],
     smac: [u8; 6],
     vlan: bool,
-) -> Vec<u8> {
-    let mut r = rtp(seq);
-    r.ssrc = ssrc;
-    let mut f = Frame::rtp(to, dport, &r);
-    f.src = from.parse().unwrap();
-    f.sport = sport;
-    if vlan {
-        f.vlans = vec![0x8100];
+}
+
+impl Want<'_> {
+    fn bytes(&self) -> Vec<u8> {
+        let mut r = rtp(self.seq);
+        r.ssrc = 0x5151_0001;
+        let mut f = Frame::rtp(self.to, self.dport, &r);
+        f.src = self.from.parse().unwrap();
+        f.sport = self.sport;
+        if self.vlan {
+            f.vlans = vec![0x8100];
+        }
+        let mut b = f.bytes();
+        b[..6].copy_from_slice(&self.dmac);
+        b[6..12].copy_from_slice(&self.smac);
+        fill_udp_checksum(&mut b);
+        b
     }
-    let mut b = f.bytes();
-    b[..6].copy_from_slice(&dmac);
-    b[6..12].copy_from_slice(&smac);
-    fill_udp_checksum(&mut b);
-    b
+}
+
+/// Runs `input`: the verdict must be `verdict` and the packet exactly
+/// `want`, whose checksums verify when computed from scratch.
+fn relays(
+    h: &mut Harness,
+    name: &str,
+    input: &[u8],
+    verdict: u32,
+    want: &Want,
+) -> anyhow::Result<()> {
+    let (v, got) = h.run(input);
+    assert_eq!(v, verdict, "{name}: verdict");
+    assert_eq!(got, want.bytes(), "{name}: rewritten bytes");
+    verify_checksums(&got).map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }
 
 fn out(dest: &str, from: &str) -> Output {
@@ -255,38 +254,28 @@ fn relay_rewrites_and_fallbacks() {
         );
         sh_forwarding(&ns2, true);
 
-        // IPv4: exact bytes.
+        // IPv4: exact bytes, and the sequence number wrapping.
         let neigh = [2, 0, 0, 0, 0, 9];
-        let (v, got) = h.run(&input("198.18.0.2", "198.18.0.1", 7, false));
-        assert_eq!(v, XDP_TX, "IPv4 relayed back out of the interface");
-        let want = expected(
-            "198.18.0.1",
-            30002,
-            NEIGH_V4,
-            6000,
-            1007,
-            0x5151_0001,
-            neigh,
-            mac,
-            false,
-        );
-        assert_eq!(got, want, "IPv4 rewritten bytes");
-        verify_checksums(&got).map_err(anyhow::Error::msg)?;
-        // Sequence wrap: 65000 + 1000 = 465 (mod 2^16).
-        let (_, got) = h.run(&input("198.18.0.2", "198.18.0.1", 65000, false));
-        let want = expected(
-            "198.18.0.1",
-            30002,
-            NEIGH_V4,
-            6000,
-            464,
-            0x5151_0001,
-            neigh,
-            mac,
-            false,
-        );
-        assert_eq!(got, want, "IPv4 sequence wrap");
-        verify_checksums(&got).map_err(anyhow::Error::msg)?;
+        let v4 = |seq| Want {
+            from: "198.18.0.1",
+            sport: 30002,
+            to: NEIGH_V4,
+            dport: 6000,
+            seq,
+            dmac: neigh,
+            smac: mac,
+            vlan: false,
+        };
+        let v4_in = |seq| input("198.18.0.2", "198.18.0.1", seq, false);
+        relays(&mut h, "IPv4", &v4_in(7), XDP_TX, &v4(1007))?;
+        // 65000 + 1000 = 464 (mod 2^16).
+        relays(
+            &mut h,
+            "IPv4 sequence wrap",
+            &v4_in(65000),
+            XDP_TX,
+            &v4(464),
+        )?;
         // A UDP checksum of 0 (none) stays 0.
         let mut nocsum = input("198.18.0.2", "198.18.0.1", 8, false);
         let l = nocsum.len();
@@ -309,21 +298,19 @@ fn relay_rewrites_and_fallbacks() {
             &[out("[2001:db8::9]:6000", "[2001:db8::1]:30002")],
         )?;
         h.maps.set_relay(&k6, &e6)?;
-        let (v, got) = h.run(&input("2001:db8::2", "2001:db8::1", 9, false));
-        assert_eq!(v, XDP_TX, "IPv6 relayed");
-        let want = expected(
-            "2001:db8::1",
-            30002,
-            NEIGH_V6,
-            6000,
-            1009,
-            0x5151_0001,
-            neigh,
-            mac,
-            false,
-        );
-        assert_eq!(got, want, "IPv6 rewritten bytes");
-        verify_checksums(&got).map_err(anyhow::Error::msg)?;
+        let want = Want {
+            from: "2001:db8::1",
+            to: NEIGH_V6,
+            seq: 1009,
+            ..v4(0)
+        };
+        relays(
+            &mut h,
+            "IPv6",
+            &input("2001:db8::2", "2001:db8::1", 9, false),
+            XDP_TX,
+            &want,
+        )?;
 
         // VLAN 100: the route goes through the VLAN device: sent back out
         // tagged.
@@ -333,21 +320,22 @@ fn relay_rewrites_and_fallbacks() {
             &[out("198.18.100.9:6000", "198.18.100.1:30002")],
         )?;
         h.maps.set_relay(&kv, &ev)?;
-        let (v, got) = h.run(&input("198.18.0.2", "198.18.100.1", 10, true));
-        assert_eq!(v, XDP_TX, "VLAN relayed");
-        let want = expected(
-            "198.18.100.1",
-            30002,
-            NEIGH_VLAN,
-            6000,
-            1010,
-            0x5151_0001,
-            [2, 0, 0, 0, 0, 0x0a],
-            vmac,
-            true,
-        );
-        assert_eq!(got, want, "VLAN rewritten bytes (tag kept)");
-        verify_checksums(&got).map_err(anyhow::Error::msg)?;
+        let want = Want {
+            from: "198.18.100.1",
+            to: NEIGH_VLAN,
+            seq: 1010,
+            dmac: [2, 0, 0, 0, 0, 0x0a],
+            smac: vmac,
+            vlan: true,
+            ..v4(0)
+        };
+        relays(
+            &mut h,
+            "VLAN (tag kept)",
+            &input("198.18.0.2", "198.18.100.1", 10, true),
+            XDP_TX,
+            &want,
+        )?;
 
         // Fallbacks, each counted, the packet untouched.
         let fallback = |h: &mut Harness, what: &str, frame: &[u8], reason: u32| {
@@ -411,21 +399,21 @@ fn relay_rewrites_and_fallbacks() {
             counter::RELAY_PASS_NO_TX_PORT,
         );
         h.maps.add_tx_port(dummy)?;
-        let (v, got) = h.run(&input("198.18.0.2", "198.18.0.1", 16, false));
-        assert_eq!(v, XDP_REDIRECT, "redirected to the allowed interface");
-        let dmac = mac_of_in_thread("gwother");
-        let want = expected(
-            "198.18.200.1",
-            30002,
-            NEIGH_DUMMY,
-            6000,
-            1016,
-            0x5151_0001,
-            [2, 0, 0, 0, 0, 0x0b],
-            dmac,
-            false,
-        );
-        assert_eq!(got, want, "redirected bytes");
+        let want = Want {
+            from: "198.18.200.1",
+            to: NEIGH_DUMMY,
+            seq: 1016,
+            dmac: [2, 0, 0, 0, 0, 0x0b],
+            smac: mac_of_in_thread("gwother"),
+            ..v4(0)
+        };
+        relays(
+            &mut h,
+            "redirect to an allowed interface",
+            &v4_in(16),
+            XDP_REDIRECT,
+            &want,
+        )?;
         // Too big for the route's MTU.
         sh_mtu(&ns2, "gwother", 1280);
         let mut big = Frame::rtp("198.18.0.1", 30000, &{
