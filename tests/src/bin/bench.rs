@@ -111,6 +111,20 @@ fn xdp_cost(quick: bool) -> anyhow::Result<()> {
         }
         .apply(&mut cfg);
         maps.set_config(&cfg)?;
+        if n == 1 && !any {
+            // The size of what runs: every branch, the relay included.
+            let p: &mut Xdp = ebpf
+                .program_mut("gateway_xdp")
+                .ok_or_else(|| anyhow::anyhow!("no gateway_xdp"))?
+                .try_into()?;
+            let info = p.info()?;
+            let xlated = info.size_translated().unwrap_or(0);
+            println!(
+                "(gateway_xdp after the verifier: {} instructions ({xlated} bytes), {} bytes of machine code)",
+                xlated / 8,
+                info.size_jitted()
+            );
+        }
         let added = maps.add_flows(&specs(n, any))?;
         let (mut empty, mut full) = (0.0, 0.0);
         let picks: Vec<usize> = (0..samples)

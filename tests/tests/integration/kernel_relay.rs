@@ -14,7 +14,11 @@
 //!    the leg goes to TC ingress (copies; the original still goes up): the
 //!    edge's recording has every frame (ffprobe), the central exactly the
 //!    packets from the leg's first key frame.
-//! 3. Teardown leaves no relay entry; the daemon's exit detaches
+//! 3. Two superiors (the central and a second gateway beside it) view
+//!    CH1: one camera session, two legs, both copied by TC (the original
+//!    dropped); each superior gets exactly the packets from its leg's
+//!    first key frame.
+//! 4. Teardown leaves no relay entry; the daemon's exit detaches
 //!    everything.
 
 use std::{
@@ -37,6 +41,8 @@ use gateway_tests::{
 const CAM: &str = "34020000001320001101";
 const EDGE: &str = "34020000002000000001";
 const CENTRAL: &str = "34010000002000000001";
+/// A second superior (in the central's namespace, another port).
+const CENTRAL2: &str = "34010000002000000002";
 /// 12 s at 25 fps, a key frame every second: time for the hand-over.
 const FRAMES: usize = 300;
 
@@ -160,6 +166,23 @@ fn root_kernel_relay_camera_edge_central() {
     let central_sip = format!("{}:5060", up.right_addr).parse().unwrap();
     let mut central = Daemon::start_in(Some(central_ns), &central_cfg, central_sip, central_api)
         .expect("central gateway");
+    // The second superior: its media reaches it through the stack (the
+    // central's XDP passes what is not its own).
+    let central2_api = free_port();
+    let central2_cfg = config(
+        dir.path(),
+        "central2",
+        central2_api,
+        &format!(
+            "[sip]\nid = \"{CENTRAL2}\"\nlisten = [\"{c}:5062\"]\npassword = \"pw\"\n\
+             [media]\nip = \"{c}\"\nports = \"40100-40119\"\nno_media_timeout_secs = 0\n",
+            c = up.right_addr,
+        ),
+    );
+    let central2_sip = format!("{}:5062", up.right_addr).parse().unwrap();
+    let mut central2 =
+        Daemon::start_in(Some(central_ns), &central2_cfg, central2_sip, central2_api)
+            .expect("second central gateway");
 
     let rec_e = dir.path().join("edge-records");
     let edge_api = free_port();
@@ -173,7 +196,8 @@ fn root_kernel_relay_camera_edge_central() {
              [media.record]\ndir = \"{rec}\"\n\
              [dataplane]\niface = \"{dd}\"\nmode = \"native\"\nmedia_ports = \"40000-40019\"\n\
              relay_to = [\"{ud}\"]\n\
-             [[cascade]]\nid = \"{CENTRAL}\"\naddress = \"{c}:5060\"\npassword = \"pw\"\n",
+             [[cascade]]\nid = \"{CENTRAL}\"\naddress = \"{c}:5060\"\npassword = \"pw\"\n\
+             [[cascade]]\nid = \"{CENTRAL2}\"\naddress = \"{c}:5062\"\npassword = \"pw\"\n",
             d = down.right_addr,
             u = up.left_addr,
             c = up.right_addr,
@@ -201,25 +225,30 @@ fn root_kernel_relay_camera_edge_central() {
     .unwrap();
     let (ch1, ch2) = (sim::channel(CAM, 1), sim::channel(CAM, 2));
     edge.wait_until(Duration::from_secs(30), "registered upward", |d| {
-        d.get("/api/platforms")
-            .is_ok_and(|v| v["platforms"][0]["state"] == "registered")
+        d.get("/api/platforms").is_ok_and(|v| {
+            v["platforms"]
+                .as_array()
+                .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["state"] == "registered"))
+        })
     })
     .unwrap();
-    central
-        .wait_until(Duration::from_secs(30), "edge online at the central", |d| {
-            d.device(EDGE).is_ok_and(|v| v["online"] == true)
-        })
+    for c in [&mut central, &mut central2] {
+        c.wait_until(
+            Duration::from_secs(30),
+            "edge online at the superior",
+            |d| d.device(EDGE).is_ok_and(|v| v["online"] == true),
+        )
         .unwrap();
-    let (code, v) = central
-        .post_json(&format!("/api/devices/{EDGE}/catalog"), "")
-        .unwrap();
-    assert_eq!(code, 202, "{v}");
-    central
-        .wait_until(Duration::from_secs(30), "the edge's catalog", |d| {
+        let (code, v) = c
+            .post_json(&format!("/api/devices/{EDGE}/catalog"), "")
+            .unwrap();
+        assert_eq!(code, 202, "{v}");
+        c.wait_until(Duration::from_secs(30), "the edge's catalog", |d| {
             d.device(EDGE)
                 .is_ok_and(|v| v["catalog"]["state"] == "complete")
         })
         .unwrap();
+    }
 
     let capture = Capture::start(
         central_ns,
@@ -421,11 +450,101 @@ fn root_kernel_relay_camera_edge_central() {
     .json();
     assert_eq!(rl, serde_json::json!([]), "teardown left a relay entry");
 
-    // 3. The daemons stop and detach.
+    // 3. Two superiors view CH1: one relay-only session, two legs, copied
+    // by TC; the original dropped.
+    let a = central.open_stream(EDGE, &ch1, "udp", "");
+    let b = central2.open_stream(EDGE, &ch1, "udp", "");
+    let (ca, cb) = (
+        a["id"].as_str().unwrap().to_string(),
+        b["id"].as_str().unwrap().to_string(),
+    );
+    let on_edge = sessions_on(&edge, CAM, &ch1);
+    assert_eq!(on_edge.len(), 1, "one camera session for both: {on_edge:?}");
+    let eid3 = on_edge[0]["id"].as_str().unwrap().to_string();
+    edge.wait_until(Duration::from_secs(15), "both legs to TC", |d| {
+        d.get(&format!("/api/streams/{eid3}")).is_ok_and(|v| {
+            v["legs"]
+                .as_array()
+                .is_some_and(|l| l.len() == 2 && l.iter().all(|l| l["path"] == "kernel-tc-only"))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}\n{}", stream(&edge, &eid3), edge.log_tail(30)));
+    let sent3 = sent_all(&cam_status, &eid3);
+    let t = Instant::now();
+    loop {
+        let e = stream(&edge, &eid3);
+        let legs = e["legs"].as_array().unwrap().clone();
+        let forwards = e["media"]["forwards"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let user = |leg: &Value| {
+            forwards
+                .iter()
+                .find(|f| f["leg"] == leg["id"])
+                .and_then(|f| f["packets"].as_u64())
+                .unwrap_or(0)
+        };
+        let central_of = |leg: &Value| {
+            [stream(&central, &ca), stream(&central2, &cb)]
+                .into_iter()
+                .find(|c| c["local"] == leg["dest"])
+                .expect("a superior's session per leg")
+        };
+        let done = e["kernel"]["packets"] == sent3["packets_sent"]
+            && legs.iter().all(|l| {
+                let c = central_of(l);
+                c["media"]["packets"].as_u64()
+                    == Some(user(l) + l["kernel"]["packets"].as_u64().unwrap_or(0))
+            });
+        if done {
+            for l in &legs {
+                let c = central_of(l);
+                assert_eq!(c["media"]["lost"], 0, "{c}");
+                assert_eq!(c["media"]["duplicates"], 0, "{c}");
+                assert_eq!(c["media"]["ssrc"], l["ssrc"], "{c}");
+                let kernel = l["kernel"]["packets"].as_u64().unwrap();
+                assert!(kernel > user(l), "mostly TC copies: {e}");
+                first_key_frame(&frames, user(l) + kernel);
+            }
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "two legs: sent {}, edge {}\n{e}\n{}",
+            sent3["packets_sent"],
+            e["kernel"]["packets"],
+            edge.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rl = gateway_in(
+        edge_ns,
+        &["relay", "list", "--iface", &down.right_dev, "--json"],
+    )
+    .json();
+    assert_eq!(rl[0]["mode"], "tc-only", "{rl}");
+    assert_eq!(rl[0]["outputs"].as_array().map(Vec::len), Some(2), "{rl}");
+    delete_stream(&central, &ca);
+    delete_stream(&central2, &cb);
+    edge.wait_until(Duration::from_secs(10), "edge session closed", |d| {
+        d.get(&format!("/api/streams/{eid3}"))
+            .is_ok_and(|v| v["state"] == "closed")
+    })
+    .unwrap();
+    let rl = gateway_in(
+        edge_ns,
+        &["relay", "list", "--iface", &down.right_dev, "--json"],
+    )
+    .json();
+    assert_eq!(rl, serde_json::json!([]), "teardown left a relay entry");
+
+    // 4. The daemons stop and detach.
     let _ = Command::new("kill").arg(cam.id().to_string()).status();
     let _ = cam.wait();
     assert!(edge.stop(), "edge exits cleanly");
     assert!(central.stop(), "central exits cleanly");
+    assert!(central2.stop(), "second central exits cleanly");
     let link = Command::new("ip")
         .args(["-n", edge_ns, "-d", "link", "show", &down.right_dev])
         .output()
