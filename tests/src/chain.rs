@@ -12,15 +12,20 @@ use crate::{sim, sipp::Daemon};
 
 /// Writes a gateway config `<name>.toml` (its log: `<name>.log`) in `dir`:
 /// `body`, then the API on the namespace's loopback, /metrics on an
-/// ephemeral port and a store of its own.
+/// ephemeral port (unless `body` has `[metrics]`) and a store of its own.
 pub fn config(dir: &Path, name: &str, api_port: u16, body: &str) -> PathBuf {
     let cfg = dir.join(format!("{name}.toml"));
+    let metrics = if body.contains("[metrics]") {
+        ""
+    } else {
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n"
+    };
     std::fs::write(
         &cfg,
         format!(
             "{body}\
              [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n\
+             {metrics}\
              [store]\npath = \"{}\"\n",
             dir.join(format!("{name}.redb")).display()
         ),

@@ -32,7 +32,8 @@ use serde_json::Value;
 use gateway_tests::{
     chain::{config, delete_stream, first_key_frame, sessions_on, stream, wait_sim},
     cli::gateway_in,
-    netns::NetnsChain,
+    netns::{in_netns, NetnsChain},
+    prom::http_get,
     require_root, sim,
     sipp::{free_port, Daemon, TempDir},
     testmedia::{camera_file_aud, ffprobe_frames, packets_per_frame, split_aus},
@@ -186,6 +187,7 @@ fn root_kernel_relay_camera_edge_central() {
 
     let rec_e = dir.path().join("edge-records");
     let edge_api = free_port();
+    let edge_metrics = free_port();
     let edge_cfg = config(
         dir.path(),
         "edge",
@@ -196,6 +198,7 @@ fn root_kernel_relay_camera_edge_central() {
              [media.record]\ndir = \"{rec}\"\n\
              [dataplane]\niface = \"{dd}\"\nmode = \"native\"\nmedia_ports = \"40000-40019\"\n\
              relay_to = [\"{ud}\"]\n\
+             [metrics]\nlisten = \"127.0.0.1:{edge_metrics}\"\n\
              [[cascade]]\nid = \"{CENTRAL}\"\naddress = \"{c}:5060\"\npassword = \"pw\"\n\
              [[cascade]]\nid = \"{CENTRAL2}\"\naddress = \"{c}:5062\"\npassword = \"pw\"\n",
             d = down.right_addr,
@@ -330,6 +333,30 @@ fn root_kernel_relay_camera_edge_central() {
         "the SSRC the central asked for: {c}"
     );
     assert_eq!(c["media"]["ssrc_mismatches"], 0, "{c}");
+    // /metrics has the kernel's count for the leg, and what it sent.
+    let url = format!("http://127.0.0.1:{edge_metrics}/metrics");
+    let text = in_netns(edge_ns, move || {
+        http_get(&url, &[]).expect("GET /metrics").1
+    });
+    let sample = |name: &str, labels: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(labels))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let leg_labels = format!(
+        "stream=\"{eid}\",dest=\"{}\"",
+        e["legs"][0]["dest"].as_str().unwrap()
+    );
+    assert_eq!(
+        sample("gateway_relay_kernel_packets_total{", &leg_labels),
+        Some(kernel as f64),
+        "gateway_relay_kernel_packets_total for the leg"
+    );
+    assert!(
+        sample("gateway_kernel_packets_total{", "reason=\"relay_sent\"").unwrap_or(0.0)
+            >= kernel as f64
+    );
     let relays = gateway_in(
         edge_ns,
         &["relay", "list", "--iface", &down.right_dev, "--json"],
