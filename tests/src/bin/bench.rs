@@ -29,8 +29,9 @@ fn main() -> anyhow::Result<()> {
     }
     let quick = std::env::args().any(|a| a == "--quick");
     println!(
-        "# gateway data-plane benchmarks ({})",
-        if quick { "quick" } else { "full" }
+        "# gateway data-plane benchmarks ({}); CPU: {}",
+        if quick { "quick" } else { "full" },
+        gateway_tests::cpu_model()
     );
     xdp_cost(quick)?;
     readout(quick)?;
