@@ -648,6 +648,7 @@ impl Sessions {
                     path: "userspace",
                     reason: Some("starting".into()),
                     kernel: None,
+                    backoff: None,
                 },
             });
         }

@@ -45,7 +45,14 @@ pub struct LegPath {
     /// The kernel's counters of this leg (`counted_by: kernel`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<LegKernel>,
+    /// The kernel failed this leg: not handed over again before this time
+    /// (wall ms), and why.
+    #[serde(skip)]
+    pub backoff: Option<(i64, String)>,
 }
+
+/// How long a leg the kernel failed stays in userspace.
+const BACKOFF_MS: i64 = 30_000;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LegKernel {
@@ -56,6 +63,8 @@ pub struct LegKernel {
     pub passed: u64,
     /// Output index in the stream's relay entry.
     pub output: u32,
+    /// The source the kernel takes the stream from.
+    pub source: Option<SocketAddr>,
     /// TC modes: the input sequence number the kernel started at.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_seq: Option<u16>,
@@ -103,6 +112,11 @@ impl Sessions {
     fn leg_candidate(&self, id: &str, leg: usize) -> Result<Output, String> {
         let s = self.active.get(id).ok_or("no session")?;
         let l = s.legs.get(leg).ok_or("no leg")?;
+        if let Some((until, why)) = &l.relay.backoff {
+            if crate::sys::wall_ms() < *until {
+                return Err(format!("{why}; the kernel is tried again in 30 s"));
+            }
+        }
         if l.transport != MediaTransport::Udp {
             return Err("TCP leg (the kernel relays UDP to UDP)".into());
         }
@@ -137,8 +151,15 @@ impl Sessions {
             .get(id)
             .map(|r| r.snapshot())
             .unwrap_or_default();
-        let source = match (media.source, media.source_confirmed) {
-            (Some(src), true) => src,
+        // A leg in the kernel keeps its source (the kernel lets no other
+        // through) unless another one is confirmed: the camera moved.
+        let installed = l.relay.kernel.as_ref().and_then(|k| k.source);
+        let source = match (media.source, media.source_confirmed, installed) {
+            (Some(src), true, Some(old)) if src != old => {
+                return Err(format!("the media's source changed from {old} to {src}"))
+            }
+            (_, _, Some(old)) => old,
+            (Some(src), true, None) => src,
             _ => return Err("the media's source is not confirmed yet".into()),
         };
         if source.is_ipv4() != l.dest.is_ipv4() {
@@ -278,8 +299,10 @@ impl Sessions {
                     counted_by: "kernel",
                     output: out as u32,
                     start_seq: o.start_seq,
+                    source: Some(source),
                     ..LegKernel::default()
                 }),
+                backoff: None,
             };
             info!(stream = %id, leg = %l.id, dest = %l.dest, path, from = %o.from, "relay leg handed over to the kernel");
         }
@@ -302,6 +325,7 @@ impl Sessions {
         let legs = self.receivers.get(id).map(|r| r.legs.clone());
         let mut all_started = mode != Mode::Xdp;
         let mut any_pending = false;
+        let mut failed = false;
         let Some(s) = self.active.get_mut(id) else {
             return;
         };
@@ -310,6 +334,18 @@ impl Sessions {
                 continue;
             };
             if let Some(st) = k.relay_stats(slot, kv.output) {
+                // A TC copy the kernel could not make is lost (the leg
+                // leaves it to the kernel): back to userspace for a while.
+                if mode != Mode::Xdp && st.passed > kv.passed {
+                    failed = true;
+                    l.relay.backoff = Some((
+                        crate::sys::wall_ms() + BACKOFF_MS,
+                        format!(
+                            "the kernel could not send {} copies (see relay_pass_* in gateway_kernel_packets_total)",
+                            st.passed - kv.passed
+                        ),
+                    ));
+                }
                 kv.packets = st.packets;
                 kv.bytes = st.bytes;
                 kv.passed = st.passed;
@@ -320,6 +356,10 @@ impl Sessions {
             if kv.start_seq.is_some() && !kv.takes_all {
                 any_pending = true;
             }
+        }
+        if failed {
+            self.hand_back(id, "the kernel could not send some copies");
+            return;
         }
         if !(all_started && any_pending) {
             return;
