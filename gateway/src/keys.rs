@@ -74,7 +74,7 @@ pub enum KeyError {
 }
 
 enum Material {
-    Nal(Sm4),
+    Nal(Box<Sm4>),
     Srtp(MasterKey),
 }
 
@@ -305,7 +305,10 @@ impl KeyStore {
                         "salt/inline belong to srtp-sm4 keys".into(),
                     ));
                 }
-                Ok(Material::Nal(Sm4::new(&clear(&spec.key, &spec.wrapped)?)))
+                Ok(Material::Nal(Box::new(Sm4::new(&clear(
+                    &spec.key,
+                    &spec.wrapped,
+                )?))))
             }
             Profile::SrtpSm4 => {
                 if let Some(inline) = &spec.inline {
@@ -466,7 +469,7 @@ impl KeyStore {
                 for e in st.keys.range(lo..=hi).map(|(_, e)| e) {
                     any = true;
                     match &e.material {
-                        Material::Nal(c) => out.nal.push((e.spec.version, e.id, c.clone())),
+                        Material::Nal(c) => out.nal.push((e.spec.version, e.id, (**c).clone())),
                         Material::Srtp(m) => out.srtp.push((e.id, m.clone())),
                     }
                 }

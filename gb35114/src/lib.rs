@@ -8,10 +8,12 @@
 //!   (`SM4_CM_128_HMAC_SM3_80`).
 //!
 //! The crate is pure: no I/O, no `unsafe`, and nothing in it panics on any
-//! input (network bytes, SDP text, keys). The block cipher and SM3 come from
-//! `libsm`; the modes, HMAC, the SRTP key derivation and both profiles are
-//! here. [`rfc3711`] holds the counter mode and key derivation written over
-//! any 16-byte block cipher, so tests can run them with AES against the
+//! input (network bytes, SDP text, keys). The block cipher, its modes and
+//! SM3 come from `gmcrypt` (SIMD with runtime dispatch); the profiles, the
+//! SRTP key derivation and the NAL handling are here. The NAL units of an
+//! access unit are decrypted in parallel OFB lanes. [`rfc3711`] holds the
+//! counter mode and key derivation written over any 16-byte block cipher,
+//! so tests can run them with AES against the
 //! vectors of RFC 3711 Appendix B.
 
 pub mod nal;

@@ -233,6 +233,97 @@ fn crypt_payload(payload: &[u8], c: &Sm4, iv: &[u8; 16], out: &mut Vec<u8>) {
     }
 }
 
+/// A VCL NAL unit of an access unit being en/decrypted in lanes: where it
+/// sits in the output (header at `start`, unescaped payload up to `end`)
+/// and its OFB IV. Units whose RBSP is shorter than 2 bytes are not pieces.
+#[derive(Clone, Copy)]
+struct Piece {
+    start: usize,
+    end: usize,
+    iv: [u8; 16],
+}
+
+/// Appends a NAL unit with its payload unescaped (RBSP), to be XORed by
+/// [`crypt_pieces`]; returns the piece, or None (the NAL unit appended
+/// unchanged) when its RBSP is shorter than 2 bytes.
+fn push_unescaped(codec: NalCodec, nal: &[u8], iv: [u8; 16], out: &mut Vec<u8>) -> Option<Piece> {
+    let h = codec.header_len();
+    let (Some(header), Some(payload)) = (nal.get(..h), nal.get(h..)) else {
+        out.extend_from_slice(nal);
+        return None;
+    };
+    let start = out.len();
+    out.extend_from_slice(header);
+    let mut last = 0usize;
+    let mut from = 0usize;
+    while let Some(p) = next_ep(payload, from) {
+        out.extend_from_slice(payload.get(last..p).unwrap_or_default());
+        last = p + 1;
+        from = p + 1;
+    }
+    out.extend_from_slice(payload.get(last..).unwrap_or_default());
+    if out.len() - start - h < 2 {
+        out.truncate(start);
+        out.extend_from_slice(nal);
+        return None;
+    }
+    Some(Piece {
+        start,
+        end: out.len(),
+        iv,
+    })
+}
+
+/// XORs the OFB keystream into RBSP `[0, len-1)` of every piece, all pieces
+/// in parallel lanes of the block function, then re-inserts emulation
+/// prevention where the result needs it (moving what follows; the pieces'
+/// ranges are updated).
+fn crypt_pieces(codec: NalCodec, c: &Sm4, out: &mut Vec<u8>, pieces: &mut [Piece]) {
+    if pieces.is_empty() {
+        return;
+    }
+    let h = codec.header_len();
+    {
+        let mut units = Vec::with_capacity(pieces.len());
+        let mut rest: &mut [u8] = out.as_mut_slice();
+        let mut base = 0usize;
+        for p in pieces.iter() {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(p.start + h - base);
+            let (rbsp, tail) = tail.split_at_mut(p.end - 1 - (p.start + h));
+            units.push(crate::sm4::OfbUnit {
+                iv: p.iv,
+                data: rbsp,
+            });
+            rest = tail;
+            base = p.end - 1;
+        }
+        c.ofb_lanes(&mut units);
+    }
+    let escape: Vec<bool> = pieces
+        .iter()
+        .map(|p| needs_escape(out.get(p.start + h..p.end).unwrap_or_default()))
+        .collect();
+    if !escape.contains(&true) {
+        return;
+    }
+    let old = std::mem::take(out);
+    out.reserve(old.len() + 64);
+    let mut copied = 0usize;
+    for (p, esc) in pieces.iter_mut().zip(escape) {
+        let (start, end) = (p.start, p.end);
+        out.extend_from_slice(old.get(copied..start + h).unwrap_or_default());
+        p.start = out.len() - h;
+        if esc {
+            escape_into(old.get(start + h..end).unwrap_or_default(), out);
+        } else {
+            out.extend_from_slice(old.get(start + h..end).unwrap_or_default());
+        }
+        p.end = out.len();
+        copied = end;
+    }
+    out.extend_from_slice(old.get(copied..).unwrap_or_default());
+}
+
 // ---------------------------------------------------------------------------
 // Annex B
 
@@ -534,6 +625,7 @@ pub fn encrypt_access_unit(
         },
     );
     let mut out = Vec::with_capacity(au.len() + sei.len() + 4 + au.len() / 64);
+    let mut pieces = Vec::new();
     let mut i = 0u32;
     for u in &units {
         let gap = slice(au, u.gap_start, u.nal_start);
@@ -548,7 +640,7 @@ pub fn encrypt_access_unit(
             } else {
                 out.extend_from_slice(gap);
             }
-            crypt_nal(codec, nal, c, &nal_iv(iv_base, i), &mut out);
+            pieces.extend(push_unescaped(codec, nal, nal_iv(iv_base, i), &mut out));
             i = i.wrapping_add(1);
         } else {
             out.extend_from_slice(gap);
@@ -556,6 +648,7 @@ pub fn encrypt_access_unit(
         }
     }
     out.extend_from_slice(slice(au, tail, au.len()));
+    crypt_pieces(codec, c, &mut out, &mut pieces);
     out
 }
 
@@ -1141,7 +1234,10 @@ fn rebuild(
 ) -> (Vec<u8>, Verdict, u64) {
     let mut out = Vec::with_capacity(au.len());
     let mut i = 0u32;
-    let mut verdict = Verdict::Empty;
+    // (piece, where it starts, index i, length) of each VCL NAL unit, in
+    // order; no piece: its RBSP is too short to encrypt.
+    let mut vcl: Vec<(Option<usize>, usize, u32, usize)> = Vec::new();
+    let mut pieces = Vec::new();
     for (k, u) in units.iter().enumerate() {
         let gap = slice(au, u.gap_start, u.nal_start);
         let nal = slice(au, u.nal_start, u.nal_end);
@@ -1151,20 +1247,47 @@ fn rebuild(
         }
         out.extend_from_slice(gap);
         match crypt {
-            Some((c, iv_base)) if is_vcl(codec, nal) => {
-                let start = out.len();
-                crypt_nal(codec, nal, c, &nal_iv(iv_base, i), &mut out);
-                let ok = plausible_slice(codec, out.get(start..).unwrap_or_default(), i == 0, pps);
-                verdict = match (verdict, ok) {
-                    (Verdict::Implausible, _) | (_, false) => Verdict::Implausible,
-                    _ => Verdict::Plausible,
-                };
+            Some((_, iv_base)) if is_vcl(codec, nal) => {
+                let at = out.len();
+                match push_unescaped(codec, nal, nal_iv(iv_base, i), &mut out) {
+                    Some(p) => {
+                        vcl.push((Some(pieces.len()), at, i, nal.len()));
+                        pieces.push(p);
+                    }
+                    None => vcl.push((None, at, i, nal.len())),
+                }
                 i = i.wrapping_add(1);
             }
             _ => out.extend_from_slice(nal),
         }
     }
     out.extend_from_slice(slice(au, tail, au.len()));
+    let mut verdict = Verdict::Empty;
+    if let Some((c, _)) = crypt {
+        let before: Vec<(usize, usize)> = pieces.iter().map(|p| (p.start, p.end)).collect();
+        crypt_pieces(codec, c, &mut out, &mut pieces);
+        // Where each VCL NAL unit ended up (an escape moves what follows).
+        let shift = |at: usize| -> usize {
+            let mut delta = 0isize;
+            for (p, (s, e)) in pieces.iter().zip(&before) {
+                if *s < at {
+                    delta += (p.end - p.start) as isize - (e - s) as isize;
+                }
+            }
+            (at as isize + delta) as usize
+        };
+        for &(piece, at, idx, len) in &vcl {
+            let nal = match piece {
+                Some(pi) => pieces.get(pi).and_then(|p| out.get(p.start..p.end)),
+                None => out.get(shift(at)..shift(at) + len),
+            };
+            let ok = plausible_slice(codec, nal.unwrap_or_default(), idx == 0, pps);
+            verdict = match (verdict, ok) {
+                (Verdict::Implausible, _) | (_, false) => Verdict::Implausible,
+                _ => Verdict::Plausible,
+            };
+        }
+    }
     (out, verdict, u64::from(i))
 }
 

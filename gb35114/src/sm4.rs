@@ -1,51 +1,56 @@
 //! SM4 (GB/T 32907) block cipher and the modes the profiles use.
 //!
-//! The block function is `libsm`'s `Sm4Cipher`; OFB, CTR, ECB and key
-//! wrapping are here and agree with `openssl enc -sm4-ofb` / `-sm4-ctr` /
-//! `-sm4-ecb -nopad` (checked by the tests against the machine's openssl).
+//! The block function and the modes are `gmcrypt`'s (SIMD with runtime
+//! dispatch: GFNI/AES-NI with AVX2 or AVX-512 on x86_64, SM4 instructions
+//! or NEON on aarch64, tables elsewhere); this module keeps the profiles'
+//! API and agrees with `openssl enc -sm4-ofb` / `-sm4-ctr` / `-sm4-ecb
+//! -nopad` (checked by the tests against the machine's openssl).
 
-use libsm::sm4::cipher::Sm4Cipher;
+pub use gmcrypt::sm4::{Impl, OfbUnit};
 
-use crate::rfc3711::{self, xor16, xor_partial, BlockCipher128};
+use crate::rfc3711::BlockCipher128;
 
-/// An SM4 key schedule. `Debug` shows the key check value, never the key.
+/// An SM4 key schedule. `Debug` shows the key check value and the
+/// implementation, never the key.
+#[derive(Clone)]
 pub struct Sm4 {
-    key: [u8; 16],
-    inner: Sm4Cipher,
-}
-
-fn schedule(key: &[u8; 16]) -> Sm4Cipher {
-    match Sm4Cipher::new(key) {
-        Ok(c) => c,
-        // libsm only rejects keys whose length is not 16, which the type rules out.
-        Err(_) => unreachable!("libsm rejected a 16-byte SM4 key"),
-    }
+    inner: gmcrypt::sm4::Sm4,
 }
 
 impl Sm4 {
-    /// Expands the round keys of `key`.
+    /// Expands the round keys of `key` (the process's implementation:
+    /// [`gmcrypt::sm4::selected`]).
     pub fn new(key: &[u8; 16]) -> Sm4 {
         Sm4 {
-            key: *key,
-            inner: schedule(key),
+            inner: gmcrypt::sm4::Sm4::new(key),
         }
+    }
+
+    /// With a given implementation (tests, benchmarks).
+    pub fn with_impl(key: &[u8; 16], imp: Impl) -> Result<Sm4, gmcrypt::sm4::Unavailable> {
+        gmcrypt::sm4::Sm4::with_impl(key, imp).map(|inner| Sm4 { inner })
+    }
+
+    /// The implementation in use.
+    pub fn implementation(&self) -> Impl {
+        self.inner.implementation()
     }
 
     /// Encrypts one block in place.
     #[inline]
     pub fn encrypt_block(&self, block: &mut [u8; 16]) {
-        // libsm only fails on an input that is not 16 bytes long.
-        if let Ok(out) = self.inner.encrypt(block) {
-            *block = out;
-        }
+        self.inner.encrypt_block(block)
     }
 
     /// Decrypts one block in place.
     #[inline]
     pub fn decrypt_block(&self, block: &mut [u8; 16]) {
-        if let Ok(out) = self.inner.decrypt(block) {
-            *block = out;
-        }
+        self.inner.decrypt_block(block)
+    }
+
+    /// OFB over several units (the slices of an access unit) in parallel lanes.
+    pub fn ofb_lanes(&self, units: &mut [OfbUnit<'_>]) {
+        self.inner.ofb_lanes(units)
     }
 
     /// Short key check value for listing keys without revealing them:
@@ -61,16 +66,11 @@ pub(crate) fn hex4(b: &[u8]) -> String {
     b.iter().take(4).map(|x| format!("{x:02x}")).collect()
 }
 
-impl Clone for Sm4 {
-    fn clone(&self) -> Sm4 {
-        Sm4::new(&self.key)
-    }
-}
-
 impl std::fmt::Debug for Sm4 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sm4")
             .field("check_value", &self.check_value())
+            .field("imp", &self.implementation())
             .finish()
     }
 }
@@ -84,41 +84,43 @@ impl BlockCipher128 for Sm4 {
 
 /// OFB keystream XORed into data (encryption == decryption); same as `openssl enc -sm4-ofb`.
 pub fn ofb_apply(c: &Sm4, iv: &[u8; 16], data: &mut [u8]) {
-    let mut ks = *iv;
-    let (blocks, rest) = data.as_chunks_mut::<16>();
-    for block in blocks {
-        c.encrypt_block(&mut ks);
-        xor16(block, &ks);
-    }
-    if !rest.is_empty() {
-        c.encrypt_block(&mut ks);
-        xor_partial(rest, &ks);
-    }
+    c.inner.ofb_apply(iv, data)
 }
 
-/// CTR with a 128-bit big-endian counter; same as `openssl enc -sm4-ctr`.
+/// OFB over units of several keys (streams) in parallel lanes: `units[i]`
+/// under `keys[i]`.
+pub fn ofb_lanes_keyed(keys: &[&Sm4], units: &mut [OfbUnit<'_>]) {
+    let inner: Vec<&gmcrypt::sm4::Sm4> = keys.iter().map(|k| &k.inner).collect();
+    gmcrypt::sm4::ofb_lanes_keyed(&inner, units)
+}
+
+/// CTR with a 128-bit big-endian counter; same as `openssl enc -sm4-ctr`
+/// and RFC 3711's counter mode. Blocks go through the SIMD block function
+/// 16 at a time.
 pub fn ctr_apply(c: &Sm4, iv: &[u8; 16], data: &mut [u8]) {
-    rfc3711::cm_apply(c, iv, data)
+    c.inner.ctr_apply(iv, data)
 }
 
 /// ECB without padding; Err if len % 16 != 0 (data untouched then).
 pub fn ecb_encrypt(c: &Sm4, data: &mut [u8]) -> Result<(), crate::Error> {
-    ecb(data, |b| c.encrypt_block(b))
+    let blocks = whole_blocks(data)?;
+    c.inner.encrypt_blocks(blocks);
+    Ok(())
 }
 
 /// ECB decryption without padding; Err if len % 16 != 0 (data untouched then).
 pub fn ecb_decrypt(c: &Sm4, data: &mut [u8]) -> Result<(), crate::Error> {
-    ecb(data, |b| c.decrypt_block(b))
+    let blocks = whole_blocks(data)?;
+    c.inner.decrypt_blocks(blocks);
+    Ok(())
 }
 
-fn ecb(data: &mut [u8], f: impl Fn(&mut [u8; 16])) -> Result<(), crate::Error> {
-    if !data.len().is_multiple_of(16) {
-        return Err(crate::Error::NotBlockAligned { len: data.len() });
+fn whole_blocks(data: &mut [u8]) -> Result<&mut [[u8; 16]], crate::Error> {
+    let len = data.len();
+    match data.as_chunks_mut::<16>() {
+        (blocks, []) => Ok(blocks),
+        _ => Err(crate::Error::NotBlockAligned { len }),
     }
-    for block in data.as_chunks_mut::<16>().0 {
-        f(block);
-    }
-    Ok(())
 }
 
 /// VEK = SM4-ECB-Decrypt(VKEK, wrapped).

@@ -181,13 +181,11 @@ impl SessionKeys {
     }
 
     fn crypt(&self, ssrc: u32, index: u64, payload: &mut [u8]) {
-        rfc3711::cm_apply(&self.enc, &self.iv(ssrc, index), payload);
+        crate::sm4::ctr_apply(&self.enc, &self.iv(ssrc, index), payload);
     }
 
-    fn tag(&self, authenticated: &[u8], roc: u32, buf: &mut Vec<u8>) -> [u8; TAG_LEN] {
-        let full = self
-            .auth
-            .mac_with_buffer(&[authenticated, &roc.to_be_bytes()], buf);
+    fn tag(&self, authenticated: &[u8], roc: u32) -> [u8; TAG_LEN] {
+        let full = self.auth.mac(&[authenticated, &roc.to_be_bytes()]);
         let mut t = [0u8; TAG_LEN];
         t.copy_from_slice(&full[..TAG_LEN]);
         t
@@ -293,7 +291,6 @@ pub struct SrtpReceiver {
     stream: Option<RxStream>,
     last_good: Option<u64>,
     cache: Vec<CachedKey>,
-    scratch: Vec<u8>,
 }
 
 impl Default for SrtpReceiver {
@@ -317,7 +314,6 @@ impl SrtpReceiver {
             stream: None,
             last_good: None,
             cache: Vec::new(),
-            scratch: Vec::with_capacity(2048),
         }
     }
 
@@ -407,7 +403,7 @@ impl SrtpReceiver {
             let Some(entry) = self.cache.get(c) else {
                 continue;
             };
-            let t = entry.keys.tag(authenticated, roc, &mut self.scratch);
+            let t = entry.keys.tag(authenticated, roc);
             if ct_eq(&t, tag) {
                 found = Some((*id, c));
                 break;
@@ -460,7 +456,6 @@ pub struct SrtpSender {
     keys: SessionKeys,
     /// (SSRC, highest index sent).
     stream: Option<(u32, u64)>,
-    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for SrtpSender {
@@ -476,7 +471,6 @@ impl SrtpSender {
         SrtpSender {
             keys: SessionKeys::derive(m),
             stream: None,
-            scratch: Vec::with_capacity(2048),
         }
     }
 
@@ -515,7 +509,7 @@ impl SrtpSender {
             self.keys.crypt(ssrc, index, payload);
         }
         let tag = match out.get(start..) {
-            Some(pkt) => self.keys.tag(pkt, roc, &mut self.scratch),
+            Some(pkt) => self.keys.tag(pkt, roc),
             None => return Err(Failure::Malformed),
         };
         out.extend_from_slice(&tag);

@@ -1,12 +1,34 @@
 //! Our SM4 modes, SM3, HMAC-SM3 and srtp-sm4 against the machine's openssl
-//! (an implementation the project did not write). A missing openssl FAILS
-//! these tests.
+//! (an implementation the project did not write), through every SM4 and
+//! SM3 implementation this CPU runs (the others are printed as skipped).
+//! A missing openssl FAILS these tests.
 
 mod common;
 
 use common::*;
 use gb35114::sm3::{hmac_sm3, sm3, HmacSm3};
-use gb35114::sm4::{ctr_apply, ecb_decrypt, ecb_encrypt, ofb_apply, unwrap_key, wrap_key, Sm4};
+use gb35114::sm4::{
+    ctr_apply, ecb_decrypt, ecb_encrypt, ofb_apply, ofb_lanes_keyed, unwrap_key, wrap_key, Impl,
+    OfbUnit, Sm4,
+};
+
+/// The SM4 implementations this CPU runs; the others are printed, with why.
+fn impls() -> Vec<Impl> {
+    Impl::ALL
+        .into_iter()
+        .filter(|i| match i.unavailable() {
+            None => true,
+            Some(why) => {
+                println!("skipped: SM4 {i}: {why}");
+                false
+            }
+        })
+        .collect()
+}
+
+fn key_of(key: &[u8; 16], imp: Impl) -> Sm4 {
+    Sm4::with_impl(key, imp).expect("a runnable implementation")
+}
 use gb35114::srtp::{MasterKey, SessionKeys, SrtpSender, TAG_LEN};
 
 /// Lengths including non-multiples of 16 and empty.
@@ -22,11 +44,26 @@ fn sm4_ofb_matches_openssl() {
         let iv: [u8; 16] = rng.array();
         let data = rng.bytes(n);
         let want = openssl_enc("-sm4-ofb", &key, Some(&iv), &data, false);
-        let mut got = data.clone();
-        ofb_apply(&Sm4::new(&key), &iv, &mut got);
-        assert_eq!(hex(&got), hex(&want), "len {n}");
-        ofb_apply(&Sm4::new(&key), &iv, &mut got);
-        assert_eq!(got, data);
+        for imp in impls() {
+            let c = key_of(&key, imp);
+            let mut got = data.clone();
+            ofb_apply(&c, &iv, &mut got);
+            assert_eq!(hex(&got), hex(&want), "{imp} len {n}");
+            ofb_apply(&c, &iv, &mut got);
+            assert_eq!(got, data);
+            // The same unit as one lane among others, and under several keys.
+            let mut lanes = [data.clone(), rng.bytes(n / 2), rng.bytes(n + 20)];
+            let other = key_of(&rng.array(), imp);
+            let mut units: Vec<OfbUnit<'_>> =
+                lanes.iter_mut().map(|d| OfbUnit { iv, data: d }).collect();
+            c.ofb_lanes(&mut units);
+            assert_eq!(hex(&lanes[0]), hex(&want), "{imp} lanes len {n}");
+            let mut lanes = [rng.bytes(n / 3), data.clone()];
+            let mut units: Vec<OfbUnit<'_>> =
+                lanes.iter_mut().map(|d| OfbUnit { iv, data: d }).collect();
+            ofb_lanes_keyed(&[&other, &c], &mut units);
+            assert_eq!(hex(&lanes[1]), hex(&want), "{imp} keyed lanes len {n}");
+        }
     }
 }
 
@@ -45,9 +82,11 @@ fn sm4_ctr_matches_openssl() {
         }
         let data = rng.bytes(n.max(40));
         let want = openssl_enc("-sm4-ctr", &key, Some(&iv), &data, false);
-        let mut got = data.clone();
-        ctr_apply(&Sm4::new(&key), &iv, &mut got);
-        assert_eq!(hex(&got), hex(&want), "len {n} iv {}", hex(&iv));
+        for imp in impls() {
+            let mut got = data.clone();
+            ctr_apply(&key_of(&key, imp), &iv, &mut got);
+            assert_eq!(hex(&got), hex(&want), "{imp} len {n} iv {}", hex(&iv));
+        }
     }
 }
 
@@ -58,12 +97,14 @@ fn sm4_ecb_matches_openssl() {
         let key: [u8; 16] = rng.array();
         let data = rng.bytes(blocks * 16);
         let want = openssl_enc("-sm4-ecb", &key, None, &data, true);
-        let c = Sm4::new(&key);
-        let mut got = data.clone();
-        ecb_encrypt(&c, &mut got).unwrap();
-        assert_eq!(hex(&got), hex(&want));
-        ecb_decrypt(&c, &mut got).unwrap();
-        assert_eq!(got, data);
+        for imp in impls() {
+            let c = key_of(&key, imp);
+            let mut got = data.clone();
+            ecb_encrypt(&c, &mut got).unwrap();
+            assert_eq!(hex(&got), hex(&want), "{imp}");
+            ecb_decrypt(&c, &mut got).unwrap();
+            assert_eq!(got, data, "{imp}");
+        }
     }
     // key wrapping is one ECB block; unwrap = openssl -d
     let vkek: [u8; 16] = rng.array();
@@ -100,9 +141,27 @@ fn sm3_and_hmac_match_openssl() {
             hex(&want),
             "len {n} key {klen}"
         );
-        let h = HmacSm3::new(&key);
         let mid = n / 3;
-        assert_eq!(hex(&h.mac(&[&data[..mid], &data[mid..]])), hex(&want));
+        for imp in gmcrypt::sm3::Impl::ALL {
+            if let Some(why) = imp.unavailable() {
+                println!("skipped: SM3 {imp}: {why}");
+                continue;
+            }
+            let h = HmacSm3::with_impl(&key, imp);
+            assert_eq!(
+                hex(&h.mac(&[&data[..mid], &data[mid..]])),
+                hex(&want),
+                "{imp}"
+            );
+            let mut d = gmcrypt::sm3::Sm3::with_impl(imp);
+            d.update(&data[..mid]);
+            d.update(&data[mid..]);
+            assert_eq!(
+                hex(&d.finalize()),
+                hex(&openssl_sm3(&data)),
+                "{imp} len {n}"
+            );
+        }
     }
     assert_eq!(
         hex(&sm3(b"abc")),

@@ -61,9 +61,15 @@ pub const TARGETS: &[Target] = &[
 
 /// Crates whose unit tests `cross-test` runs under emulation: the pure
 /// logic without kernel or network access (SIP, MANSCDP, SDP; RTP, PS;
-/// SM4; the per-CPU statistics merge). Add a crate here to cover it; a
+/// SM4 and SM3 with their SIMD paths; the per-CPU statistics merge). Add a crate here to cover it; a
 /// name that is not a workspace member is skipped with a note.
-pub const CROSS_TEST_CRATES: &[&str] = &["gb28181", "gb28181-media", "gb35114", "gateway-common"];
+pub const CROSS_TEST_CRATES: &[&str] = &[
+    "gb28181",
+    "gb28181-media",
+    "gb35114",
+    "gmcrypt",
+    "gateway-common",
+];
 
 /// The binaries in a bundle.
 const BINS: &[&str] = &["gateway", "gb-sim"];
@@ -638,26 +644,52 @@ pub fn cross_test(targets: &[Target]) -> Result<()> {
         }
         // 2. The unit tests of the pure-logic crates.
         for e in build_tests(t, &crates)? {
-            let o = target_cmd(t, &e.exe)?
-                .current_dir(&e.dir)
-                .output()
-                .with_context(|| format!("running {}", e.exe.display()))?;
-            let out = String::from_utf8_lossy(&o.stdout);
-            let (tp, tf) = count_results(&out);
-            let ok = o.status.success() && tf == 0;
-            println!(
-                "{} {} ({}): {tp} passed, {tf} failed{}",
-                t.arch,
-                e.package,
-                e.exe.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
-                if ok { "" } else { " FAILED" }
-            );
-            if !ok {
-                print!("{out}");
-                eprintln!("{}", String::from_utf8_lossy(&o.stderr));
-                f += tf.max(1);
+            // gmcrypt's SIMD paths: on aarch64 once with every extension
+            // qemu emulates (SM3/SM4 instructions) and once on a core
+            // without them (NEON only), printing which paths were skipped.
+            let simd = e.package == "gmcrypt";
+            let cpus: &[Option<&str>] = if simd && t.arch == "aarch64" {
+                &[Some("max"), Some("cortex-a72")]
+            } else {
+                &[None]
+            };
+            for cpu in cpus {
+                let mut cmd = target_cmd(t, &e.exe)?;
+                cmd.current_dir(&e.dir);
+                if let Some(c) = cpu {
+                    cmd.env("QEMU_CPU", c);
+                }
+                if simd {
+                    cmd.arg("--show-output");
+                }
+                let o = cmd
+                    .output()
+                    .with_context(|| format!("running {}", e.exe.display()))?;
+                let out = String::from_utf8_lossy(&o.stdout);
+                let (tp, tf) = count_results(&out);
+                let ok = o.status.success() && tf == 0;
+                println!(
+                    "{} {} ({}{}): {tp} passed, {tf} failed{}",
+                    t.arch,
+                    e.package,
+                    e.exe.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+                    cpu.map(|c| format!(", qemu -cpu {c}")).unwrap_or_default(),
+                    if ok { "" } else { " FAILED" }
+                );
+                let mut skipped: Vec<&str> =
+                    out.lines().filter(|l| l.starts_with("skipped:")).collect();
+                skipped.sort_unstable();
+                skipped.dedup();
+                for l in skipped {
+                    println!("  {l}");
+                }
+                if !ok {
+                    print!("{out}");
+                    eprintln!("{}", String::from_utf8_lossy(&o.stderr));
+                    f += tf.max(1);
+                }
+                p += tp;
             }
-            p += tp;
         }
         lines.push(format!(
             "{}: {p} passed, {f} failed ({:.0} s)",

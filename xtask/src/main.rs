@@ -166,6 +166,27 @@ fn workspace_root() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from("."))
 }
 
+/// Which SM4/SM3 implementations the tests run on this CPU, and why the
+/// others are skipped (they run under qemu in `cargo xtask cross-test`).
+fn crypto_paths() {
+    let mut ran = Vec::new();
+    let mut skipped = Vec::new();
+    for i in gmcrypt::sm4::Impl::ALL {
+        match i.unavailable() {
+            None => ran.push(format!("sm4 {i}")),
+            Some(why) => skipped.push(format!("sm4 {i} ({why})")),
+        }
+    }
+    for i in gmcrypt::sm3::Impl::ALL {
+        match i.unavailable() {
+            None => ran.push(format!("sm3 {i}")),
+            Some(why) => skipped.push(format!("sm3 {i} ({why})")),
+        }
+    }
+    println!("crypto paths tested on this CPU: {}", ran.join(", "));
+    println!("crypto paths skipped here: {}", skipped.join(", "));
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Test => {
@@ -182,6 +203,7 @@ fn main() -> Result<()> {
                 "warnings",
             ])?;
             cargo(&["build", "-p", "gateway", "-p", "gb-sim", "--bins"])?;
+            crypto_paths();
             // The integration tests one at a time: many count media packets
             // exactly over veth and loopback, and two of them side by side
             // on a 2-core machine can overflow a socket or backlog queue

@@ -124,6 +124,25 @@ fn warn(s: impl Into<String>) -> (Status, String) {
 fn info(s: impl Into<String>) -> (Status, String) {
     (Status::Info, s.into())
 }
+/// Which SM4 and SM3 implementations media decryption uses on this CPU
+/// (`GMCRYPT_SM4` / `GMCRYPT_SM3` force one), and the others this CPU runs.
+fn crypto() -> (Status, String) {
+    let (s4, s3) = (gmcrypt::sm4::selected(), gmcrypt::sm3::selected());
+    let runs: Vec<&str> = gmcrypt::sm4::Impl::ALL
+        .into_iter()
+        .filter(|i| i.unavailable().is_none())
+        .map(|i| i.name())
+        .collect();
+    info(format!(
+        "sm4 {} ({}), sm3 {} ({}); this CPU runs sm4 {}",
+        s4.imp,
+        s4.reason,
+        s3.imp,
+        s3.reason,
+        runs.join(", ")
+    ))
+}
+
 fn skipped(why: &str) -> (Status, String) {
     (Status::Skip, format!("not run: {why}"))
 }
@@ -304,6 +323,8 @@ pub fn report(iface: Option<&str>, netns: Option<&str>, bpffs: &Path) -> Report 
             interface(name, netns, bpffs, at_least(6, 3)),
         );
     }
+
+    b.push("crypto", "SM4/SM3 implementation", false, crypto());
 
     let ok = !b
         .checks

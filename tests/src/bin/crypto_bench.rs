@@ -1,20 +1,23 @@
-//! SM4 media-encryption benchmarks (crate `gb35114`).
+//! SM4/SM3 media-encryption benchmarks (crates `gmcrypt`, `gb35114`).
 //!
-//! Rows, in MB/s (10^6 bytes per second):
-//! - the SM4 block function (libsm's `Sm4Cipher::encrypt` behind
-//!   `Sm4::encrypt_block`), our `ofb_apply` and `ctr_apply` on 64 KiB buffers;
-//! - SM3 and HMAC-SM3 (libsm's one-shot SM3);
-//! - `sm4-nal-ofb`: `NalDecryptor` over a real H.264 stream (ffmpeg,
-//!   1280x720, ~4 Mbit/s), encrypted once, decrypted repeatedly; MB/s of
-//!   access unit bytes;
-//! - `srtp-sm4`: `SrtpSender::protect` and `SrtpReceiver::unprotect` of
-//!   1400-byte RTP packets;
-//! - in the same run, `openssl speed -evp sm4-ofb` / `sm4-ctr` as the
-//!   reference, and ours/openssl per profile;
-//! - where the time goes: the SM4 keystream, HMAC and the rest, timed
-//!   separately over the same bytes.
+//! Rows, in MB/s (10^6 bytes per second), on the CPU printed first:
+//! - per SM4 implementation this CPU runs (`gmcrypt::sm4::Impl`): CTR on
+//!   64 KiB, OFB on one 64 KiB stream (sequential), OFB on 4 and on 16
+//!   lanes of 16 KiB (`ofb_lanes`: slices of an access unit) and on 64 lanes
+//!   under 16 keys (`ofb_lanes_keyed`: 16 streams x 4 slices); libsm's
+//!   block function (the previous implementation) as a baseline;
+//! - SM3 and HMAC-SM3 (1404-byte messages): ours per implementation, libsm's;
+//! - `sm4-nal-ofb`: `NalDecryptor` over real H.264 streams (ffmpeg, 720p,
+//!   ~4 Mbit/s), one slice and four slices per picture; MB/s of access-unit
+//!   bytes and streams per core at the stream's bit rate;
+//! - `srtp-sm4`: `SrtpSender::protect` / `SrtpReceiver::unprotect` of
+//!   1400-byte RTP packets, and streams per core at 4 Mbit/s;
+//! - in the same run, `openssl speed -evp sm4-ofb` / `sm4-ctr` and
+//!   `openssl speed -hmac sm3` as the references, and ours/openssl with the
+//!   goals of issue 15 beside them;
+//! - where the time goes in each profile.
 //!
-//! `crypto-bench [--quick]`: quick < 20 s, full < 90 s. Needs ffmpeg and
+//! `crypto-bench [--quick]`: quick < 40 s, full < 2 min. Needs ffmpeg and
 //! openssl for the stream and reference rows (skipped with a note if absent).
 
 use std::process::Command;
@@ -25,12 +28,12 @@ use gb35114::nal::{
     encrypt_access_unit, is_vcl, split_access_units, split_nal_units, KeyRing, NalCodec,
     NalDecryptor,
 };
-use gb35114::sm3::{sm3, HmacSm3};
-use gb35114::sm4::{ctr_apply, ofb_apply, Sm4};
+use gb35114::sm4::Sm4;
 use gb35114::srtp::{MasterKey, SrtpReceiver, SrtpSender};
+use gmcrypt::sm3::{self, HmacSm3};
+use gmcrypt::sm4::{self as gm4, Impl, OfbUnit};
 
 struct Cfg {
-    quick: bool,
     /// Time budget of one measurement.
     budget: Duration,
     /// Video length for the stream row.
@@ -81,8 +84,8 @@ impl Rng {
     }
 }
 
-fn encode_h264(frames: u32) -> Result<Vec<u8>> {
-    let dir = std::env::temp_dir().join(format!("crypto-bench-{}", std::process::id()));
+fn encode_h264(frames: u32, slices: u32) -> Result<Vec<u8>> {
+    let dir = std::env::temp_dir().join(format!("crypto-bench-{}-{slices}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let out = dir.join("src.h264");
     let st = Command::new("ffmpeg")
@@ -108,6 +111,7 @@ fn encode_h264(frames: u32) -> Result<Vec<u8>> {
             "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "veryfast",
         ])
         .args(["-b:v", "4M", "-maxrate", "4M", "-bufsize", "8M", "-g", "50"])
+        .args(["-x264-params", &format!("slices={slices}")])
         .args(["-bsf:v", "h264_mp4toannexb", "-f", "h264"])
         .arg(&out)
         .status()
@@ -120,18 +124,18 @@ fn encode_h264(frames: u32) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-/// `openssl speed -evp <cipher>`: MB/s per block size (1024, 8192, 16384 when present).
-fn openssl_speed(cipher: &str, cfg: &Cfg) -> Result<Vec<(usize, f64)>> {
+/// `openssl speed -evp <cipher>` (or `-hmac sm3` for "hmac(sm3)") on
+/// `bytes`-byte buffers: MB/s.
+fn openssl_speed(cipher: &str, bytes: usize, cfg: &Cfg) -> Result<f64> {
     let secs = cfg.openssl_seconds.to_string();
     let mut cmd = Command::new("openssl");
-    cmd.args(["speed", "-seconds", &secs]);
-    if cfg.quick {
-        cmd.args(["-bytes", "16384"]);
+    cmd.args(["speed", "-seconds", &secs, "-bytes", &bytes.to_string()]);
+    if cipher == "hmac(sm3)" {
+        cmd.args(["-hmac", "sm3"]);
+    } else {
+        cmd.args(["-evp", cipher]);
     }
-    let out = cmd
-        .args(["-evp", cipher])
-        .output()
-        .context("running openssl speed")?;
+    let out = cmd.output().context("running openssl speed")?;
     if !out.status.success() {
         bail!(
             "openssl speed failed: {}",
@@ -166,18 +170,94 @@ fn openssl_speed(cipher: &str, cfg: &Cfg) -> Result<Vec<(usize, f64)>> {
     if sizes.is_empty() || sizes.len() != values.len() {
         bail!("could not parse openssl speed output:\n{text}");
     }
-    Ok(sizes
+    sizes
         .into_iter()
         .zip(values)
-        .filter(|(s, _)| matches!(s, 1024 | 8192 | 16384))
-        .collect())
+        .find(|(s, _)| *s == bytes)
+        .map(|(_, v)| v)
+        .with_context(|| format!("no {bytes}-byte column in:\n{text}"))
+}
+
+/// One `sm4-nal-ofb` stream row: encrypt once, decrypt repeatedly. Returns
+/// (MB/s of access-unit bytes, stream bit rate in Mbit/s).
+fn nal_row(cfg: &Cfg, rng: &mut Rng, key: &[u8; 16], slices: u32) -> Result<(f64, f64)> {
+    let stream = encode_h264(cfg.frames, slices)?;
+    let c = Sm4::new(key);
+    let aus: Vec<Vec<u8>> = split_access_units(NalCodec::H264, &stream)
+        .into_iter()
+        .map(|a| a.to_vec())
+        .collect();
+    let enc: Vec<Vec<u8>> = aus
+        .iter()
+        .map(|au| encrypt_access_unit(NalCodec::H264, au, 1, &c, &rng.array()))
+        .collect();
+    let enc_bytes: usize = enc.iter().map(|a| a.len()).sum();
+    let vcl: Vec<usize> = aus
+        .iter()
+        .flat_map(|a| split_nal_units(a))
+        .filter(|n| is_vcl(NalCodec::H264, n))
+        .map(|n| n.len())
+        .collect();
+    let vcl_bytes: usize = vcl.iter().sum();
+    let mut keys = KeyRing::new();
+    keys.insert(1, 1, key);
+    let mut d = NalDecryptor::new(NalCodec::H264);
+    let mut out = Vec::new();
+    // Round trip checked once, outside the timing.
+    for (i, e) in enc.iter().enumerate() {
+        d.push(e.clone(), false, i, &keys, &mut out);
+    }
+    d.finish(&mut out);
+    let ok = out.len() == aus.len() && out.iter().all(|(a, i)| *a == aus[*i]);
+    let (rate, per) = measure(cfg, enc_bytes, 1000, || {
+        for e in &enc {
+            out.clear();
+            d.push(e.clone(), false, 0, &keys, &mut out);
+        }
+    });
+    let mbit = stream.len() as f64 * 8.0 / (f64::from(cfg.frames) / 25.0) / 1e6;
+    row(
+        &format!("sm4-nal-ofb decrypt, {slices} slice(s)/picture"),
+        rate,
+        &format!(
+            "{} AUs, {} slices, {:.1} MB, {mbit:.1} Mbit/s: {:.0} streams/core{}",
+            aus.len(),
+            vcl.len(),
+            enc_bytes as f64 / 1e6,
+            (rate * 8.0) / mbit,
+            if ok { "" } else { "  ROUND TRIP FAILED" }
+        ),
+    );
+    // Where the time goes: the keystream over the same slices, in lanes
+    // of one access unit's slices.
+    let per_au = (vcl.len() / aus.len().max(1)).max(1);
+    let mut ks: Vec<Vec<u8>> = vcl.iter().map(|&n| vec![0u8; n]).collect();
+    let iv: [u8; 16] = rng.array();
+    let (_, ks_per) = measure(cfg, vcl_bytes, 1000, || {
+        for group in ks.chunks_mut(per_au) {
+            let mut units: Vec<OfbUnit<'_>> =
+                group.iter_mut().map(|d| OfbUnit { iv, data: d }).collect();
+            c.ofb_lanes(&mut units);
+        }
+    });
+    let (_, copy_per) = measure(cfg, enc_bytes, 1000, || {
+        for e in &enc {
+            std::hint::black_box(e.clone());
+        }
+    });
+    println!(
+        "  where the time goes: SM4 keystream {:.0}%, input copy {:.0}%, EP/parsing/output {:.0}%",
+        100.0 * ks_per / per,
+        100.0 * copy_per / per,
+        100.0 * (per - ks_per - copy_per).max(0.0) / per
+    );
+    Ok((rate, mbit))
 }
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let cfg = Cfg {
-        quick,
-        budget: Duration::from_millis(if quick { 250 } else { 1500 }),
+        budget: Duration::from_millis(if quick { 200 } else { 1000 }),
         frames: if quick { 100 } else { 250 },
         openssl_seconds: if quick { 1 } else { 2 },
     };
@@ -185,119 +265,135 @@ fn main() -> Result<()> {
     let mut rng = Rng(0x00c0_ffee);
     let key: [u8; 16] = rng.array();
     let iv: [u8; 16] = rng.array();
-    let c = Sm4::new(&key);
     println!(
-        "crypto-bench ({}), MB/s = 10^6 bytes/s",
-        if quick { "quick" } else { "full" }
+        "crypto-bench ({}) on {}; MB/s = 10^6 bytes/s",
+        if quick { "quick" } else { "full" },
+        gateway_tests::cpu_model()
     );
-    println!("{:<44} {:>10}", "what", "MB/s");
+    let (s4, s3) = (gm4::selected(), sm3::selected());
+    println!(
+        "default SM4 {} ({}), SM3 {} ({})",
+        s4.imp, s4.reason, s3.imp, s3.reason
+    );
+    let impls: Vec<Impl> = Impl::ALL
+        .into_iter()
+        .filter(|i| match i.unavailable() {
+            None => true,
+            Some(why) => {
+                println!("skipped: SM4 {i}: {why}");
+                false
+            }
+        })
+        .collect();
 
-    // --- primitives
-    let mut block = [0u8; 16];
-    let blocks = 65536usize;
-    let (sm4_block, _) = measure(&cfg, blocks * 16, 10_000, || {
-        for _ in 0..blocks {
-            c.encrypt_block(&mut block);
+    // --- SM4 per implementation
+    println!(
+        "{:<14} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "SM4 impl", "CTR", "OFB x1", "OFB x4", "OFB x16", "OFB 16 keys"
+    );
+    let big = rng.bytes(64 * 1024);
+    let mut ctr_by: Vec<(Impl, f64)> = Vec::new();
+    let mut keyed_by: Vec<(Impl, f64)> = Vec::new();
+    let lane_len = 16 * 1024;
+    let keys16: Vec<[u8; 16]> = (0..16).map(|_| rng.array()).collect();
+    for &imp in &impls {
+        let c = gm4::Sm4::with_impl(&key, imp)?;
+        let mut buf = big.clone();
+        let (ctr, _) = measure(&cfg, buf.len(), 100_000, || c.ctr_apply(&iv, &mut buf));
+        let (ofb1, _) = measure(&cfg, buf.len(), 100_000, || c.ofb_apply(&iv, &mut buf));
+        let lanes = |n: usize| {
+            let mut data: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; lane_len]).collect();
+            measure(&cfg, n * lane_len, 100_000, || {
+                let mut units: Vec<OfbUnit<'_>> =
+                    data.iter_mut().map(|d| OfbUnit { iv, data: d }).collect();
+                c.ofb_lanes(&mut units);
+            })
+            .0
+        };
+        let (ofb4, ofb16) = (lanes(4), lanes(16));
+        // 16 streams x 4 slices: 64 lanes, 16 keys.
+        let ciphers: Vec<gm4::Sm4> = keys16
+            .iter()
+            .map(|k| gm4::Sm4::with_impl(k, imp))
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&gm4::Sm4> = (0..64).map(|i| &ciphers[i / 4]).collect();
+        let mut data: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 4096]).collect();
+        let (keyed, _) = measure(&cfg, 64 * 4096, 100_000, || {
+            let mut units: Vec<OfbUnit<'_>> =
+                data.iter_mut().map(|d| OfbUnit { iv, data: d }).collect();
+            gm4::ofb_lanes_keyed(&refs, &mut units);
+        });
+        println!(
+            "{:<14} {ctr:>9.1} {ofb1:>9.1} {ofb4:>9.1} {ofb16:>9.1} {keyed:>12.1}",
+            imp.name()
+        );
+        ctr_by.push((imp, ctr));
+        keyed_by.push((imp, keyed));
+    }
+    // The previous implementation: libsm's block function, one block at a time.
+    let old = libsm::sm4::cipher::Sm4Cipher::new(&key).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut buf = big.clone();
+    let (libsm_ofb, _) = measure(&cfg, buf.len(), 100_000, || {
+        let mut ks = iv;
+        for chunk in buf.chunks_mut(16) {
+            if let Ok(o) = old.encrypt(&ks) {
+                ks = o;
+            }
+            for (d, k) in chunk.iter_mut().zip(ks) {
+                *d ^= k;
+            }
         }
     });
     row(
-        "SM4 block (libsm Sm4Cipher::encrypt)",
-        sm4_block,
+        "libsm Sm4Cipher OFB (previous, baseline)",
+        libsm_ofb,
         "1 block at a time",
     );
-    let mut buf = rng.bytes(64 * 1024);
-    let (ofb, _) = measure(&cfg, buf.len(), 100_000, || ofb_apply(&c, &iv, &mut buf));
-    row("ofb_apply (64 KiB)", ofb, "");
-    let (ctr, _) = measure(&cfg, buf.len(), 100_000, || ctr_apply(&c, &iv, &mut buf));
-    row("ctr_apply (64 KiB)", ctr, "");
-    let (sm3_rate, _) = measure(&cfg, buf.len(), 100_000, || {
-        std::hint::black_box(sm3(&buf));
-    });
-    row("SM3 (libsm, 64 KiB)", sm3_rate, "");
-    let h = HmacSm3::new(&rng.bytes(32));
-    let pkt = rng.bytes(1404);
-    let mut scratch = Vec::new();
-    let msgs = 256usize;
-    let (hmac_rate, _) = measure(&cfg, msgs * pkt.len(), 100_000, || {
-        for _ in 0..msgs {
-            std::hint::black_box(h.mac_with_buffer(&[&pkt], &mut scratch));
-        }
-    });
-    row("HMAC-SM3 (1404-byte messages)", hmac_rate, "");
 
-    // --- sm4-nal-ofb on a real stream
-    let mut nal_rate = None;
-    match encode_h264(cfg.frames) {
-        Err(e) => println!(
-            "{:<44} {:>10}  ffmpeg unavailable: {e:#}",
-            "sm4-nal-ofb decrypt", "-"
-        ),
-        Ok(stream) => {
-            let aus: Vec<Vec<u8>> = split_access_units(NalCodec::H264, &stream)
-                .into_iter()
-                .map(|a| a.to_vec())
-                .collect();
-            let enc: Vec<Vec<u8>> = aus
-                .iter()
-                .map(|au| encrypt_access_unit(NalCodec::H264, au, 1, &c, &rng.array()))
-                .collect();
-            let enc_bytes: usize = enc.iter().map(|a| a.len()).sum();
-            let vcl_bytes: usize = aus
-                .iter()
-                .flat_map(|a| split_nal_units(a))
-                .filter(|n| is_vcl(NalCodec::H264, n))
-                .map(|n| n.len())
-                .sum();
-            let mut keys = KeyRing::new();
-            keys.insert(1, 1, &key);
-            let mut d = NalDecryptor::new(NalCodec::H264);
-            let mut out = Vec::new();
-            let mut ok = true;
-            // check once, outside the timing
-            for (i, e) in enc.iter().enumerate() {
-                d.push(e.clone(), false, i, &keys, &mut out);
+    // --- SM3
+    let pkt = rng.bytes(1404);
+    let msgs = 256usize;
+    let mut hmac_rate = 0.0f64;
+    for imp in sm3::Impl::ALL {
+        if let Some(why) = imp.unavailable() {
+            println!("skipped: SM3 {imp}: {why}");
+            continue;
+        }
+        let (rate, _) = measure(&cfg, big.len(), 100_000, || {
+            let mut h = sm3::Sm3::with_impl(imp);
+            h.update(&big);
+            std::hint::black_box(h.finalize());
+        });
+        row(&format!("SM3 {imp} (64 KiB)"), rate, "");
+        let h = HmacSm3::with_impl(&rng.bytes(32), imp);
+        let (hr, _) = measure(&cfg, msgs * pkt.len(), 100_000, || {
+            for _ in 0..msgs {
+                std::hint::black_box(h.mac(&[&pkt]));
             }
-            d.finish(&mut out);
-            if out.len() != aus.len() || out.iter().any(|(a, i)| *a != aus[*i]) {
-                ok = false;
+        });
+        row(&format!("HMAC-SM3 {imp} (1404-byte messages)"), hr, "");
+        if imp == s3.imp {
+            hmac_rate = hr;
+        }
+    }
+    let (libsm_sm3, _) = measure(&cfg, big.len(), 100_000, || {
+        std::hint::black_box(libsm::sm3::hash::Sm3Hash::new(&big).get_hash());
+    });
+    row("SM3 libsm (64 KiB, previous)", libsm_sm3, "");
+
+    // --- sm4-nal-ofb on real streams (default implementation)
+    let mut nal = Vec::new();
+    for slices in [1u32, 4] {
+        match nal_row(&cfg, &mut rng, &key, slices) {
+            Ok(r) => nal.push((slices, Some(r))),
+            Err(e) => {
+                println!(
+                    "{:<44} {:>10}  ffmpeg unavailable: {e:#}",
+                    format!("sm4-nal-ofb decrypt, {slices} slice(s)"),
+                    "-"
+                );
+                nal.push((slices, None));
             }
-            let (rate, per) = measure(&cfg, enc_bytes, 1000, || {
-                for e in &enc {
-                    out.clear();
-                    d.push(e.clone(), false, 0, &keys, &mut out);
-                }
-            });
-            let mbit = stream.len() as f64 * 8.0 / (f64::from(cfg.frames) / 25.0) / 1e6;
-            row(
-                "sm4-nal-ofb NalDecryptor (H.264 720p)",
-                rate,
-                &format!(
-                    "{} AUs, {:.1} MB, {mbit:.1} Mbit/s: {:.0} streams/core{}",
-                    aus.len(),
-                    enc_bytes as f64 / 1e6,
-                    (rate * 8.0) / mbit,
-                    if ok { "" } else { "  ROUND TRIP FAILED" }
-                ),
-            );
-            // where the time goes: the SM4 keystream over the same RBSP bytes
-            let mut ks = vec![0u8; vcl_bytes];
-            let (_, ks_per) = measure(&cfg, vcl_bytes, 1000, || ofb_apply(&c, &iv, &mut ks));
-            let copy_per = {
-                let (_, p) = measure(&cfg, enc_bytes, 1000, || {
-                    for e in &enc {
-                        std::hint::black_box(e.clone());
-                    }
-                });
-                p
-            };
-            println!(
-                "  where the time goes (nal): SM4 keystream {:.0}%, input copy {:.0}%, \
-                 EP/parsing/output {:.0}%",
-                100.0 * ks_per / per,
-                100.0 * copy_per / per,
-                100.0 * (per - ks_per - copy_per).max(0.0) / per
-            );
-            nal_rate = Some(rate);
         }
     }
 
@@ -353,23 +449,23 @@ fn main() -> Result<()> {
         "srtp-sm4 unprotect (1400-byte RTP)",
         unprotect_rate,
         &format!(
-            "{:.0} kpkt/s{}",
+            "{:.0} kpkt/s: {:.0} streams/core at 4 Mbit/s{}",
             n_pkts as f64 / unprotect_per / 1e3,
+            unprotect_rate * 8.0 / 4.0,
             if failures > 0 { "  FAILURES" } else { "" }
         ),
     );
-    // where the time goes: HMAC over header+payload+ROC, CTR over the payload
+    let h = HmacSm3::new(&rng.bytes(32));
     let (_, hmac_per) = measure(&cfg, bytes, 1000, || {
         for p in &srtp {
-            std::hint::black_box(
-                h.mac_with_buffer(&[&p[..p.len() - 10], &[0, 0, 0, 0]], &mut scratch),
-            );
+            std::hint::black_box(h.mac(&[&p[..p.len() - 10], &[0, 0, 0, 0]]));
         }
     });
+    let c = gm4::Sm4::new(&key);
     let mut pay = vec![0u8; 1388];
     let (_, ctr_per) = measure(&cfg, bytes, 1000, || {
         for _ in 0..n_pkts {
-            ctr_apply(&c, &iv, &mut pay);
+            c.ctr_apply(&iv, &mut pay);
         }
     });
     println!(
@@ -379,57 +475,99 @@ fn main() -> Result<()> {
         100.0 * (unprotect_per - hmac_per - ctr_per).max(0.0) / unprotect_per
     );
 
-    // --- openssl reference, same run
-    let mut ossl = Vec::new();
-    for cipher in ["sm4-ofb", "sm4-ctr"] {
-        match openssl_speed(cipher, &cfg) {
-            Ok(cols) => {
-                let text: Vec<String> =
-                    cols.iter().map(|(s, v)| format!("{s} B: {v:.1}")).collect();
-                let big = cols.iter().find(|(s, _)| *s == 16384).map(|(_, v)| *v);
-                row(
-                    &format!("openssl speed -evp {cipher} (16384 B)"),
-                    big.unwrap_or(f64::NAN),
-                    &text.join(", "),
-                );
-                ossl.push((cipher, big));
-            }
-            Err(e) => {
-                println!(
-                    "{:<44} {:>10}  {e:#}",
-                    format!("openssl speed -evp {cipher}"),
-                    "-"
-                );
-                ossl.push((cipher, None));
-            }
+    // --- openssl, same run
+    let reference = |what: &str, bytes: usize| match openssl_speed(what, bytes, &cfg) {
+        Ok(v) => {
+            row(&format!("openssl speed {what} ({bytes} B)"), v, "");
+            Some(v)
+        }
+        Err(e) => {
+            println!("{:<44} {:>10}  {e:#}", format!("openssl speed {what}"), "-");
+            None
+        }
+    };
+    let ofb_ref = reference("sm4-ofb", 16384);
+    let ctr_ref = reference("sm4-ctr", 16384);
+    let hmac_ref = reference("hmac(sm3)", 1404);
+
+    println!("ratios ours/openssl (goal of issue 15 in brackets):");
+    let ratio = |name: &str, ours: f64, r: Option<f64>, goal: &str| {
+        if let Some(r) = r {
+            println!("  {name:<52} {:>6.2}  {goal}", ours / r);
+        }
+    };
+    for (imp, v) in &ctr_by {
+        ratio(
+            &format!("SM4-CTR {imp} / openssl sm4-ctr"),
+            *v,
+            ctr_ref,
+            "[>= 5]",
+        );
+    }
+    let default_ctr = ctr_by
+        .iter()
+        .find(|(i, _)| *i == s4.imp)
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0);
+    ratio(
+        "srtp-sm4 unprotect / openssl sm4-ctr",
+        unprotect_rate,
+        ctr_ref,
+        "[>= 3]",
+    );
+    ratio(
+        "srtp-sm4 protect / openssl sm4-ctr",
+        protect_rate,
+        ctr_ref,
+        "",
+    );
+    for (slices, r) in &nal {
+        if let Some((rate, _)) = r {
+            ratio(
+                &format!("sm4-nal-ofb decrypt {slices} slice(s) / openssl sm4-ofb"),
+                *rate,
+                ofb_ref,
+                if *slices == 4 { "[>= 3]" } else { "" },
+            );
         }
     }
-    let ofb_ref = ossl.first().and_then(|(_, v)| *v);
-    let ctr_ref = ossl.get(1).and_then(|(_, v)| *v);
-    println!("ratios ours/openssl:");
-    if let Some(r) = ofb_ref {
-        println!(
-            "  ofb_apply / openssl sm4-ofb                 {:.2}",
-            ofb / r
+    for (imp, v) in &keyed_by {
+        ratio(
+            &format!("OFB 16 streams x 4 slices {imp} / openssl sm4-ofb"),
+            *v,
+            ofb_ref,
+            "[>= 3]",
         );
-        if let Some(n) = nal_rate {
-            println!("  sm4-nal-ofb decrypt / openssl sm4-ofb       {:.2}", n / r);
+    }
+    ratio(
+        "HMAC-SM3 (1404 B) / openssl hmac(sm3) (1404 B)",
+        hmac_rate,
+        hmac_ref,
+        "[>= 1.5]",
+    );
+    ratio(
+        "libsm OFB (previous) / openssl sm4-ofb",
+        libsm_ofb,
+        ofb_ref,
+        "",
+    );
+    println!("streams per core (default implementations):");
+    println!(
+        "  srtp-sm4 unprotect at 4 Mbit/s                       {:>6.0}  [goal 1000]",
+        unprotect_rate * 8.0 / 4.0
+    );
+    for (slices, r) in &nal {
+        if let Some((rate, mbit)) = r {
+            println!(
+                "  sm4-nal-ofb {slices} slice(s) at {mbit:.1} Mbit/s                   {:>6.0}",
+                rate * 8.0 / mbit
+            );
         }
     }
-    if let Some(r) = ctr_ref {
-        println!(
-            "  ctr_apply / openssl sm4-ctr                 {:.2}",
-            ctr / r
-        );
-        println!(
-            "  srtp-sm4 unprotect / openssl sm4-ctr        {:.2}",
-            unprotect_rate / r
-        );
-        println!(
-            "  srtp-sm4 protect / openssl sm4-ctr          {:.2}",
-            protect_rate / r
-        );
-    }
+    println!(
+        "  SM4-CTR keystream alone at 4 Mbit/s                  {:>6.0}",
+        default_ctr * 8.0 / 4.0
+    );
     println!("total {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
