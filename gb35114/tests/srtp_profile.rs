@@ -328,3 +328,71 @@ fn random_packets_never_panic() {
         let _ = tx.protect(&p, &mut out);
     }
 }
+
+/// `unprotect_batch` gives packet for packet what `unprotect` gives, across
+/// tampering, replays, reordering, a sequence wrap, an SSRC change and a key
+/// rotation inside batches of every size.
+#[test]
+fn batch_unprotect_equals_one_by_one() {
+    let mut rng = Rng(77);
+    let k1 = key(&mut rng);
+    let k2 = key(&mut rng);
+    let mut tx = SrtpSender::new(&k1);
+    let mut stream: Vec<Vec<u8>> = Vec::new();
+    let mut seq = 65_500u16; // wraps within the stream
+    for i in 0..400u32 {
+        if i == 250 {
+            tx.set_key(&k2);
+        }
+        seq = seq.wrapping_add(1);
+        let ssrc = if (300..320).contains(&i) {
+            SSRC ^ 1
+        } else {
+            SSRC
+        };
+        let len = 12 + (i as usize * 37) % 1300;
+        let payload = rng.bytes(len);
+        let good = protect(&mut tx, &rtp(seq, ssrc, &payload));
+        if i % 41 == 7 {
+            let mut bad = good.clone();
+            let k = bad.len() / 2;
+            bad[k] ^= 0x10; // a tampered copy arrives first
+            stream.push(bad);
+        }
+        stream.push(good);
+        if i % 53 == 11 {
+            stream.push(stream[stream.len() - 3].clone()); // replay
+        }
+        if i % 67 == 5 && stream.len() > 4 {
+            let n = stream.len();
+            stream.swap(n - 1, n - 3); // reordering
+        }
+    }
+    stream.push(vec![0x80, 96, 0, 1]); // malformed
+    let live = vec![(1u64, k1.clone()), (2u64, k2.clone())];
+    let mut want = Vec::new();
+    let mut one = SrtpReceiver::new();
+    for p in &stream {
+        want.push(unprotect(&mut one, p, &live));
+    }
+    for batch in [1usize, 2, 3, 8, 16, 17, 64] {
+        let mut rx = SrtpReceiver::new();
+        let mut got: Vec<Result<Vec<u8>, Failure>> = Vec::new();
+        for chunk in stream.chunks(batch) {
+            let refs: Vec<&[u8]> = chunk.iter().map(|p| &p[..]).collect();
+            let before = got.len();
+            rx.unprotect_batch(&refs, &live, |i, r| {
+                assert_eq!(i, got.len() - before);
+                got.push(r.map(|c| c.to_vec()));
+            });
+        }
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g, w, "batch {batch}, packet {i}");
+        }
+        assert_eq!(rx.highest_index(), one.highest_index());
+    }
+    assert!(want.iter().filter(|r| r.is_ok()).count() > 380);
+    assert!(want.contains(&Err(Failure::BadTag)));
+    assert!(want.contains(&Err(Failure::Replay)));
+}

@@ -13,7 +13,10 @@
 //! | `neon` | aarch64 Advanced SIMD | 4 |
 //! | `portable` | anything | 1 (4 interleaved) |
 //!
-//! SM3 ([`sm3::Impl`]): `sm3-ce` (aarch64 SM3 instructions) or `portable`.
+//! SM3 ([`sm3::Impl`]): `sm3-ce` (aarch64 SM3 instructions), `portable`,
+//! and on x86_64 multi-buffer SM3 over several messages at once
+//! (`avx512-x16`: 16 messages per call, `avx2-x8`: 8), which
+//! [`sm3::HmacSm3::mac_many`] uses for the tags of many packets.
 //!
 //! `GMCRYPT_SM4` and `GMCRYPT_SM3` (environment, read once) force an
 //! implementation by name; the API ([`sm4::Sm4::with_impl`]) forces one per

@@ -138,6 +138,56 @@ impl StreamCrypto {
         }
     }
 
+    /// Several SRTP packets of the stream, in order (one `recvmmsg` batch):
+    /// their tags are computed together (multi-buffer HMAC-SM3), with the
+    /// same result per packet as [`StreamCrypto::unprotect`]. The clear
+    /// packets are appended to `clear`; `results[i]` is packet i's range in
+    /// it or why it failed (both cleared first).
+    pub fn unprotect_batch(
+        &mut self,
+        pkts: &[&[u8]],
+        clear: &mut Vec<u8>,
+        results: &mut Vec<Result<std::ops::Range<usize>, Failure>>,
+    ) {
+        clear.clear();
+        results.clear();
+        let Some(rx) = &mut self.srtp else {
+            for p in pkts {
+                let start = clear.len();
+                clear.extend_from_slice(p);
+                results.push(Ok(start..clear.len()));
+            }
+            return;
+        };
+        let keys: &ChannelKeys = match &mut self.keys {
+            Some(v) => v.get(),
+            None => &self.none,
+        };
+        rx.unprotect_batch(pkts, keys, |_, r| match r {
+            Ok(c) => {
+                let start = clear.len();
+                clear.extend_from_slice(c);
+                results.push(Ok(start..clear.len()));
+            }
+            Err(f) => results.push(Err(f)),
+        });
+        for r in results.iter() {
+            match r {
+                Ok(_) => {
+                    self.srtp_ok += 1;
+                    self.last_ok = true;
+                }
+                Err(f) => {
+                    if let Some(i) = Failure::ALL.iter().position(|x| x == f) {
+                        self.srtp_failures[i] += 1;
+                    }
+                    self.last_ok = false;
+                    self.last_failure = Some((*f, true));
+                }
+            }
+        }
+    }
+
     /// A frame from the demuxer; clear frames are appended to `out` (held
     /// ones may come later, failed ones never).
     pub fn frame(&mut self, mut f: Frame, out: &mut Vec<Frame>) {

@@ -40,6 +40,8 @@ pub struct Pipeline {
     pub(super) id: String,
     pub(super) crypto: StreamCrypto,
     pub(super) clear_buf: Vec<u8>,
+    /// Per-packet outcomes of the last SRTP batch (reused).
+    pub(super) batch_results: Vec<Result<std::ops::Range<usize>, gb35114::Failure>>,
     /// PS muxer for forwarding decrypted frames (sm4-nal-ofb streams).
     pub(super) remux: Option<PsMuxer>,
     pub(super) remux_buf: Vec<u8>,
@@ -155,6 +157,7 @@ impl Pipeline {
             id: id.to_string(),
             crypto: StreamCrypto::new(None, false),
             clear_buf: Vec::with_capacity(1500),
+            batch_results: Vec::with_capacity(16),
             remux: None,
             remux_buf: Vec::new(),
             legs: Legs::default(),
@@ -230,6 +233,50 @@ impl Pipeline {
             }
         }
         self.clear_buf = clear;
+    }
+
+    /// One receive batch, in order: each packet's source address and
+    /// bytes. SRTP packets go through the batch path (their tags computed
+    /// together); everything else as [`Pipeline::packet`] does.
+    pub fn packets(&mut self, batch: &[(Option<std::net::SocketAddr>, &[u8])], now_ns: u64) {
+        if !self.crypto.srtp() || batch.len() < 2 {
+            for (src, d) in batch {
+                self.source(*src);
+                self.packet(d, now_ns);
+            }
+            return;
+        }
+        self.apply_legs();
+        let srtp: Vec<&[u8]> = batch
+            .iter()
+            .map(|(_, d)| *d)
+            .filter(|d| rtp::parse(d).is_ok())
+            .collect();
+        let mut clear = std::mem::take(&mut self.clear_buf);
+        let mut results = std::mem::take(&mut self.batch_results);
+        self.crypto.unprotect_batch(&srtp, &mut clear, &mut results);
+        let mut next = results.iter();
+        for (src, d) in batch {
+            self.source(*src);
+            if rtp::parse(d).is_err() {
+                self.packet_clear(d, now_ns);
+                continue;
+            }
+            match next.next() {
+                Some(Ok(r)) => {
+                    let r = r.clone();
+                    if let Some(c) = clear.get(r) {
+                        self.packet_clear(c, now_ns);
+                    }
+                }
+                Some(Err(f)) if self.once(LOG_DECRYPT) => {
+                    warn!(stream = %self.id, reason = f.as_str(), "SRTP packet not decrypted (counted; logged once)");
+                }
+                Some(Err(_)) | None => {}
+            }
+        }
+        self.clear_buf = clear;
+        self.batch_results = results;
     }
 
     pub(super) fn packet_clear(&mut self, buf: &[u8], now_ns: u64) {

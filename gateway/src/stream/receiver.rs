@@ -110,13 +110,17 @@ pub fn start(bound: Bound, remote: Option<SocketAddr>, mut pipe: Pipeline) -> Re
                                 match got {
                                     Ok(n) => {
                                         let t = now_ns();
+                                        let mut batch = Vec::with_capacity(n);
                                         for ((b, l), src) in bufs.iter().zip(&lens[..n]).zip(&srcs) {
-                                            pipe.source(*src);
                                             match b.get(..*l) {
-                                                Some(d) => pipe.packet(d, t),
-                                                None => pipe.oversized(),
+                                                Some(d) => batch.push((*src, d)),
+                                                None => {
+                                                    pipe.source(*src);
+                                                    pipe.oversized();
+                                                }
                                             }
                                         }
+                                        pipe.packets(&batch, t);
                                         if n < bufs.len() {
                                             break;
                                         }

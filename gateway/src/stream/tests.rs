@@ -119,7 +119,22 @@ fn key_store(spec: &str) -> Arc<crate::keys::KeyStore> {
 
 #[test]
 fn srtp_is_decrypted_tampering_and_replay_counted_forward_re_encrypted() {
-    let dir = std::env::temp_dir().join(format!("gw-srtp-{}", std::process::id()));
+    srtp_pipeline(0);
+}
+
+/// The same arrival sequence through `Pipeline::packets` (the receive
+/// batches, whose tags are computed together): the same counts, recording
+/// and forward.
+#[test]
+fn srtp_in_receive_batches_gives_the_same_results() {
+    for batch in [2, 5, 16] {
+        srtp_pipeline(batch);
+    }
+}
+
+/// `batch` 0: one `packet` call per datagram; else `packets` in chunks.
+fn srtp_pipeline(batch: usize) {
+    let dir = std::env::temp_dir().join(format!("gw-srtp-{}-{batch}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let aus: Vec<Vec<u8>> = (0..12)
         .map(|i| plausible_au(i % 6 == 0, 2500, i as u8))
@@ -160,19 +175,33 @@ fn srtp_is_decrypted_tampering_and_replay_counted_forward_re_encrypted() {
     let mut p = Pipeline::new("s", Some(21), Some(rec))
         .with_forwards(vec![f])
         .with_keys(Some(view), true);
+    let mut arrivals: Vec<Vec<u8>> = Vec::new();
     for (t, pkt) in srtp.iter().enumerate() {
-        p.packet(pkt, t as u64);
+        arrivals.push(pkt.clone());
         if t == 3 {
-            p.packet(pkt, t as u64); // replayed
-                                     // The next packet, tampered, ahead of the real one (which
-                                     // must still be taken: the window moves on good tags only).
+            arrivals.push(pkt.clone()); // replayed
+                                        // The next packet, tampered, ahead of the real one (which must
+                                        // still be taken: the window moves on good tags only).
             let mut bad = srtp[4].clone();
             let last = bad.len() - 11;
             bad[last] ^= 1;
-            p.packet(&bad, t as u64);
+            arrivals.push(bad);
+            arrivals.push(b"not rtp".to_vec());
+        }
+    }
+    if batch == 0 {
+        for (t, a) in arrivals.iter().enumerate() {
+            p.packet(a, t as u64);
+        }
+    } else {
+        for (t, chunk) in arrivals.chunks(batch).enumerate() {
+            let b: Vec<(Option<std::net::SocketAddr>, &[u8])> =
+                chunk.iter().map(|a| (None, &a[..])).collect();
+            p.packets(&b, t as u64);
         }
     }
     p.finish();
+    assert_eq!(p.stats.garbage, 1, "batch {batch}");
     assert_eq!(p.stats.decrypt.srtp_packets, clear.len() as u64);
     assert_eq!(p.stats.decrypt.failures.get("replay"), Some(&1));
     assert_eq!(p.stats.decrypt.failures.get("bad_tag"), Some(&1));

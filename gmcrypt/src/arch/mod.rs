@@ -13,6 +13,8 @@ use crate::sm4::Impl;
 mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_sm3;
 
 /// Why `imp` cannot run on this CPU (`None`: it can).
 pub(crate) fn sm4_unavailable(imp: Impl) -> Option<&'static str> {
@@ -69,7 +71,36 @@ pub(crate) fn sm3_unavailable(imp: sm3::Impl) -> Option<&'static str> {
         sm3::Impl::Sm3Ce => aarch64::sm3_unavailable(),
         #[allow(unreachable_patterns)]
         sm3::Impl::Sm3Ce => Some("aarch64 only"),
+        #[cfg(target_arch = "x86_64")]
+        sm3::Impl::Avx512x16 => match x86_sm3::lanes() {
+            Some(16) => None,
+            _ => Some("CPU lacks avx512f"),
+        },
+        #[cfg(target_arch = "x86_64")]
+        sm3::Impl::Avx2x8 => x86_sm3::lanes().is_none().then_some("CPU lacks avx2"),
+        #[allow(unreachable_patterns)]
+        sm3::Impl::Avx512x16 | sm3::Impl::Avx2x8 => Some("x86_64 only"),
     }
+}
+
+/// One SM3 block per lane, 16 lanes (x86_64 AVX-512); false if this CPU
+/// cannot run it.
+#[allow(unused_variables)]
+pub(crate) fn sm3_x16(state: &mut [[u32; 16]; 8], w: &[[u32; 16]; 16]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return x86_sm3::compress_x16(state, w);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// One SM3 block per lane, 8 lanes (x86_64 AVX2); false if this CPU cannot
+/// run it.
+#[allow(unused_variables)]
+pub(crate) fn sm3_x8(state: &mut [[u32; 8]; 8], w: &[[u32; 8]; 16]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return x86_sm3::compress_x8(state, w);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// SM3 compression of `blocks` into `state` with `imp`; false if this CPU

@@ -5,31 +5,43 @@
 //! computed once per key, so a MAC costs the message's blocks plus two
 //! (one inner final, one outer) instead of four more.
 //!
-//! The compression function is `portable` (rounds unrolled, the message
-//! expansion computed as it goes) or `sm3-ce` on aarch64 CPUs with the SM3
-//! instructions. `GMCRYPT_SM3` forces one by name.
+//! The compression function is `portable` (rounds unrolled, literal
+//! indices) or `sm3-ce` on aarch64 CPUs with the SM3 instructions. One
+//! message's blocks are sequential; several messages go through the x86_64
+//! multi-buffer kernels together, one message per SIMD lane
+//! ([`finish_many`], [`HmacSm3::mac_many`], [`hmac_many`]). `GMCRYPT_SM3`
+//! forces an implementation by name (`portable` turns the lanes off).
 
 mod portable;
 
 use crate::arch;
 
-/// An SM3 compression implementation.
+/// An SM3 implementation. One message's blocks are sequential, so the
+/// x86_64 ones speed up several messages at once (one per SIMD lane:
+/// [`finish_many`], [`HmacSm3::mac_many`]); a single message goes through
+/// the portable compression there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Impl {
     /// aarch64: the SM3 instructions (`sm3ss1`, `sm3tt1a`, ...).
     Sm3Ce,
+    /// x86_64 AVX-512: 16 messages per call.
+    Avx512x16,
+    /// x86_64 AVX2: 8 messages per call.
+    Avx2x8,
     /// Any CPU.
     Portable,
 }
 
 impl Impl {
     /// Every implementation, in order of preference.
-    pub const ALL: [Impl; 2] = [Impl::Sm3Ce, Impl::Portable];
+    pub const ALL: [Impl; 4] = [Impl::Sm3Ce, Impl::Avx512x16, Impl::Avx2x8, Impl::Portable];
 
     /// The name `GMCRYPT_SM3` and reports use.
     pub fn name(self) -> &'static str {
         match self {
             Impl::Sm3Ce => "sm3-ce",
+            Impl::Avx512x16 => "avx512-x16",
+            Impl::Avx2x8 => "avx2-x8",
             Impl::Portable => "portable",
         }
     }
@@ -42,6 +54,15 @@ impl Impl {
     /// Why this CPU cannot run it (`None`: it can).
     pub fn unavailable(self) -> Option<&'static str> {
         arch::sm3_unavailable(self)
+    }
+
+    /// Messages per multi-buffer call (1: one at a time).
+    pub fn lanes(self) -> usize {
+        match self {
+            Impl::Avx512x16 => 16,
+            Impl::Avx2x8 => 8,
+            Impl::Sm3Ce | Impl::Portable => 1,
+        }
     }
 
     /// The fastest implementation this CPU runs.
@@ -267,6 +288,147 @@ impl HmacSm3 {
         o.update(&inner);
         o.finalize()
     }
+}
+
+impl HmacSm3 {
+    /// HMACs of several messages (each the concatenation of its parts)
+    /// under this key, computed in parallel lanes: `out[i]` for `msgs[i]`.
+    /// Panics if the lengths differ.
+    pub fn mac_many(&self, msgs: &[&[&[u8]]], out: &mut [[u8; 32]]) {
+        let keys = vec![self; msgs.len()];
+        hmac_many(&keys, msgs, out)
+    }
+}
+
+/// HMACs of several messages under their own keys (`keys[i]` for
+/// `msgs[i]`), in parallel lanes. Panics if the lengths differ.
+pub fn hmac_many(keys: &[&HmacSm3], msgs: &[&[&[u8]]], out: &mut [[u8; 32]]) {
+    assert!(
+        keys.len() == msgs.len() && msgs.len() == out.len(),
+        "one key and output per message"
+    );
+    let inner: Vec<&Sm3> = keys.iter().map(|k| &k.inner).collect();
+    let mut digests = vec![[0u8; 32]; msgs.len()];
+    finish_many(&inner, msgs, &mut digests);
+    let outer: Vec<&Sm3> = keys.iter().map(|k| &k.outer).collect();
+    let parts: Vec<[&[u8]; 1]> = digests.iter().map(|d| [&d[..]]).collect();
+    let msgs2: Vec<&[&[u8]]> = parts.iter().map(|p| &p[..]).collect();
+    finish_many(&outer, &msgs2, out);
+}
+
+/// Continues several hashes and finalizes them, in parallel lanes where
+/// the implementation has them: lane i starts from `starts[i]` (its state
+/// so far) and hashes the concatenation of `msgs[i]`'s parts; its digest
+/// goes to `out[i]`. Panics if the lengths differ.
+pub fn finish_many(starts: &[&Sm3], msgs: &[&[&[u8]]], out: &mut [[u8; 32]]) {
+    assert!(
+        starts.len() == msgs.len() && msgs.len() == out.len(),
+        "one start and output per message"
+    );
+    let scalar = |i: usize, out: &mut [[u8; 32]]| {
+        let mut h = starts[i].clone();
+        for p in msgs[i] {
+            h.update(p);
+        }
+        out[i] = h.finalize();
+    };
+    let mut i = 0;
+    while i < msgs.len() {
+        let imp = starts[i].imp;
+        let w = imp.lanes();
+        // A lane group: the next messages whose hashers use `imp` and sit
+        // on a block boundary (HMAC states always do).
+        let mut end = i;
+        while end < msgs.len() && end - i < w && starts[end].imp == imp && starts[end].buf_len == 0
+        {
+            end += 1;
+        }
+        if end - i < 2 {
+            scalar(i, out);
+            i += 1;
+            continue;
+        }
+        let ok = match w {
+            16 => lanes::<16>(
+                &starts[i..end],
+                &msgs[i..end],
+                &mut out[i..end],
+                arch::sm3_x16,
+            ),
+            _ => lanes::<8>(
+                &starts[i..end],
+                &msgs[i..end],
+                &mut out[i..end],
+                arch::sm3_x8,
+            ),
+        };
+        if !ok {
+            for k in i..end {
+                scalar(k, out);
+            }
+        }
+        i = end;
+    }
+}
+
+/// A multi-buffer compression: one block per lane (state words x lanes,
+/// block words x lanes); false if this CPU cannot run it.
+type LaneKernel<const W: usize> = fn(&mut [[u32; W]; 8], &[[u32; W]; 16]) -> bool;
+
+/// Up to W messages, one per lane; false (nothing written) if the kernel
+/// cannot run here.
+fn lanes<const W: usize>(
+    starts: &[&Sm3],
+    msgs: &[&[&[u8]]],
+    out: &mut [[u8; 32]],
+    kernel: LaneKernel<W>,
+) -> bool {
+    let n = msgs.len();
+    // Each lane's remaining bytes, padded (GB/T 32905 5.2).
+    let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(n);
+    for (s, parts) in starts.iter().zip(msgs) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut b = Vec::with_capacity(len + 72);
+        for p in *parts {
+            b.extend_from_slice(p);
+        }
+        let bits = s.len.wrapping_add(len as u64).wrapping_mul(8);
+        b.push(0x80);
+        while b.len() % 64 != 56 {
+            b.push(0);
+        }
+        b.extend_from_slice(&bits.to_be_bytes());
+        bufs.push(b);
+    }
+    let mut state = [[0u32; W]; 8];
+    for (l, s) in starts.iter().enumerate() {
+        for (i, word) in state.iter_mut().enumerate() {
+            word[l] = s.state[i];
+        }
+    }
+    let blocks: Vec<usize> = bufs.iter().map(|b| b.len() / 64).collect();
+    let most = blocks.iter().copied().max().unwrap_or(0);
+    let mut w = [[0u32; W]; 16];
+    for k in 0..most {
+        for (l, b) in bufs.iter().enumerate() {
+            if let Some(block) = b.get(64 * k..64 * k + 64) {
+                for (j, c) in block.as_chunks::<4>().0.iter().enumerate() {
+                    w[j][l] = u32::from_be_bytes(*c);
+                }
+            }
+        }
+        if !kernel(&mut state, &w) {
+            return false;
+        }
+        for (l, &nb) in blocks.iter().enumerate() {
+            if nb == k + 1 {
+                for (i, word) in state.iter().enumerate() {
+                    out[l][4 * i..4 * i + 4].copy_from_slice(&word[l].to_be_bytes());
+                }
+            }
+        }
+    }
+    true
 }
 
 /// HMAC-SM3 of `data` under `key`.

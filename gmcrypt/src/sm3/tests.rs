@@ -99,3 +99,67 @@ fn names() {
     assert_eq!(Impl::from_name("x"), None);
     assert!(selected().imp.unavailable().is_none());
 }
+
+#[test]
+fn many_messages_in_lanes_equal_one_at_a_time() {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for imp in runnable() {
+        for n in [0usize, 1, 2, 7, 8, 9, 16, 17, 40] {
+            let data: Vec<Vec<u8>> = (0..n)
+                .map(|_| (0..next() % 3000).map(|_| next() as u8).collect())
+                .collect();
+            let keys: Vec<HmacSm3> = (0..n)
+                .map(|i| HmacSm3::with_impl(&[i as u8; 20], imp))
+                .collect();
+            let splits: Vec<[&[u8]; 2]> = data
+                .iter()
+                .map(|d| {
+                    let (a, b) = d.split_at(d.len() / 3);
+                    [a, b]
+                })
+                .collect();
+            let msgs: Vec<&[&[u8]]> = splits.iter().map(|s| &s[..]).collect();
+            // One key, several messages.
+            let mut out = vec![[0u8; 32]; n];
+            if let Some(k) = keys.first() {
+                k.mac_many(&msgs, &mut out);
+            }
+            for (i, d) in data.iter().enumerate() {
+                assert_eq!(out[i], keys[0].mac(&[d]), "{imp} n={n} i={i}");
+            }
+            // Several keys.
+            let refs: Vec<&HmacSm3> = keys.iter().collect();
+            let mut out = vec![[0u8; 32]; n];
+            hmac_many(&refs, &msgs, &mut out);
+            for (i, d) in data.iter().enumerate() {
+                assert_eq!(out[i], keys[i].mac(&[d]), "{imp} keyed n={n} i={i}");
+            }
+            // Plain digests from fresh hashers and from hashers mid-block
+            // (the latter go one at a time).
+            let fresh: Vec<Sm3> = (0..n).map(|_| Sm3::with_impl(imp)).collect();
+            let mut odd: Vec<Sm3> = (0..n).map(|_| Sm3::with_impl(imp)).collect();
+            for h in odd.iter_mut().step_by(2) {
+                h.update(b"xyz");
+            }
+            let starts: Vec<&Sm3> = fresh.iter().collect();
+            let mut out = vec![[0u8; 32]; n];
+            finish_many(&starts, &msgs, &mut out);
+            for (i, d) in data.iter().enumerate() {
+                assert_eq!(out[i], digest(imp, d), "{imp} digest n={n} i={i}");
+            }
+            let starts: Vec<&Sm3> = odd.iter().collect();
+            finish_many(&starts, &msgs, &mut out);
+            for (i, d) in data.iter().enumerate() {
+                let mut h = odd[i].clone();
+                h.update(d);
+                assert_eq!(out[i], h.finalize(), "{imp} mid-block n={n} i={i}");
+            }
+        }
+    }
+}
