@@ -311,6 +311,124 @@ macro_rules! kernel256 {
     };
 }
 
+/// Two independent groups of 8 blocks in one pass, their rounds
+/// interleaved: a round's latency (S-box, L) is what limits one group, so
+/// CTR and ECB, which have the blocks, run two at once.
+macro_rules! kernel256x2 {
+    ($name:ident, $feat:literal, $sbox:ident, $l:ident) => {
+        /// 16 blocks in place under one key.
+        ///
+        /// # Safety
+        /// The CPU must have the features named in `target_feature`.
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(rk: &[u32; 32], blocks: &mut [[u8; 16]; 16]) {
+            let k = k256!();
+            let p = blocks.as_mut_ptr();
+            // SAFETY: `blocks` is 256 bytes: eight unaligned 32-byte loads and stores.
+            let mut v: [__m256i; 8] = unsafe {
+                [
+                    ld256!(p, 0),
+                    ld256!(p, 1),
+                    ld256!(p, 2),
+                    ld256!(p, 3),
+                    ld256!(p, 4),
+                    ld256!(p, 5),
+                    ld256!(p, 6),
+                    ld256!(p, 7),
+                ]
+            };
+            for x in v.iter_mut() {
+                *x = _mm256_shuffle_epi8(*x, k.bswap);
+            }
+            let [mut a0, mut a1, mut a2, mut a3, mut b0, mut b1, mut b2, mut b3] = v;
+            transpose!(
+                _mm256_unpacklo_epi32,
+                _mm256_unpackhi_epi32,
+                _mm256_unpacklo_epi64,
+                _mm256_unpackhi_epi64,
+                a0,
+                a1,
+                a2,
+                a3
+            );
+            transpose!(
+                _mm256_unpacklo_epi32,
+                _mm256_unpackhi_epi32,
+                _mm256_unpacklo_epi64,
+                _mm256_unpackhi_epi64,
+                b0,
+                b1,
+                b2,
+                b3
+            );
+            macro_rules! step {
+                ($x0:ident, $x1:ident, $x2:ident, $x3:ident, $r:expr) => {
+                    $x0 = _mm256_xor_si256(
+                        $x0,
+                        $l!(
+                            $sbox!(
+                                _mm256_xor_si256(
+                                    _mm256_xor_si256(_mm256_xor_si256($x1, $x2), $r),
+                                    $x3
+                                ),
+                                k
+                            ),
+                            k
+                        ),
+                    );
+                };
+            }
+            let mut i = 0;
+            while i < 32 {
+                let r = _mm256_set1_epi32(rk[i] as i32);
+                step!(a0, a1, a2, a3, r);
+                step!(b0, b1, b2, b3, r);
+                let r = _mm256_set1_epi32(rk[i + 1] as i32);
+                step!(a1, a2, a3, a0, r);
+                step!(b1, b2, b3, b0, r);
+                let r = _mm256_set1_epi32(rk[i + 2] as i32);
+                step!(a2, a3, a0, a1, r);
+                step!(b2, b3, b0, b1, r);
+                let r = _mm256_set1_epi32(rk[i + 3] as i32);
+                step!(a3, a0, a1, a2, r);
+                step!(b3, b0, b1, b2, r);
+                i += 4;
+            }
+            let (mut y0, mut y1, mut y2, mut y3) = (a3, a2, a1, a0);
+            let (mut z0, mut z1, mut z2, mut z3) = (b3, b2, b1, b0);
+            transpose!(
+                _mm256_unpacklo_epi32,
+                _mm256_unpackhi_epi32,
+                _mm256_unpacklo_epi64,
+                _mm256_unpackhi_epi64,
+                y0,
+                y1,
+                y2,
+                y3
+            );
+            transpose!(
+                _mm256_unpacklo_epi32,
+                _mm256_unpackhi_epi32,
+                _mm256_unpacklo_epi64,
+                _mm256_unpackhi_epi64,
+                z0,
+                z1,
+                z2,
+                z3
+            );
+            let out = [y0, y1, y2, y3, z0, z1, z2, z3];
+            for (j, y) in out.into_iter().enumerate() {
+                // SAFETY: as the loads (j < 8).
+                unsafe { st256!(p, j, _mm256_shuffle_epi8(y, k.bswap)) };
+            }
+        }
+    };
+}
+
+kernel256x2!(gfni256x2, "gfni,avx2", sbox_gfni256, l256);
+kernel256x2!(aesni256x2, "aes,avx2", sbox_aesni256, l256);
+kernel256x2!(vaes256x2, "vaes,aes,avx2", sbox_vaes256, l256);
+
 kernel256!(
     gfni256,
     "gfni,avx2",
@@ -483,11 +601,135 @@ macro_rules! kernel512 {
     };
 }
 
+/// Two chains of 16 blocks, their rounds interleaved (as [`kernel256x2`]).
+///
+/// # Safety
+/// The CPU must have GFNI, AVX-512 F, BW and VL.
+#[target_feature(enable = "gfni,avx512f,avx512bw,avx512vl")]
+unsafe fn gfni512x2(rk: &[u32; 32], blocks: &mut [[u8; 16]; 32]) {
+    // SAFETY: t is 16 bytes.
+    let bswap = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(BSWAP32.as_ptr().cast()) });
+    let pre = _mm512_set1_epi64(PRE_Q);
+    let post = _mm512_set1_epi64(POST_Q);
+    let p = blocks.as_mut_ptr();
+    // SAFETY: `blocks` is 512 bytes: eight unaligned 64-byte loads and stores.
+    let mut v: [__m512i; 8] = unsafe {
+        [
+            ld512!(p, 0),
+            ld512!(p, 1),
+            ld512!(p, 2),
+            ld512!(p, 3),
+            ld512!(p, 4),
+            ld512!(p, 5),
+            ld512!(p, 6),
+            ld512!(p, 7),
+        ]
+    };
+    for x in v.iter_mut() {
+        *x = _mm512_shuffle_epi8(*x, bswap);
+    }
+    let [mut a0, mut a1, mut a2, mut a3, mut b0, mut b1, mut b2, mut b3] = v;
+    transpose!(
+        _mm512_unpacklo_epi32,
+        _mm512_unpackhi_epi32,
+        _mm512_unpacklo_epi64,
+        _mm512_unpackhi_epi64,
+        a0,
+        a1,
+        a2,
+        a3
+    );
+    transpose!(
+        _mm512_unpacklo_epi32,
+        _mm512_unpackhi_epi32,
+        _mm512_unpacklo_epi64,
+        _mm512_unpackhi_epi64,
+        b0,
+        b1,
+        b2,
+        b3
+    );
+    macro_rules! step {
+        ($x0:ident, $x1:ident, $x2:ident, $x3:ident, $r:expr) => {{
+            let x = _mm512_xor_si512(_mm512_ternarylogic_epi32::<0x96>($x1, $x2, $r), $x3);
+            let s = _mm512_gf2p8affineinv_epi64_epi8::<POST_C>(
+                _mm512_gf2p8affine_epi64_epi8::<PRE_C>(x, pre),
+                post,
+            );
+            let u = _mm512_ternarylogic_epi32::<0x96>($x0, s, _mm512_rol_epi32::<2>(s));
+            let w = _mm512_ternarylogic_epi32::<0x96>(
+                _mm512_rol_epi32::<10>(s),
+                _mm512_rol_epi32::<18>(s),
+                _mm512_rol_epi32::<24>(s),
+            );
+            $x0 = _mm512_xor_si512(u, w);
+        }};
+    }
+    let mut i = 0;
+    while i < 32 {
+        let r = _mm512_set1_epi32(rk[i] as i32);
+        step!(a0, a1, a2, a3, r);
+        step!(b0, b1, b2, b3, r);
+        let r = _mm512_set1_epi32(rk[i + 1] as i32);
+        step!(a1, a2, a3, a0, r);
+        step!(b1, b2, b3, b0, r);
+        let r = _mm512_set1_epi32(rk[i + 2] as i32);
+        step!(a2, a3, a0, a1, r);
+        step!(b2, b3, b0, b1, r);
+        let r = _mm512_set1_epi32(rk[i + 3] as i32);
+        step!(a3, a0, a1, a2, r);
+        step!(b3, b0, b1, b2, r);
+        i += 4;
+    }
+    let (mut y0, mut y1, mut y2, mut y3) = (a3, a2, a1, a0);
+    let (mut z0, mut z1, mut z2, mut z3) = (b3, b2, b1, b0);
+    transpose!(
+        _mm512_unpacklo_epi32,
+        _mm512_unpackhi_epi32,
+        _mm512_unpacklo_epi64,
+        _mm512_unpackhi_epi64,
+        y0,
+        y1,
+        y2,
+        y3
+    );
+    transpose!(
+        _mm512_unpacklo_epi32,
+        _mm512_unpackhi_epi32,
+        _mm512_unpacklo_epi64,
+        _mm512_unpackhi_epi64,
+        z0,
+        z1,
+        z2,
+        z3
+    );
+    let out = [y0, y1, y2, y3, z0, z1, z2, z3];
+    for (j, y) in out.into_iter().enumerate() {
+        // SAFETY: as the loads (j < 8).
+        unsafe { st512!(p, j, _mm512_shuffle_epi8(y, bswap)) };
+    }
+}
+
 kernel512!(gfni512, &[u32; 32], |rk, i| _mm512_set1_epi32(rk[i] as i32));
 kernel512!(gfni512_keyed, &[[u32; 16]; 32], |rk, i| {
     // SAFETY: rk[i] is 16 u32s, 64 bytes.
     unsafe { _mm512_loadu_si512(rk[i].as_ptr().cast()) }
 });
+
+/// Whole groups of 16 blocks through `two` (two chains of 8), the rest
+/// through `one` (8 at a time, the last padded).
+#[inline(always)]
+fn pairs(
+    blocks: &mut [[u8; 16]],
+    mut two: impl FnMut(&mut [[u8; 16]; 16]),
+    one: impl FnMut(&mut [[u8; 16]; 8]),
+) {
+    let (full, rest) = blocks.as_chunks_mut::<16>();
+    for c in full {
+        two(c);
+    }
+    chunked::<8>(rest, one);
+}
 
 /// Runs `f` over `blocks` in chunks of `W`, the last one padded in a copy.
 #[inline(always)]
@@ -515,16 +757,33 @@ pub(super) fn sm4_blocks(imp: Impl, rk: &[u32; 32], blocks: &mut [[u8; 16]]) -> 
                 // SAFETY: sm4_unavailable checked gfni, avx512f, avx512vl (which imply avx2).
                 chunked::<8>(blocks, |b| unsafe { gfni256vl(rk, b) });
             } else {
-                // SAFETY: sm4_unavailable checked gfni, avx512f, avx512bw.
-                chunked::<16>(blocks, |b| unsafe { gfni512(rk, b) });
+                // Whole groups of 32 as two chains of 16, the rest 16 at a time.
+                let (full, rest) = blocks.as_chunks_mut::<32>();
+                for c in full {
+                    // SAFETY: sm4_unavailable checked gfni, avx512f, avx512bw, avx512vl.
+                    unsafe { gfni512x2(rk, c) };
+                }
+                // SAFETY: as above.
+                chunked::<16>(rest, |b| unsafe { gfni512(rk, b) });
             }
         }
-        // SAFETY: sm4_unavailable checked gfni and avx2.
-        Impl::GfniAvx2 => chunked::<8>(blocks, |b| unsafe { gfni256(rk, b) }),
-        // SAFETY: sm4_unavailable checked vaes, aes and avx2.
-        Impl::VaesAvx2 => chunked::<8>(blocks, |b| unsafe { vaes256(rk, b) }),
-        // SAFETY: sm4_unavailable checked aes and avx2.
-        Impl::AesniAvx2 => chunked::<8>(blocks, |b| unsafe { aesni256(rk, b) }),
+        // SAFETY (the three below): sm4_unavailable checked the kernels'
+        // features. Whole groups of 16 go two chains at a time.
+        Impl::GfniAvx2 => pairs(
+            blocks,
+            |b| unsafe { gfni256x2(rk, b) },
+            |b| unsafe { gfni256(rk, b) },
+        ),
+        Impl::VaesAvx2 => pairs(
+            blocks,
+            |b| unsafe { vaes256x2(rk, b) },
+            |b| unsafe { vaes256(rk, b) },
+        ),
+        Impl::AesniAvx2 => pairs(
+            blocks,
+            |b| unsafe { aesni256x2(rk, b) },
+            |b| unsafe { aesni256(rk, b) },
+        ),
         _ => return false,
     }
     true

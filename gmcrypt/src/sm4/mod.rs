@@ -306,8 +306,9 @@ impl std::fmt::Debug for Sm4 {
     }
 }
 
-/// Blocks gathered per call in the modes (a multiple of every width).
-const BATCH: usize = 16;
+/// Blocks gathered per call in the modes (a multiple of every width; two
+/// chains of the widest kernel).
+const BATCH: usize = 32;
 
 impl Sm4 {
     /// The key schedule of `key`, with the process's implementation ([`selected`]).
