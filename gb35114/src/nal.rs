@@ -204,12 +204,9 @@ fn needs_escape(rbsp: &[u8]) -> bool {
     false
 }
 
-/// One escaped NAL payload through unescape -> OFB XOR of RBSP `[0, len-1)`
-/// -> escape, appended to `out`. Bulk copies and a bulk XOR; the byte-wise
-/// escape only runs when the ciphertext needs emulation prevention.
-fn crypt_payload(payload: &[u8], c: &Sm4, iv: &[u8; 16], out: &mut Vec<u8>) {
-    let start = out.len();
-    out.reserve(payload.len() + 8);
+/// Appends the RBSP of an escaped payload: bulk copies between the
+/// emulation prevention bytes (same result as [`unescape_into`]).
+fn unescape_bulk(payload: &[u8], out: &mut Vec<u8>) {
     let mut last = 0usize;
     let mut from = 0usize;
     while let Some(p) = next_ep(payload, from) {
@@ -218,6 +215,15 @@ fn crypt_payload(payload: &[u8], c: &Sm4, iv: &[u8; 16], out: &mut Vec<u8>) {
         from = p + 1;
     }
     out.extend_from_slice(payload.get(last..).unwrap_or_default());
+}
+
+/// One escaped NAL payload through unescape -> OFB XOR of RBSP `[0, len-1)`
+/// -> escape, appended to `out`. Bulk copies and a bulk XOR; the byte-wise
+/// escape only runs when the ciphertext needs emulation prevention.
+fn crypt_payload(payload: &[u8], c: &Sm4, iv: &[u8; 16], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.reserve(payload.len() + 8);
+    unescape_bulk(payload, out);
     let n = out.len() - start;
     if n < 2 {
         out.truncate(start);
@@ -254,14 +260,7 @@ fn push_unescaped(codec: NalCodec, nal: &[u8], iv: [u8; 16], out: &mut Vec<u8>) 
     };
     let start = out.len();
     out.extend_from_slice(header);
-    let mut last = 0usize;
-    let mut from = 0usize;
-    while let Some(p) = next_ep(payload, from) {
-        out.extend_from_slice(payload.get(last..p).unwrap_or_default());
-        last = p + 1;
-        from = p + 1;
-    }
-    out.extend_from_slice(payload.get(last..).unwrap_or_default());
+    unescape_bulk(payload, out);
     if out.len() - start - h < 2 {
         out.truncate(start);
         out.extend_from_slice(nal);

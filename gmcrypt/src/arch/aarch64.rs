@@ -406,18 +406,7 @@ mod neon {
 mod sm3ce {
     use super::*;
 
-    const fn t_rot() -> [u32; 64] {
-        let mut t = [0u32; 64];
-        let mut j = 0;
-        while j < 64 {
-            let tj: u32 = if j < 16 { 0x79cc4519 } else { 0x7a879d8a };
-            t[j] = tj.rotate_left((j % 32) as u32);
-            j += 1;
-        }
-        t
-    }
-    /// `T_j <<< j`.
-    const TJ: [u32; 64] = t_rot();
+    use crate::sm3::TJ;
 
     /// `sm3ss1`: lane 3 = ((A <<< 12) + E + (T_j <<< j)) <<< 7, others 0.
     #[target_feature(enable = "sm4")]

@@ -5,17 +5,7 @@
 
 use core::arch::x86_64::*;
 
-const fn t_rot() -> [u32; 64] {
-    let mut t = [0u32; 64];
-    let mut j = 0;
-    while j < 64 {
-        let tj: u32 = if j < 16 { 0x79cc4519 } else { 0x7a879d8a };
-        t[j] = tj.rotate_left((j % 32) as u32);
-        j += 1;
-    }
-    t
-}
-const TJ: [u32; 64] = t_rot();
+use crate::sm3::TJ;
 
 /// The body of the compression over vectors: `$v` the vector type and the
 /// operations as macros, so AVX-512 and AVX2 share it.

@@ -118,6 +118,21 @@ pub fn selected() -> &'static Selection {
     })
 }
 
+const fn t_rot() -> [u32; 64] {
+    let mut t = [0u32; 64];
+    let mut j = 0;
+    while j < 64 {
+        let tj: u32 = if j < 16 { 0x79cc4519 } else { 0x7a879d8a };
+        t[j] = tj.rotate_left((j % 32) as u32);
+        j += 1;
+    }
+    t
+}
+
+/// The round constants `T_j <<< (j mod 32)` (GB/T 32905 4.2, 5.3.3), for
+/// every implementation.
+pub(crate) const TJ: [u32; 64] = t_rot();
+
 const IV: [u32; 8] = [
     0x7380166f, 0x4914b2b9, 0x172442d7, 0xda8a0600, 0xa96f30bc, 0x163138aa, 0xe38dee4d, 0xb0fb0e4e,
 ];

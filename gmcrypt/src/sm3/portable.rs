@@ -11,18 +11,7 @@ fn p1(x: u32) -> u32 {
     x ^ x.rotate_left(15) ^ x.rotate_left(23)
 }
 
-const fn t_rot() -> [u32; 64] {
-    let mut t = [0u32; 64];
-    let mut j = 0;
-    while j < 64 {
-        let tj: u32 = if j < 16 { 0x79cc4519 } else { 0x7a879d8a };
-        t[j] = tj.rotate_left((j % 32) as u32);
-        j += 1;
-    }
-    t
-}
-/// `T_j <<< j`, precomputed.
-const TJ: [u32; 64] = t_rot();
+use super::TJ;
 
 macro_rules! round {
     ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident,

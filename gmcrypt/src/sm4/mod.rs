@@ -393,7 +393,7 @@ impl Sm4 {
     /// access unit), each with its own IV, in parallel lanes: one call of
     /// the block function advances every unfinished unit by one block.
     pub fn ofb_lanes(&self, units: &mut [OfbUnit<'_>]) {
-        ofb_lanes_inner(units, |ks| self.encrypt_blocks(ks));
+        ofb_run(units, |_| (), |_, ks| self.encrypt_blocks(ks));
     }
 }
 
@@ -421,41 +421,32 @@ pub fn ofb_lanes_keyed(keys: &[&Sm4], units: &mut [OfbUnit<'_>]) {
     {
         return keys[0].ofb_lanes(units);
     }
-    // Per-lane round keys: lane l of round r is keys[l].enc[r].
-    let mut order: Vec<usize> = (0..units.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(units[i].data.len()));
-    for group in order.chunks(BATCH) {
-        let mut rks = [[0u32; 32]; BATCH];
-        let mut ks = [[0u8; 16]; BATCH];
-        for (l, &u) in group.iter().enumerate() {
-            rks[l] = keys[u].enc;
-            ks[l] = units[u].iv;
-        }
-        let longest = units[group[0]].data.len();
-        let mut off = 0;
-        while off < longest {
-            let live = group
-                .iter()
-                .take_while(|&&u| units[u].data.len() > off)
-                .count();
-            run_keyed(imp, &rks[..live], &mut ks[..live]);
-            for (l, &u) in group[..live].iter().enumerate() {
-                let d = &mut units[u].data;
-                let end = (off + 16).min(d.len());
-                for (x, k) in d[off..end].iter_mut().zip(ks[l]) {
-                    *x ^= k;
-                }
+    // Per-lane round keys: lane l of a group is its unit's key.
+    ofb_run(
+        units,
+        |group| {
+            let mut rks = [[0u32; 32]; BATCH];
+            for (l, &u) in group.iter().enumerate() {
+                rks[l] = keys[u].enc;
             }
-            off += 16;
-        }
-    }
+            rks
+        },
+        |rks, ks| run_keyed(imp, &rks[..ks.len()], ks),
+    );
 }
 
-fn ofb_lanes_inner(units: &mut [OfbUnit<'_>], mut encrypt: impl FnMut(&mut [[u8; 16]])) {
-    // Longest first, so the live lanes are always a prefix.
+/// OFB in lanes: the units in groups of up to BATCH, longest first so the
+/// live lanes of a group are always a prefix; `prepare` makes what a group
+/// needs (its round keys), `encrypt` advances the live lanes by one block.
+fn ofb_run<E>(
+    units: &mut [OfbUnit<'_>],
+    mut prepare: impl FnMut(&[usize]) -> E,
+    mut encrypt: impl FnMut(&E, &mut [[u8; 16]]),
+) {
     let mut order: Vec<usize> = (0..units.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(units[i].data.len()));
     for group in order.chunks(BATCH) {
+        let prepared = prepare(group);
         let mut ks = [[0u8; 16]; BATCH];
         for (l, &u) in group.iter().enumerate() {
             ks[l] = units[u].iv;
@@ -467,7 +458,7 @@ fn ofb_lanes_inner(units: &mut [OfbUnit<'_>], mut encrypt: impl FnMut(&mut [[u8;
                 .iter()
                 .take_while(|&&u| units[u].data.len() > off)
                 .count();
-            encrypt(&mut ks[..live]);
+            encrypt(&prepared, &mut ks[..live]);
             for (l, &u) in group[..live].iter().enumerate() {
                 let d = &mut units[u].data;
                 let end = (off + 16).min(d.len());
