@@ -103,6 +103,28 @@ impl Drop for Sinks {
 /// `n` static receivers (`[[media.streams]]`) recording to `shm`, each
 /// sent 4 Mbit/s of PS/RTP from this process for `secs`; with `relay`,
 /// each also forwards to one of four sink sockets of this process.
+/// The first of `n` pairs of media ports: outside the kernel's ephemeral
+/// range (`ip_local_port_range`), where `free_port`, the sinks and every
+/// other socket bound to port 0 take theirs. (A fixed 41000 once collided
+/// with the SIP port `free_port` had picked, and the run failed.)
+fn media_base(n: usize) -> u16 {
+    let need = 2 * n as u32 + 2;
+    let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().filter_map(|w| w.parse::<u32>().ok());
+            Some((it.next()?, it.next()?))
+        })
+        .unwrap_or((32768, 60999));
+    if hi + need <= 65535 {
+        (hi + 1) as u16
+    } else if lo >= 1024 + need {
+        (lo - need) as u16
+    } else {
+        41000
+    }
+}
+
 fn run_streams(
     dir: &Path,
     shm: &Path,
@@ -114,7 +136,7 @@ fn run_streams(
     let _ = std::fs::remove_dir_all(shm);
     let sinks = if relay { Some(Sinks::new(4)?) } else { None };
     let (sip_port, api_port) = (free_port(), free_port());
-    let base = 41000u16;
+    let base = media_base(n);
     let mut streams = String::new();
     for i in 0..n {
         streams.push_str(&format!(
