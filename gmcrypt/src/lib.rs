@@ -30,3 +30,23 @@
 mod arch;
 pub mod sm3;
 pub mod sm4;
+
+/// The implementation an environment variable `var` (value `value`) asks
+/// for, and why: the named one if this CPU runs it, else `best`, with the
+/// reason ("detected", "VAR=name", or why the name was not taken).
+pub(crate) fn choose<I: Copy>(
+    var: &str,
+    value: Option<&str>,
+    best: I,
+    from_name: fn(&str) -> Option<I>,
+    unavailable: fn(I) -> Option<&'static str>,
+) -> (I, String) {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => (best, "detected".into()),
+        Some(v) => match from_name(v).map(|i| (i, unavailable(i))) {
+            Some((i, None)) => (i, format!("{var}={v}")),
+            Some((_, Some(why))) => (best, format!("{var}={v} not taken: {why}")),
+            None => (best, format!("{var}={v} not taken: no such implementation")),
+        },
+    }
+}

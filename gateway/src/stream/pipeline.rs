@@ -247,18 +247,20 @@ impl Pipeline {
             return;
         }
         self.apply_legs();
+        let is_rtp: Vec<bool> = batch.iter().map(|(_, d)| rtp::parse(d).is_ok()).collect();
         let srtp: Vec<&[u8]> = batch
             .iter()
-            .map(|(_, d)| *d)
-            .filter(|d| rtp::parse(d).is_ok())
+            .zip(&is_rtp)
+            .filter(|(_, ok)| **ok)
+            .map(|((_, d), _)| *d)
             .collect();
         let mut clear = std::mem::take(&mut self.clear_buf);
         let mut results = std::mem::take(&mut self.batch_results);
         self.crypto.unprotect_batch(&srtp, &mut clear, &mut results);
         let mut next = results.iter();
-        for (src, d) in batch {
+        for ((src, d), ok) in batch.iter().zip(is_rtp) {
             self.source(*src);
-            if rtp::parse(d).is_err() {
+            if !ok {
                 self.packet_clear(d, now_ns);
                 continue;
             }

@@ -94,27 +94,14 @@ pub struct Selection {
 pub fn selected() -> &'static Selection {
     static SEL: std::sync::OnceLock<Selection> = std::sync::OnceLock::new();
     SEL.get_or_init(|| {
-        let best = Impl::best();
-        match std::env::var("GMCRYPT_SM3").ok().as_deref().map(str::trim) {
-            None | Some("") => Selection {
-                imp: best,
-                reason: "detected".into(),
-            },
-            Some(v) => match Impl::from_name(v).map(|i| (i, i.unavailable())) {
-                Some((i, None)) => Selection {
-                    imp: i,
-                    reason: format!("GMCRYPT_SM3={v}"),
-                },
-                Some((_, Some(why))) => Selection {
-                    imp: best,
-                    reason: format!("GMCRYPT_SM3={v} not taken: {why}"),
-                },
-                None => Selection {
-                    imp: best,
-                    reason: format!("GMCRYPT_SM3={v} not taken: no such implementation"),
-                },
-            },
-        }
+        let (imp, reason) = crate::choose(
+            "GMCRYPT_SM3",
+            std::env::var("GMCRYPT_SM3").ok().as_deref(),
+            Impl::best(),
+            Impl::from_name,
+            Impl::unavailable,
+        );
+        Selection { imp, reason }
     })
 }
 

@@ -243,29 +243,14 @@ pub fn selected() -> &'static Selection {
 }
 
 fn select(var: Option<&str>) -> Selection {
-    let best = Impl::best();
-    match var.map(str::trim).filter(|v| !v.is_empty()) {
-        None => Selection {
-            imp: best,
-            reason: "detected".into(),
-        },
-        Some(v) => match Impl::from_name(v) {
-            Some(i) => match i.unavailable() {
-                None => Selection {
-                    imp: i,
-                    reason: format!("GMCRYPT_SM4={v}"),
-                },
-                Some(why) => Selection {
-                    imp: best,
-                    reason: format!("GMCRYPT_SM4={v} not taken: {why}"),
-                },
-            },
-            None => Selection {
-                imp: best,
-                reason: format!("GMCRYPT_SM4={v} not taken: no such implementation"),
-            },
-        },
-    }
+    let (imp, reason) = crate::choose(
+        "GMCRYPT_SM4",
+        var,
+        Impl::best(),
+        Impl::from_name,
+        Impl::unavailable,
+    );
+    Selection { imp, reason }
 }
 
 /// The implementation is not available on this CPU.
