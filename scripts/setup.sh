@@ -27,6 +27,7 @@ apt_pkgs=(
   systemd         # edge builds: systemd-analyze checks the shipped unit
   ethtool         # kernel relay test: full checksums from the camera's veth
   tshark          # kernel relay test: UDP checksums of relayed packets validated
+  xz-utils        # vm-test: Debian's 6.12 kernel modules are .ko.xz
 )
 if [ "${SETUP_SKIP_APT:-0}" != 1 ]; then
   missing=()
@@ -84,8 +85,10 @@ codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
 if [ "${SETUP_SKIP_APT:-0}" != 1 ]; then
   # QEMU 10 runs LoongArch binaries that use LSX (Rust's default for the
   # target, and Zig's musl start-up code); bookworm's 7.2 does not.
+  # qemu-system-aarch64 boots Debian's arm64 kernels for `cargo xtask
+  # vm-test`; from the same suite, since 7.2's conflicts with qemu-user 10.
   if ! qemu-loongarch64 --version 2>/dev/null | grep -Eq 'version (1[0-9]|[2-9][0-9])\.' \
-     || ! command -v qemu-aarch64 >/dev/null; then
+     || ! command -v qemu-aarch64 >/dev/null || ! command -v qemu-system-aarch64 >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     if [ "$codename" = bookworm ]; then
       if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
@@ -96,14 +99,21 @@ if [ "${SETUP_SKIP_APT:-0}" != 1 ]; then
           'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
           > /etc/apt/sources.list.d/bookworm-backports.sources
       fi
-      log "installing qemu-user from bookworm-backports"
+      log "installing qemu-user and qemu-system-arm from bookworm-backports"
       apt-get update -qq
-      apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-user >/dev/null
+      apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-user qemu-system-arm >/dev/null
     else
-      log "installing qemu-user"
+      log "installing qemu-user and qemu-system-arm"
       apt-get update -qq
-      apt-get install -y -qq --no-install-recommends qemu-user >/dev/null
+      apt-get install -y -qq --no-install-recommends qemu-user qemu-system-arm >/dev/null
     fi
+  fi
+  # vm-test fetches arm64 kernels, busybox and a few tools with
+  # `apt-get download`: apt needs the arm64 architecture in its lists.
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    log "adding the arm64 architecture to apt (vm-test downloads arm64 packages)"
+    dpkg --add-architecture arm64
+    apt-get update -qq
   fi
 fi
 installed_targets=$(rustup target list --toolchain "$toolchain" --installed 2>/dev/null || true)

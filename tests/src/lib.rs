@@ -108,6 +108,14 @@ pub fn cpu_model() -> String {
     let model = field("model name")
         .or_else(lscpu)
         .or_else(|| field("Hardware"))
+        .or_else(|| {
+            // arm64 without lscpu (a busybox VM): the ID registers' fields.
+            Some(format!(
+                "CPU implementer {} part {}",
+                field("CPU implementer")?,
+                field("CPU part")?
+            ))
+        })
         .unwrap_or_else(|| "unknown".into());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{model} ({cpus} CPUs, {})", std::env::consts::ARCH)

@@ -86,15 +86,57 @@ pub fn packets_per_frame(aus: &[Vec<u8>]) -> Vec<(u64, bool)> {
 }
 
 /// Frames ffprobe decodes in the first video stream of `path` (0 if none).
+///
+/// Where ffprobe cannot run (the arm64 VM of `cargo xtask vm-test`, which
+/// sets `GATEWAY_TEST_NO_FFPROBE=1`), the frames are counted by parsing
+/// the Annex-B file instead ([`annexb_frames`]): what was recorded is
+/// compared frame for frame with what the simulator sent, but not decoded.
+/// Without that variable a missing ffprobe is an error, never a silent
+/// fallback.
 pub fn ffprobe_frames(path: impl AsRef<Path>) -> u64 {
+    let path = path.as_ref();
+    if std::env::var_os("GATEWAY_TEST_NO_FFPROBE").is_some() && !crate::have_tools(&["ffprobe"]) {
+        let data = std::fs::read(path).unwrap_or_default();
+        let hevc = path.extension().is_some_and(|e| e == "h265" || e == "hevc");
+        let n = annexb_frames(if hevc { Codec::H265 } else { Codec::H264 }, &data);
+        eprintln!(
+            "(no ffprobe here: {} frames counted by parsing {}, not decoded)",
+            n,
+            path.display()
+        );
+        return n;
+    }
+    assert!(
+        crate::have_tools(&["ffprobe"]),
+        "ffprobe is not installed (scripts/setup.sh installs it)"
+    );
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
         .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(path.as_ref())
+        .arg(path)
         .output();
     out.ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Pictures in an Annex-B elementary stream: the VCL NAL units that start
+/// a picture (H.264: `first_mb_in_slice` = 0, the slice header's first
+/// bit set; H.265: `first_slice_segment_in_pic_flag`, the first bit after
+/// the two-byte NAL header).
+pub fn annexb_frames(codec: Codec, data: &[u8]) -> u64 {
+    media::h26x::split_annexb(data)
+        .filter(|nal| match codec {
+            Codec::H265 => {
+                media::h26x::h265_nal_type(nal).is_some_and(|t| t < 32)
+                    && nal.get(2).is_some_and(|b| b & 0x80 != 0)
+            }
+            _ => {
+                media::h26x::h264_nal_type(nal).is_some_and(|t| (1..=5).contains(&t))
+                    && nal.get(1).is_some_and(|b| b & 0x80 != 0)
+            }
+        })
+        .count() as u64
 }
 
 /// Runs ffmpeg on a lavfi test source (e.g. `testsrc=size=320x240:rate=25`)
@@ -139,6 +181,21 @@ fn encode_camera(dir: &Path, frames: usize, hevc: bool, aud: bool) -> std::path:
         (false, false) => "cam.h264",
         (false, true) => "cam-aud.h264",
     });
+    if let Some(src) = std::env::var_os("GATEWAY_TEST_MEDIA_DIR") {
+        // Encoded beforehand (by `cargo xtask vm-test`, on the host):
+        // `<frames>-<name>` in that directory.
+        let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let pre = Path::new(&src).join(format!("{frames}-{name}"));
+        if pre.is_file() {
+            std::fs::copy(&pre, &out).expect("copying pre-encoded test media");
+            return out;
+        }
+        assert!(
+            crate::have_tools(&["ffmpeg"]),
+            "no {} (GATEWAY_TEST_MEDIA_DIR) and no ffmpeg to encode it",
+            pre.display()
+        );
+    }
     let n = frames.to_string();
     let codec: &[&str] = if hevc {
         &[
@@ -159,4 +216,34 @@ fn encode_camera(dir: &Path, frames: usize, hevc: bool, aud: bool) -> std::path:
     }
     ffmpeg_encode(&out, "testsrc=size=320x240:rate=25", &args).expect("ffmpeg");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parser that stands in for ffprobe in the arm64 VM counts what
+    /// ffprobe decodes, on ffmpeg's own H.264 and H.265.
+    #[test]
+    fn annexb_frame_count_agrees_with_ffprobe() {
+        if !crate::have_tools(&["ffmpeg", "ffprobe"]) {
+            eprintln!("SKIPPED annexb_frame_count_agrees_with_ffprobe: needs ffmpeg and ffprobe");
+            return;
+        }
+        let dir = crate::sipp::TempDir::new("annexb-frames");
+        for (hevc, codec) in [(false, Codec::H264), (true, Codec::H265)] {
+            let f = camera_file(dir.path(), 37, hevc);
+            let data = std::fs::read(&f).unwrap();
+            assert_eq!(annexb_frames(codec, &data), 37, "{}", f.display());
+            assert_eq!(ffprobe_frames(&f), 37, "{}", f.display());
+            // A cut file: only the pictures whose start is in it.
+            let cut = &data[..data.len() / 2];
+            let n = annexb_frames(codec, cut);
+            assert!(
+                (1..37).contains(&n),
+                "{n} pictures in half of {}",
+                f.display()
+            );
+        }
+    }
 }

@@ -157,7 +157,7 @@ fn zig_path() -> Result<OsString> {
 }
 
 /// `cargo zigbuild` for `t` with `args`; LoongArch builds std from source.
-fn zigbuild(t: &Target, args: &[&str]) -> Result<Command> {
+pub(crate) fn zigbuild(t: &Target, args: &[&str]) -> Result<Command> {
     let mut c = Command::new(env!("CARGO"));
     c.current_dir(root())
         .env("PATH", zig_path()?)
@@ -179,7 +179,7 @@ fn zigbuild(t: &Target, args: &[&str]) -> Result<Command> {
     Ok(c)
 }
 
-fn run(mut c: Command, what: &str) -> Result<()> {
+pub(crate) fn run(mut c: Command, what: &str) -> Result<()> {
     eprintln!("+ {what}");
     let st = c.status().with_context(|| format!("running {what}"))?;
     ensure!(st.success(), "{what} failed");
@@ -187,7 +187,7 @@ fn run(mut c: Command, what: &str) -> Result<()> {
 }
 
 /// Builds the static release binaries of `t`; returns their paths.
-fn build_release(t: &Target) -> Result<Vec<PathBuf>> {
+pub(crate) fn build_release(t: &Target) -> Result<Vec<PathBuf>> {
     let mut args = vec!["--release"];
     for b in BINS {
         args.extend(["--bin", b]);
@@ -233,7 +233,7 @@ fn build_release(t: &Target) -> Result<Vec<PathBuf>> {
 }
 
 /// Runs a target binary natively or under its qemu-user.
-fn target_cmd(t: &Target, exe: &Path) -> Result<Command> {
+pub(crate) fn target_cmd(t: &Target, exe: &Path) -> Result<Command> {
     Ok(match t.qemu {
         None => Command::new(exe),
         Some(q) => {
@@ -248,7 +248,7 @@ fn target_cmd(t: &Target, exe: &Path) -> Result<Command> {
     })
 }
 
-fn which(prog: &str) -> Option<PathBuf> {
+pub(crate) fn which(prog: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
             .map(|d| d.join(prog))
@@ -538,7 +538,7 @@ fn package_name(id: &str) -> String {
 }
 
 /// Sums `test result:` lines of libtest output.
-fn count_results(out: &str) -> (u64, u64) {
+pub(crate) fn count_results(out: &str) -> (u64, u64) {
     let (mut passed, mut failed) = (0, 0);
     for line in out.lines() {
         let Some(rest) = line.trim().strip_prefix("test result: ") else {

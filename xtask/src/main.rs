@@ -16,13 +16,18 @@
 //!   (x86_64, aarch64, loongarch64); see dist.rs.
 //! - cross-test: those binaries and the pure-logic crates' unit tests
 //!   under qemu-user.
+//! - vm-test: the kernel-facing tests, `gateway check` and the XDP cost
+//!   benchmark on Debian's arm64 kernels under qemu-system-aarch64; see
+//!   vm.rs.
 //!
 //! Run scripts/setup.sh once before (it installs the toolchain and tools).
 
 #![forbid(unsafe_code)]
 
 mod arch;
+mod cpio;
 mod dist;
+mod vm;
 
 use std::process::{Command, Stdio};
 
@@ -74,6 +79,19 @@ enum Cmd {
         /// repeated, or all.
         #[arg(long, required = true, value_name = "TARGET")]
         target: Vec<String>,
+    },
+    /// The kernel-facing tests on Debian's arm64 kernels, booted under
+    /// qemu-system-aarch64 (root; docs/kernel-requirements.md).
+    VmTest {
+        /// aarch64 (the only one with a kernel in Debian's registry).
+        #[arg(long, default_value = "aarch64", value_name = "TARGET")]
+        target: Vec<String>,
+        /// 6.1, 6.12, comma-separated or repeated, or all.
+        #[arg(long, default_value = "6.1", value_name = "KERNEL")]
+        kernel: Vec<String>,
+        /// Seconds one boot may take before it is killed and failed.
+        #[arg(long, default_value_t = 1500)]
+        timeout: u64,
     },
 }
 
@@ -263,6 +281,15 @@ fn main() -> Result<()> {
         Cmd::Demo { seconds } => demo(seconds.clamp(2, 120)),
         Cmd::Dist { target } => dist::dist(&dist::parse_targets(&target)?),
         Cmd::CrossTest { target } => dist::cross_test(&dist::parse_targets(&target)?),
+        Cmd::VmTest {
+            target,
+            kernel,
+            timeout,
+        } => vm::vm_test(
+            &dist::parse_targets(&target)?,
+            &vm::parse_kernels(&kernel)?,
+            std::time::Duration::from_secs(timeout),
+        ),
     }
 }
 

@@ -340,13 +340,21 @@ pub fn attach(
         let tc_link = tc_prog
             .take_link(tc_id)
             .map_err(|e| Error::bpf("TC link", e))?;
-        match FdLink::try_from(tc_link) {
-            Ok(fd_link) => {
-                fd_link
-                    .pin(dir.join(link_pin))
-                    .map_err(|e| Error::bpf("pinning the TC link", e))?;
-            }
-            Err(_) => tc_kind = TC_KIND_NETLINK,
+        if <&FdLink>::try_from(&tc_link).is_ok() {
+            // TCX: a bpf_link, pinned so that it outlives this process.
+            let fd_link = FdLink::try_from(tc_link).map_err(|e| Error::bpf("TC link", e))?;
+            fd_link
+                .pin(dir.join(link_pin))
+                .map_err(|e| Error::bpf("pinning the TC link", e))?;
+        } else {
+            // A netlink filter (no TCX before 6.6) has nothing to pin, and
+            // aya removes it when its link value is dropped (also inside a
+            // failed `FdLink::try_from`): it is left in place on purpose.
+            // `detach` removes it by name (tc::qdisc_detach_program).
+            // Until this was found on 6.1 in the arm64 VM (`cargo xtask
+            // vm-test`), the filter went away when `attach` returned.
+            tc_kind = TC_KIND_NETLINK;
+            std::mem::forget(tc_link);
         }
         tc_prog
             .pin(dir.join(prog_pin))

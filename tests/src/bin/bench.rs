@@ -8,7 +8,8 @@
 //!    BPF_MAP_LOOKUP_BATCH walk of it vs the mmapped per-CPU slot array,
 //!    each producing the same merged per-stream view.
 //!
-//! `--quick` lowers repeat counts (CI).
+//! `--quick` lowers repeat counts (CI); `--emulated` labels the figures as
+//! measured in an emulated VM (`cargo xtask vm-test`).
 
 use std::{net::SocketAddr, os::fd::AsFd, time::Instant};
 
@@ -28,11 +29,19 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("the benchmarks need root (BPF)");
     }
     let quick = std::env::args().any(|a| a == "--quick");
+    let emulated = std::env::args().any(|a| a == "--emulated");
     println!(
         "# gateway data-plane benchmarks ({}); CPU: {}",
         if quick { "quick" } else { "full" },
         gateway_tests::cpu_model()
     );
+    if emulated {
+        println!(
+            "# EMULATED: a qemu-system (TCG) guest of `cargo xtask vm-test`: the kernel and its \
+             JIT are real, the CPU is not; read only the ratios measured in this run, never the \
+             absolute times"
+        );
+    }
     xdp_cost(quick)?;
     readout(quick)?;
     Ok(())

@@ -95,10 +95,23 @@ fn interface_report_tells_native_from_generic_xdp() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     let r = o.json();
     let i = check(&r, "iface");
-    assert_eq!(i["status"], "ok", "{i}");
+    // Drivers report their XDP features over netlink from 6.3 on; before
+    // (6.1 in the arm64 VM of `cargo xtask vm-test`) the report says it
+    // cannot know, as information.
+    let features = aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 3, 0));
     let d = i["detail"].as_str().unwrap();
     assert!(d.contains("driver veth"), "{d}");
-    assert!(d.contains("native (driver) XDP: supported"), "{d}");
+    if features {
+        assert_eq!(i["status"], "ok", "{i}");
+        assert!(d.contains("native (driver) XDP: supported"), "{d}");
+    } else {
+        assert_eq!(i["status"], "info", "{i}");
+        assert!(
+            d.contains("native (driver) XDP: unknown: kernels before 6.3"),
+            "{d}"
+        );
+    }
     // Nothing was attached or pinned.
     let link = Command::new("ip")
         .args(["-n", &net.a, "-d", "link", "show", &net.veth_a])
@@ -114,7 +127,7 @@ fn interface_report_tells_native_from_generic_xdp() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     let r = o.json();
     let i = check(&r, "iface");
-    assert_eq!(i["status"], "warn", "{i}");
+    assert_eq!(i["status"], if features { "warn" } else { "info" }, "{i}");
     assert!(
         i["detail"].as_str().unwrap().contains("generic (skb)"),
         "{i}"

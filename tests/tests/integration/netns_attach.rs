@@ -79,6 +79,15 @@ fn veth_attach_counts_a_known_pattern_and_detaches_cleanly() {
     let status: Value =
         serde_json::from_str(&ok(ns, &["status", "--iface", iface, "--json"])).unwrap();
     assert_eq!(status["xdp_mode"], "native");
+    // TC through a TCX link from 6.6 on, else a clsact qdisc and netlink
+    // filters (the arm64 VM of `cargo xtask vm-test` runs this on 6.1).
+    let kernel = aya::util::KernelVersion::current().expect("kernel version");
+    let tcx = kernel >= aya::util::KernelVersion::new(6, 6, 0);
+    assert_eq!(
+        status["tc"],
+        if tcx { "tcx" } else { "netlink" },
+        "kernel {kernel:?}"
+    );
     ok(
         ns,
         &[
