@@ -4,6 +4,7 @@
 //! machines with injected time, so they are unit-tested and fuzzed here and
 //! cross-tested under qemu-user.
 
+pub mod control;
 pub mod digest;
 pub mod manscdp;
 pub mod sdp;

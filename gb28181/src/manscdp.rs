@@ -1036,6 +1036,73 @@ pub fn query(cmd_type: &str, sn: u32, device_id: &str, charset: Charset) -> Vec<
     Doc::new(charset, "Query", cmd_type, sn, device_id).finish(charset)
 }
 
+/// Every leaf below the root of a MANSCDP body, in document order, as
+/// (`path`, trimmed text) with `path` the element names below the root
+/// joined by `/` (`PTZCmd`, `Info/ControlPriority`, `HomePosition/Enabled`):
+/// what [`Body::Other`] leaves out of nested commands.
+pub fn leaf_paths(body: &[u8]) -> Result<Vec<(String, String)>, Error> {
+    fn walk(e: &Elem, prefix: &str, out: &mut Vec<(String, String)>) {
+        for c in &e.children {
+            let path = if prefix.is_empty() {
+                c.name.clone()
+            } else {
+                format!("{prefix}/{}", c.name)
+            };
+            if c.is_leaf() {
+                out.push((path, c.text().to_owned()));
+            } else {
+                walk(c, &path, out);
+            }
+        }
+    }
+    let (text, _, _) = decode_checked(body)?;
+    let root = build_tree(&text)?;
+    let mut out = Vec::new();
+    walk(&root, "", &mut out);
+    Ok(out)
+}
+
+/// A DeviceControl `<Control>` for `target` (a channel, or the device
+/// itself): the command's leaves ([`crate::control::Control::leaves`]),
+/// a path `A/B` written as `<A><B>..</B></A>` with consecutive leaves of
+/// the same `A` in one element. An invalid command is an error.
+pub fn device_control(
+    sn: u32,
+    target: &str,
+    control: &crate::control::Control,
+    charset: Charset,
+) -> Result<Vec<u8>, String> {
+    let mut doc = Doc::new(charset, "Control", "DeviceControl", sn, target);
+    let mut open: Option<String> = None;
+    for (path, text) in control.leaves()? {
+        let (parent, name) = match path.split_once('/') {
+            Some((p, n)) => (Some(p.to_string()), n.to_string()),
+            None => (None, path.clone()),
+        };
+        if open != parent {
+            if let Some(p) = open.take() {
+                doc.close(&p);
+            }
+            if let Some(p) = &parent {
+                doc.open(p, None);
+            }
+            open = parent;
+        }
+        doc.leaf(&name, &text);
+    }
+    if let Some(p) = open {
+        doc.close(&p);
+    }
+    Ok(doc.finish(charset))
+}
+
+/// A DeviceControl `<Response>` with `<Result>OK</Result>` (or `ERROR`).
+pub fn device_control_response(sn: u32, target: &str, ok: bool, charset: Charset) -> Vec<u8> {
+    let mut doc = Doc::new(charset, "Response", "DeviceControl", sn, target);
+    doc.leaf("Result", if ok { "OK" } else { "ERROR" });
+    doc.finish(charset)
+}
+
 /// A Keepalive `<Notify>` with `<Status>OK</Status>`.
 pub fn keepalive(sn: u32, device_id: &str, charset: Charset) -> Vec<u8> {
     let mut doc = Doc::new(charset, "Notify", "Keepalive", sn, device_id);
@@ -2108,5 +2175,79 @@ mod tests {
         let text = String::from_utf8(body).unwrap();
         assert!(text.contains("<SumNum>1</SumNum>"), "{text}");
         assert!(text.contains("<Event>OFF</Event>"), "{text}");
+    }
+
+    #[test]
+    fn device_control_bodies_nest_and_parse_back() {
+        use crate::control::Control;
+        let left = Control::Ptz {
+            pan: Some(crate::control::Pan::Left),
+            tilt: None,
+            zoom: None,
+            speed: 0x1F,
+            zoom_speed: 0,
+        };
+        let b = device_control(11, "34020000001310000001", &left, Charset::Gb2312).unwrap();
+        let text = String::from_utf8(b.clone()).unwrap();
+        assert!(
+            text.contains(
+                "<CmdType>DeviceControl</CmdType>\r\n<SN>11</SN>\r\n<DeviceID>34020000001310000001</DeviceID>\r\n\
+                 <PTZCmd>A50F01021F0000D6</PTZCmd>\r\n<Info>\r\n<ControlPriority>5</ControlPriority>\r\n</Info>\r\n</Control>"
+            ),
+            "{text}"
+        );
+        let m = parse(&b).unwrap();
+        assert_eq!(
+            (m.kind, m.cmd_type.as_str(), m.sn),
+            (Kind::Control, "DeviceControl", 11)
+        );
+        let Body::Other(leaves) = m.body else {
+            panic!("{:?}", m.body)
+        };
+        assert!(leaves.contains(&("PTZCmd".into(), "A50F01021F0000D6".into())));
+        assert_eq!(
+            leaf_paths(&b).unwrap()[3..],
+            [
+                ("PTZCmd".to_string(), "A50F01021F0000D6".to_string()),
+                ("Info/ControlPriority".to_string(), "5".to_string())
+            ]
+        );
+        let drag = Control::DragZoom {
+            zoom_in: false,
+            length: 1920,
+            width: 1080,
+            mid_x: 100,
+            mid_y: 200,
+            length_x: 50,
+            length_y: 40,
+        };
+        let text =
+            String::from_utf8(device_control(3, "x", &drag, Charset::Utf8).unwrap()).unwrap();
+        assert!(
+            text.contains("<DragZoomOut>\r\n<Length>1920</Length>\r\n<Width>1080</Width>\r\n<MidPointX>100</MidPointX>\r\n<MidPointY>200</MidPointY>\r\n<LengthX>50</LengthX>\r\n<LengthY>40</LengthY>\r\n</DragZoomOut>"),
+            "{text}"
+        );
+        let home = Control::HomePosition {
+            enabled: true,
+            reset_secs: 30,
+            preset: 2,
+        };
+        let text =
+            String::from_utf8(device_control(4, "x", &home, Charset::Utf8).unwrap()).unwrap();
+        assert!(
+            text.contains("<HomePosition>\r\n<Enabled>1</Enabled>\r\n<ResetTime>30</ResetTime>\r\n<PresetIndex>2</PresetIndex>\r\n</HomePosition>"),
+            "{text}"
+        );
+        assert!(
+            device_control(5, "x", &Control::TeleBoot { confirm: false }, Charset::Utf8).is_err()
+        );
+        let r = parse(&device_control_response(9, "x", true, Charset::Utf8)).unwrap();
+        assert_eq!(
+            (r.kind, r.cmd_type.as_str()),
+            (Kind::Response, "DeviceControl")
+        );
+        assert!(
+            matches!(r.body, Body::Other(ref l) if l.contains(&("Result".into(), "OK".into())))
+        );
     }
 }

@@ -56,6 +56,8 @@ pub struct Config {
     pub exit_on_auth_failure: bool,
     pub catalog_per_message: usize,
     pub charset: Charset,
+    /// Never send DeviceControl Responses (--ignore-controls).
+    pub ignore_controls: bool,
     /// Refuse INVITEs with this status.
     pub invite_response: Option<u16>,
     /// Answer and send under this SSRC instead of the offer's y=.
@@ -937,7 +939,22 @@ impl Device {
                 }
             }
             info!(device = %self.id, control = %what, "control received");
-            self.shared.device(self.index, |d| d.controls.push(what));
+            let leaves = manscdp::leaf_paths(&h.body).unwrap_or_default();
+            let answer = msg.cmd_type.eq_ignore_ascii_case("DeviceControl")
+                && self.shared.device(self.index, |d| {
+                    d.controls.push(what);
+                    let st = d.control_state.entry(msg.device_id.clone()).or_default();
+                    st.apply(&leaves)
+                });
+            if answer && !self.cfg.ignore_controls {
+                let body = manscdp::device_control_response(
+                    msg.sn,
+                    &msg.device_id,
+                    true,
+                    self.cfg.charset,
+                );
+                self.send_manscdp(body, What::Answer).await;
+            }
             return;
         }
         if msg.kind != Kind::Query {

@@ -97,6 +97,11 @@ struct Cli {
     /// Character set of the MANSCDP bodies sent.
     #[arg(long, value_enum, default_value_t = CharsetArg::Gb2312)]
     charset: CharsetArg,
+    /// Accept DeviceControl MESSAGEs (200) but never send the
+    /// DeviceControl Response that guard, alarm reset, record and home
+    /// position commands expect (a device that ignores them).
+    #[arg(long)]
+    ignore_controls: bool,
 
     /// Annex-B H.264 or H.265 elementary stream to send (without it,
     /// sessions are answered but carry no packets).
@@ -328,6 +333,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         password: cli.password.clone(),
         expires: cli.expires,
         keepalive: Duration::from_secs(cli.keepalive_secs),
+        ignore_controls: cli.ignore_controls,
         no_qop: cli.no_qop_support,
         exit_on_auth_failure: cli.exit_on_auth_failure,
         catalog_per_message: cli.catalog_per_message as usize,

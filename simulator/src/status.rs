@@ -33,8 +33,129 @@ pub struct DeviceReport {
     /// Controls received (DeviceControl, ...): "<CmdType> <target> <the
     /// command's elements as name=value>", in order.
     pub controls: Vec<String>,
+    /// What the DeviceControls did, per target (channel or device).
+    pub control_state: std::collections::BTreeMap<String, ControlState>,
     pub channels: Vec<String>,
     pub last_error: Option<String>,
+}
+
+/// A simulated PTZ camera's state, as its DeviceControls left it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ControlState {
+    /// Valid PTZCmds received, and what the last one meant
+    /// (`left+up`, `stop`, `preset-call 3`, ...: PtzCmd::describe).
+    pub ptz_commands: u64,
+    pub last_ptz: Option<String>,
+    /// The last PTZCmd, as received (hex).
+    pub last_ptz_hex: Option<String>,
+    /// PTZCmds refused (bad format or checksum), with why.
+    pub ptz_errors: Vec<String>,
+    /// Moving (pan/tilt/zoom/focus/iris) since the last command.
+    pub moving: bool,
+    /// Presets set (and not deleted), and the last one called.
+    pub presets: std::collections::BTreeSet<u8>,
+    pub at_preset: Option<u8>,
+    pub guard: Option<bool>,
+    pub recording: Option<bool>,
+    pub alarm_resets: u64,
+    pub iframes: u64,
+    /// The last drag zoom: "in|out LENGTHxWIDTH at MIDX,MIDY size LXxLY".
+    pub drag_zoom: Option<String>,
+    /// The home position: "off", or "preset N after S s".
+    pub home_position: Option<String>,
+    pub teleboots: u64,
+}
+
+impl ControlState {
+    /// Applies a DeviceControl's leaves (manscdp::leaf_paths); true when
+    /// the standard has the device answer it with a DeviceControl
+    /// Response (guard, alarm reset, record, home position).
+    pub fn apply(&mut self, leaves: &[(String, String)]) -> bool {
+        // By element name, whatever it is nested in.
+        let get = |name: &str| {
+            leaves
+                .iter()
+                .find(|(n, _)| {
+                    n.rsplit('/')
+                        .next()
+                        .is_some_and(|last| last.eq_ignore_ascii_case(name))
+                })
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let num = |name: &str| get(name).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+        if let Some(hex) = get("PTZCmd") {
+            match gb28181::control::PtzCmd::parse(&hex) {
+                Ok(p) => {
+                    self.ptz_commands += 1;
+                    self.last_ptz_hex = Some(hex);
+                    let what = p.describe();
+                    match p.instruction {
+                        0x81 => {
+                            self.presets.insert(p.data2);
+                        }
+                        0x82 if self.presets.contains(&p.data2) => self.at_preset = Some(p.data2),
+                        0x83 => {
+                            self.presets.remove(&p.data2);
+                        }
+                        _ => {}
+                    }
+                    self.moving = matches!(p.instruction, 0x01..=0x3F | 0x41..=0x4F | 0x88 | 0x89);
+                    if self.moving {
+                        self.at_preset = None;
+                    }
+                    self.last_ptz = Some(what);
+                }
+                Err(e) => self.ptz_errors.push(format!("{hex}: {e}")),
+            }
+            return false;
+        }
+        if let Some(g) = get("GuardCmd") {
+            self.guard = Some(g.eq_ignore_ascii_case("SetGuard"));
+            return true;
+        }
+        if get("AlarmCmd").is_some() {
+            self.alarm_resets += 1;
+            return true;
+        }
+        if let Some(r) = get("RecordCmd") {
+            self.recording = Some(r.eq_ignore_ascii_case("Record"));
+            return true;
+        }
+        if get("IFameCmd").is_some() {
+            self.iframes += 1;
+            return false;
+        }
+        if get("TeleBoot").is_some() {
+            self.teleboots += 1;
+            return false;
+        }
+        if let Some(en) = get("Enabled") {
+            self.home_position = Some(if en == "1" {
+                format!("preset {} after {} s", num("PresetIndex"), num("ResetTime"))
+            } else {
+                "off".into()
+            });
+            return true;
+        }
+        if get("MidPointX").is_some() {
+            let dir = if leaves.iter().any(|(n, _)| n.starts_with("DragZoomOut/")) {
+                "out"
+            } else {
+                "in"
+            };
+            self.drag_zoom = Some(format!(
+                "{dir} {}x{} at {},{} size {}x{}",
+                num("Length"),
+                num("Width"),
+                num("MidPointX"),
+                num("MidPointY"),
+                num("LengthX"),
+                num("LengthY")
+            ));
+            return false;
+        }
+        false
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -142,12 +263,10 @@ impl Shared {
         f(&mut g)
     }
 
-    pub fn device(&self, i: usize, f: impl FnOnce(&mut DeviceReport)) {
-        self.with(|r| {
-            if let Some(d) = r.devices.get_mut(i) {
-                f(d)
-            }
-        })
+    /// Runs `f` on device `i`'s report; what it returns, or the default
+    /// when there is no such device.
+    pub fn device<T: Default>(&self, i: usize, f: impl FnOnce(&mut DeviceReport) -> T) -> T {
+        self.with(|r| r.devices.get_mut(i).map(f).unwrap_or_default())
     }
 
     pub fn stream(&self, i: usize, f: impl FnOnce(&mut StreamReport)) {

@@ -113,6 +113,10 @@ pub const VM_SKIPPED: &[(&str, &str)] = &[
         "dashboards",
         "needs Prometheus and promtool (not in the VM); no kernel part",
     ),
+    (
+        "device_control",
+        "userspace signalling on loopback (gb-sim, sipp); no kernel part",
+    ),
     ("dist", "builds and inspects the bundles on the build host"),
     (
         "kernel_relay",

@@ -1,14 +1,17 @@
 //! `/api/devices`: the registry, catalogs, and queries asked of devices.
 
 use axum::{
-    extract::{rejection::QueryRejection, Path, Query, State},
+    extract::{
+        rejection::{JsonRejection, QueryRejection},
+        Path, Query, State,
+    },
     http::StatusCode,
     Json,
 };
 use serde_json::{json, Value};
 
 use super::{check_id, err, ApiResult, ApiState, Error};
-use crate::sip::{Command, QueryKind};
+use crate::sip::{Command, ControlRequest, QueryKind};
 
 /// `?state=online|offline&offset=N&limit=N` (devices sorted by ID;
 /// `count` and `online` are always totals, `limit=0` returns only them).
@@ -106,4 +109,46 @@ pub(super) async fn info_(State(s): State<ApiState>, Path(id): Path<String>) -> 
 
 pub(super) async fn status(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     query(s, id, QueryKind::Status).await
+}
+
+/// `POST /api/devices/{id}/control`: `{"channel": ID, "cmd": ..., ...}`
+/// (gb28181::control::Control); answered when the device has.
+pub(super) async fn control(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    check_id(&id)?;
+    // A request that is not a command still goes to the core, which
+    // counts it (gateway_device_controls_total{result="invalid"}).
+    let (channel, control) = match body {
+        Err(e) => (None, Err(e.body_text())),
+        Ok(Json(v)) => match v.get("channel") {
+            None | Some(Value::Null) => (None, parse_control(v)),
+            Some(Value::String(c)) => {
+                check_id(c)?;
+                (Some(c.clone()), parse_control(v))
+            }
+            Some(other) => (None, Err(format!("channel must be a string, not {other}"))),
+        },
+    };
+    let req = ControlRequest {
+        device: id,
+        channel,
+        control,
+    };
+    let v = s
+        .ask(|tx| Command::Control(req, tx))
+        .await?
+        .map_err(Error::from)?;
+    Ok(Json(v))
+}
+
+fn parse_control(v: Value) -> Result<gb28181::control::Control, String> {
+    serde_json::from_value(v).map_err(|e| {
+        format!(
+            "not a control command ({e}); cmd is one of {}",
+            gb28181::control::COMMANDS.join(", ")
+        )
+    })
 }

@@ -142,6 +142,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/devices/{id}/catalog", post(devices::refresh_catalog))
         .route("/api/devices/{id}/info", get(devices::info_))
         .route("/api/devices/{id}/status", get(devices::status))
+        .route("/api/devices/{id}/control", post(devices::control))
         .route(
             "/api/streams",
             get(streams::streams).post(streams::open_stream),

@@ -1,11 +1,13 @@
 //! The commands that talk to a running daemon through its REST API:
-//! `play`, `sessions`, `hangup`, `devices`.
+//! `play`, `sessions`, `hangup`, `devices`, `control`.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{output::print_json, ApiArgs, DevicesArgs, HangupArgs, PlayArgs, SessionsArgs};
+use super::{
+    output::print_json, ApiArgs, ControlArgs, DevicesArgs, HangupArgs, PlayArgs, SessionsArgs,
+};
 
 /// GET on the daemon's API; a non-2xx answer becomes an error carrying
 /// the API's own message.
@@ -259,4 +261,214 @@ pub(super) fn devices(a: &DevicesArgs) -> Result<()> {
         list["online"].as_u64().unwrap_or(0)
     );
     Ok(())
+}
+
+/// `gateway control`'s words as the API's JSON command
+/// (gb28181::control::Control); the daemon checks ranges.
+fn control_json(a: &ControlArgs) -> Result<serde_json::Value> {
+    use serde_json::json;
+    let w: Vec<&str> = a.command.iter().map(String::as_str).collect();
+    let n = |i: usize, what: &str| -> Result<u64> {
+        w.get(i)
+            .with_context(|| format!("{}: {what} missing", w[0]))?
+            .parse::<u64>()
+            .with_context(|| format!("{}: {what} must be a number", w[0]))
+    };
+    let action = |allowed: &[&str]| -> Result<String> {
+        match w.get(1) {
+            Some(x) if allowed.contains(x) => Ok(x.to_string()),
+            Some(x) => bail!("{}: {x:?} is not one of {}", w[0], allowed.join(", ")),
+            None => bail!("{}: say {}", w[0], allowed.join(", ")),
+        }
+    };
+    Ok(match w[0] {
+        "ptz" => {
+            let mut v = json!({"cmd": "ptz", "speed": a.speed, "zoom_speed": a.zoom_speed});
+            if w.len() < 2 {
+                bail!("ptz: say left, right, up, down, zoom-in or zoom-out");
+            }
+            for d in &w[1..] {
+                let (k, val) = match *d {
+                    "left" | "right" => ("pan", *d),
+                    "up" | "down" => ("tilt", *d),
+                    "zoom-in" => ("zoom", "in"),
+                    "zoom-out" => ("zoom", "out"),
+                    other => {
+                        bail!("ptz: {other:?} is not left, right, up, down, zoom-in or zoom-out")
+                    }
+                };
+                if !v[k].is_null() {
+                    bail!("ptz: two {k} directions");
+                }
+                v[k] = json!(val);
+            }
+            v
+        }
+        "stop" => json!({"cmd": "stop"}),
+        "focus" => {
+            json!({"cmd": "focus", "action": action(&["near", "far", "stop"])?, "speed": a.speed})
+        }
+        "iris" => {
+            json!({"cmd": "iris", "action": action(&["open", "close", "stop"])?, "speed": a.speed})
+        }
+        "preset" => {
+            json!({"cmd": "preset", "action": action(&["set", "call", "delete"])?, "index": n(2, "preset number")?})
+        }
+        "cruise" => {
+            let act = action(&["add", "delete", "speed", "dwell", "start", "stop"])?;
+            let mut v = json!({"cmd": "cruise", "action": act, "group": n(2, "group")?});
+            match act.as_str() {
+                "add" | "delete" => v["preset"] = json!(n(3, "preset number")?),
+                "speed" | "dwell" => v["value"] = json!(n(3, "value")?),
+                _ => {}
+            }
+            v
+        }
+        "scan" => {
+            let act = action(&["start", "stop", "left", "right", "speed"])?;
+            let mut v = json!({"cmd": "scan", "action": act, "group": n(2, "group")?});
+            if act == "speed" {
+                v["value"] = json!(n(3, "value")?);
+            }
+            v
+        }
+        "aux" => {
+            json!({"cmd": "aux", "on": action(&["on", "off"])? == "on", "switch": n(2, "switch number")?})
+        }
+        "guard" => json!({"cmd": "guard", "set": action(&["set", "reset"])? == "set"}),
+        "alarm-reset" => json!({"cmd": "alarm_reset"}),
+        "record" => json!({"cmd": "record", "start": action(&["start", "stop"])? == "start"}),
+        "iframe" => json!({"cmd": "iframe"}),
+        "drag-zoom" => json!({
+            "cmd": "drag_zoom",
+            "zoom_in": action(&["in", "out"])? == "in",
+            "length": n(2, "LENGTH")?, "width": n(3, "WIDTH")?,
+            "mid_x": n(4, "MIDX")?, "mid_y": n(5, "MIDY")?,
+            "length_x": n(6, "LENGTHX")?, "length_y": n(7, "LENGTHY")?,
+        }),
+        "home-position" => match w.get(1) {
+            Some(&"off") => json!({"cmd": "home_position", "enabled": false}),
+            _ => {
+                json!({"cmd": "home_position", "enabled": true, "preset": n(1, "PRESET")?, "reset_secs": n(2, "SECS")?})
+            }
+        },
+        "teleboot" => {
+            if !a.yes {
+                bail!("teleboot reboots the device: add --yes to mean it");
+            }
+            json!({"cmd": "teleboot", "confirm": true})
+        }
+        other => bail!(
+            "unknown control command {other:?}: ptz, stop, focus, iris, preset, cruise, scan, aux, \
+             guard, alarm-reset, record, iframe, drag-zoom, home-position, teleboot"
+        ),
+    })
+}
+
+pub(super) fn control(a: &ControlArgs) -> Result<()> {
+    let mut body = control_json(a)?;
+    if let Some(c) = &a.channel {
+        body["channel"] = serde_json::json!(c);
+    }
+    let (base, token) = a.api.resolve()?;
+    let r = api_call(
+        "POST",
+        &base,
+        &format!("/api/devices/{}/control", a.device),
+        token.as_deref(),
+        Some(&body),
+    )?;
+    if a.json {
+        return print_json(&r);
+    }
+    let result = r["result"].as_str().unwrap_or("?");
+    println!(
+        "{} {}: {} {} (SN {}, SIP {})",
+        a.device,
+        r["target"].as_str().unwrap_or("?"),
+        r["command"].as_str().unwrap_or("?"),
+        if result == "accepted" {
+            "accepted by the device".to_string()
+        } else {
+            format!("answered {result}")
+        },
+        r["sn"],
+        r["sip_status"]
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn json_of(args: &[&str]) -> Result<serde_json::Value> {
+        let cli = crate::cli::Cli::try_parse_from(
+            ["gateway", "control", "34020000001320000001"]
+                .iter()
+                .chain(args),
+        )?;
+        match cli.command {
+            crate::cli::Command::Control(a) => control_json(&a),
+            _ => unreachable!("parsed as control"),
+        }
+    }
+
+    /// Every word form becomes a command the daemon's parser accepts.
+    #[test]
+    fn control_words_become_commands() {
+        for (args, hex) in [
+            (
+                &["ptz", "left", "--speed", "31"][..],
+                Some("A50F01021F0000D6"),
+            ),
+            (&["stop"][..], Some("A50F0100000000B5")),
+            (&["preset", "call", "5"][..], Some("A50F01820005003C")),
+            (&["ptz", "right", "up", "zoom-in"][..], None),
+            (&["focus", "near"][..], None),
+            (&["iris", "close"][..], None),
+            (&["cruise", "add", "1", "3"][..], None),
+            (&["cruise", "speed", "1", "300"][..], None),
+            (&["scan", "left", "2"][..], None),
+            (&["aux", "on", "1"][..], None),
+            (&["guard", "set"][..], None),
+            (&["alarm-reset"][..], None),
+            (&["record", "stop"][..], None),
+            (&["iframe"][..], None),
+            (
+                &["drag-zoom", "in", "1920", "1080", "10", "20", "30", "40"][..],
+                None,
+            ),
+            (&["home-position", "3", "60"][..], None),
+            (&["home-position", "off"][..], None),
+            (&["teleboot", "--yes"][..], None),
+        ] {
+            let v = json_of(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let c: gb28181::control::Control =
+                serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{args:?}: {v}: {e}"));
+            c.validate().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            if let Some(hex) = hex {
+                assert_eq!(c.ptz_cmd().unwrap().unwrap().to_hex(), hex, "{args:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_control_words_are_refused() {
+        for (args, msg) in [
+            (&["dance"][..], "unknown control command"),
+            (&["ptz"][..], "say left"),
+            (&["ptz", "left", "right"][..], "two pan"),
+            (&["ptz", "sideways"][..], "is not left"),
+            (&["preset", "call"][..], "preset number missing"),
+            (&["preset", "call", "x"][..], "must be a number"),
+            (&["focus", "in"][..], "not one of near, far, stop"),
+            (&["teleboot"][..], "--yes"),
+        ] {
+            let e = json_of(args).unwrap_err().to_string();
+            assert!(e.contains(msg), "{args:?}: {e}");
+        }
+    }
 }

@@ -66,6 +66,10 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// End a live stream (BYE).
     Hangup(HangupArgs),
+    /// Control a device or channel: PTZ, focus/iris, presets, cruise,
+    /// scan, auxiliary switches, guard, alarm reset, record, I-frame, drag
+    /// zoom, home position, TeleBoot (DeviceControl through the daemon).
+    Control(ControlArgs),
     /// Tell whether this machine's kernel can run the eBPF programs, and why not.
     Check(check::CheckArgs),
 }
@@ -117,6 +121,42 @@ pub struct SessionsArgs {
 pub struct HangupArgs {
     /// Stream ID (its y= value).
     pub id: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "COMMAND:
+  ptz left|right|up|down|zoom-in|zoom-out...   move (several at once: ptz left up)
+  stop                                          stop moving
+  focus near|far|stop     iris open|close|stop
+  preset set|call|delete N
+  cruise add|delete GROUP PRESET   cruise speed|dwell GROUP VALUE   cruise start|stop GROUP
+  scan start|stop|left|right GROUP   scan speed GROUP VALUE
+  aux on|off SWITCH       guard set|reset      alarm-reset      record start|stop
+  iframe                  drag-zoom in|out LENGTH WIDTH MIDX MIDY LENGTHX LENGTHY
+  home-position off | home-position PRESET SECS
+  teleboot                (reboots the device: needs --yes)")]
+pub struct ControlArgs {
+    /// Device ID.
+    pub device: String,
+    /// The command and its arguments (see below).
+    #[arg(required = true, num_args = 1.., value_name = "COMMAND")]
+    pub command: Vec<String>,
+    /// Channel ID (default: the device itself).
+    #[arg(long, value_name = "ID")]
+    pub channel: Option<String>,
+    /// Pan/tilt, focus or iris speed (0-255).
+    #[arg(long, default_value_t = 128)]
+    pub speed: u8,
+    /// Zoom speed (0-15).
+    #[arg(long, default_value_t = 8)]
+    pub zoom_speed: u8,
+    /// Confirm a TeleBoot.
+    #[arg(long)]
+    pub yes: bool,
     #[command(flatten)]
     pub api: ApiArgs,
     #[arg(long)]
@@ -331,6 +371,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Play(a) => client::play(a)?,
         Command::Sessions(a) => client::sessions(a)?,
         Command::Hangup(a) => client::hangup(a)?,
+        Command::Control(a) => client::control(a)?,
         Command::Check(a) => check::run(a, cli.netns.as_deref(), &cli.bpffs)?,
     }
     Ok(())

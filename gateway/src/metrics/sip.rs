@@ -53,6 +53,9 @@ pub struct SipMetrics {
     /// Cascade: catalog items sent to superiors, and MESSAGE parts resent
     /// or unanswered.
     pub cascade_catalog: IntCounterVec,
+    /// DeviceControl asked through the API, by command and result (ok,
+    /// error, refused, timeout, invalid, unavailable).
+    pub controls: IntCounterVec,
 }
 
 fn vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -196,6 +199,12 @@ impl SipMetrics {
                 "gateway_cascade_requests_total",
                 "Requests from superior platforms by kind",
                 &["platform", "kind"],
+            ),
+            controls: vec(
+                reg,
+                "gateway_device_controls_total",
+                "DeviceControl commands asked through the API, by command and result",
+                &["command", "result"],
             ),
             cascade_catalog: vec(
                 reg,

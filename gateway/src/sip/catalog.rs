@@ -231,10 +231,12 @@ impl Core {
                 self.save(&id);
                 self.resolve(&id, msg.sn, QueryKind::Info, v);
             }
-            (Kind::Response, Body::Other(_))
+            (Kind::Response, Body::Other(leaves))
                 if msg.cmd_type.eq_ignore_ascii_case("DeviceControl") =>
             {
-                self.relay_control_response(&msg.device_id, msg.sn, &m.head.body);
+                if !self.on_control_response(&msg.device_id, msg.sn, &leaves) {
+                    self.relay_control_response(&msg.device_id, msg.sn, &m.head.body);
+                }
             }
             (Kind::Response, Body::DeviceStatus(st)) => {
                 let v = serde_json::to_value(&st).unwrap_or_default();

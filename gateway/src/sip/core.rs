@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use super::{
     cascade::{self, PlatformView, Upstream},
+    control,
     dialog::{Dialogs, OpenStream},
     registry::{Device, OfflineReason, Registry, SyncState},
     relay,
@@ -59,6 +60,11 @@ pub enum Command {
     CloseStream(String, oneshot::Sender<Result<Session, Error>>),
     /// The superior platforms (cascade) and where each stands.
     Platforms(oneshot::Sender<Vec<PlatformView>>),
+    /// DeviceControl; answered when the device has (see control.rs).
+    Control(
+        control::ControlRequest,
+        oneshot::Sender<Result<serde_json::Value, Error>>,
+    ),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +103,11 @@ pub(super) enum Purpose {
         session: String,
     },
     Bye,
+    /// A DeviceControl MESSAGE (target channel or device, SN).
+    Control {
+        target: String,
+        sn: u32,
+    },
     /// A request to a superior platform (cascade).
     Upstream {
         idx: usize,
@@ -162,6 +173,8 @@ pub struct Core {
     pub(super) purposes: HashMap<String, Purpose>,
     pub(super) assemblies: HashMap<(String, u32), Assembly>,
     pub(super) waiters: HashMap<(String, u32), Waiter>,
+    /// DeviceControls sent and not answered yet, by (target, SN).
+    pub(super) controls: HashMap<(String, u32), control::ControlWaiter>,
     pub(super) sn: u32,
     pub(super) out: Outbound,
     pub(super) store: Option<Store>,
@@ -251,6 +264,7 @@ impl Core {
             purposes: HashMap::new(),
             assemblies: HashMap::new(),
             waiters: HashMap::new(),
+            controls: HashMap::new(),
             sn: (now_wall as u32) % 100_000,
             out,
             store,
@@ -540,6 +554,10 @@ impl Core {
                     (Some(p @ Purpose::Query { .. }), _) if status >= 300 => {
                         self.query_failed(p, &format!("device answered {status} {}", h.reason));
                     }
+                    (Some(Purpose::Control { target, sn }), _) => {
+                        let reason = h.reason.clone();
+                        self.control_answered(&target, sn, status, &reason);
+                    }
                     (Some(Purpose::Upstream { idx, req }), _) => {
                         let h = m.head.clone();
                         self.on_upstream_answer(idx, req, Some(&h));
@@ -590,6 +608,9 @@ impl Core {
                         Some(Purpose::Invite { session }) => {
                             self.session_no_answer(&session);
                         }
+                        Some(Purpose::Control { target, sn }) => {
+                            self.control_unanswered(&target, sn);
+                        }
                         Some(Purpose::Upstream { idx, req }) => {
                             self.on_upstream_answer(idx, req, None);
                         }
@@ -607,6 +628,7 @@ impl Core {
         self.session_timers(now);
         self.cascade_timers(now);
         self.relay_timers(now);
+        self.control_timers(now);
         self.flush_if_unregistered(now);
         if now.duration_since(self.last_media_check) >= Duration::from_secs(1) {
             self.last_media_check = now;
@@ -769,6 +791,7 @@ impl Core {
             Command::Platforms(tx) => {
                 let _ = tx.send(self.platforms());
             }
+            Command::Control(req, tx) => self.start_control(req, tx),
             Command::Flush(tx) => {
                 // Unregister upward first, and answer only when the
                 // superiors have answered (or after a few seconds).

@@ -36,6 +36,7 @@ mod cascade_relay;
 mod check;
 mod cli_errors;
 mod dashboards;
+mod device_control;
 mod dist;
 mod kernel_relay;
 mod media_bad_input;

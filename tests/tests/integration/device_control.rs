@@ -1,0 +1,356 @@
+//! DeviceControl through the REST API and `gateway control`, on loopback
+//! (no root): gb-sim as a PTZ camera decodes each PTZCmd (checksums
+//! checked) and keeps what it did (moving, presets, guard, recording),
+//! answers the commands that the standard answers with a DeviceControl
+//! Response, or (`--ignore-controls`) never does; sipp as a device logs
+//! the bytes on the wire, which must be the standard's examples. Bad
+//! requests get 4xx with a reason and are counted.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use gateway_tests::{
+    cli::gateway,
+    have_tools, sim,
+    sipp::{free_port, message_log, registering_device, scenarios, Daemon, TempDir},
+};
+use serde_json::{json, Value};
+
+const CAM: &str = "34020000001320000931";
+const MUTE: &str = "34020000001320000932";
+const SIPP_DEV: &str = "34020000001320000933";
+
+fn config(dir: &Path, sip: u16, api: u16) -> std::path::PathBuf {
+    Daemon::config(
+        dir,
+        sip,
+        api,
+        "password = \"pw\"\nquery_info = false\nquery_timeout_secs = 2\n",
+        "",
+    )
+}
+
+fn control(d: &Daemon, dev: &str, body: Value) -> (u16, Value) {
+    d.post_json(&format!("/api/devices/{dev}/control"), &body.to_string())
+        .unwrap()
+}
+
+/// gb-sim's state for `target` (Null until reported).
+fn sim_state(status: &Path, target: &str) -> Value {
+    sim::report(status)["devices"][0]["control_state"][target].clone()
+}
+
+#[test]
+fn ptz_presets_and_answered_controls_reach_the_camera() {
+    let dir = TempDir::new("devctl");
+    let (sip, api) = (free_port(), free_port());
+    let mut d = Daemon::start(&config(dir.path(), sip, api), sip, api).unwrap();
+    let server = format!("127.0.0.1:{sip}");
+    let (mut cam, cam_status) = sim::spawn(
+        None,
+        &server,
+        "127.0.0.1",
+        CAM,
+        dir.path(),
+        &["--channels", "2"],
+    );
+    let (mut mute, _) = sim::spawn(
+        None,
+        &server,
+        "127.0.0.1",
+        MUTE,
+        dir.path(),
+        &["--channels", "1", "--ignore-controls"],
+    );
+    d.wait_until(
+        Duration::from_secs(30),
+        "cameras online with catalogs",
+        |d| {
+            [CAM, MUTE].iter().all(|id| {
+                d.device(id)
+                    .is_ok_and(|v| v["online"] == true && v["catalog"]["state"] == "complete")
+            })
+        },
+    )
+    .unwrap();
+    let ch = sim::channel(CAM, 1);
+
+    // Pan left at speed 0x1F: the standard's own example, accepted by the
+    // camera (no Response is defined for PTZ).
+    let (code, v) = control(
+        &d,
+        CAM,
+        json!({"channel": ch, "cmd": "ptz", "pan": "left", "speed": 31, "zoom_speed": 0}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (
+            v["result"].as_str(),
+            v["sip_status"].as_u64(),
+            v["target"].as_str()
+        ),
+        (Some("accepted"), Some(200), Some(ch.as_str())),
+        "{v}"
+    );
+    d.wait_until(Duration::from_secs(10), "PTZ at the camera", |_| {
+        sim_state(&cam_status, &ch)["last_ptz_hex"] == "A50F01021F0000D6"
+    })
+    .unwrap();
+    let st = sim_state(&cam_status, &ch);
+    assert_eq!(
+        (st["last_ptz"].as_str(), st["moving"].as_bool()),
+        (Some("left"), Some(true)),
+        "{st}"
+    );
+
+    // The CLI: set preset 3, stop, call it back.
+    let api_addr = format!("127.0.0.1:{api}");
+    for words in [
+        &["preset", "set", "3"][..],
+        &["stop"],
+        &["preset", "call", "3"],
+    ] {
+        let mut args = vec!["control", CAM, "--channel", &ch, "--api", &api_addr];
+        args.extend_from_slice(words);
+        let o = gateway(&args);
+        assert_eq!(o.code, 0, "{words:?}: {}{}", o.stdout, o.stderr);
+        assert!(o.stdout.contains("accepted by the device"), "{}", o.stdout);
+    }
+    d.wait_until(
+        Duration::from_secs(10),
+        "preset called at the camera",
+        |_| sim_state(&cam_status, &ch)["at_preset"] == 3,
+    )
+    .unwrap();
+    let st = sim_state(&cam_status, &ch);
+    assert_eq!(st["presets"], json!([3]), "{st}");
+    assert_eq!(
+        (st["ptz_commands"].as_u64(), st["moving"].as_bool()),
+        (Some(4), Some(false)),
+        "{st}"
+    );
+    assert_eq!(st["ptz_errors"], json!([]), "{st}");
+
+    // Guard and record: the camera answers with a Response (Result OK).
+    let (code, v) = control(&d, CAM, json!({"cmd": "guard", "set": true}));
+    assert_eq!((code, v["result"].as_str()), (200, Some("OK")), "{v}");
+    let (code, v) = control(
+        &d,
+        CAM,
+        json!({"channel": ch, "cmd": "record", "start": true}),
+    );
+    assert_eq!((code, v["result"].as_str()), (200, Some("OK")), "{v}");
+    d.wait_until(
+        Duration::from_secs(10),
+        "guard and record at the camera",
+        |_| {
+            sim_state(&cam_status, CAM)["guard"] == true
+                && sim_state(&cam_status, &ch)["recording"] == true
+        },
+    )
+    .unwrap();
+    let (code, v) = control(
+        &d,
+        CAM,
+        json!({"channel": ch, "cmd": "home_position", "enabled": true, "preset": 3, "reset_secs": 30}),
+    );
+    assert_eq!((code, v["result"].as_str()), (200, Some("OK")), "{v}");
+    // Fire-and-forget ones: accepted.
+    for body in [
+        json!({"channel": ch, "cmd": "iframe"}),
+        json!({"channel": ch, "cmd": "drag_zoom", "zoom_in": true, "length": 1920, "width": 1080,
+               "mid_x": 960, "mid_y": 540, "length_x": 200, "length_y": 100}),
+        json!({"channel": ch, "cmd": "teleboot", "confirm": true}),
+    ] {
+        let (code, v) = control(&d, CAM, body.clone());
+        assert_eq!(
+            (code, v["result"].as_str()),
+            (200, Some("accepted")),
+            "{body}: {v}"
+        );
+    }
+    d.wait_until(Duration::from_secs(10), "the rest at the camera", |_| {
+        let st = sim_state(&cam_status, &ch);
+        st["iframes"] == 1
+            && st["teleboots"] == 1
+            && st["drag_zoom"] == "in 1920x1080 at 960,540 size 200x100"
+            && st["home_position"] == "preset 3 after 30 s"
+    })
+    .unwrap();
+
+    // A device that never sends the Response: 504 after query_timeout_secs,
+    // saying that it accepted the MESSAGE.
+    let (code, v) = control(&d, MUTE, json!({"cmd": "guard", "set": false}));
+    assert_eq!(code, 504, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("sent no Response"),
+        "{v}"
+    );
+    // A PTZ command needs no Response: accepted by the same device.
+    let (code, v) = control(&d, MUTE, json!({"cmd": "stop"}));
+    assert_eq!((code, v["result"].as_str()), (200, Some("accepted")), "{v}");
+
+    // Bad requests: 4xx with the reason, nothing sent.
+    let before = sim::report(&cam_status)["devices"][0]["controls"]
+        .as_array()
+        .map_or(0, Vec::len);
+    for (body, code, why) in [
+        (json!({"cmd": "dance"}), 400, "cmd is one of ptz, stop"),
+        (
+            json!({"cmd": "preset", "action": "call", "index": 0}),
+            400,
+            "outside 1-255",
+        ),
+        (
+            json!({"cmd": "ptz", "zoom": "in", "zoom_speed": 16}),
+            400,
+            "outside 0-15",
+        ),
+        (
+            json!({"cmd": "focus", "action": "sideways"}),
+            400,
+            "far, near, stop",
+        ),
+        (json!({"cmd": "teleboot"}), 400, "confirm"),
+        (
+            json!({"channel": 7, "cmd": "stop"}),
+            400,
+            "channel must be a string",
+        ),
+        (
+            json!({"channel": "34020000001310999999", "cmd": "stop"}),
+            404,
+            "has no channel",
+        ),
+    ] {
+        let (c, v) = control(&d, CAM, body.clone());
+        assert_eq!(c, code, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(why), "{body}: {v}");
+    }
+    let (c, v) = control(&d, "34020000001320009999", json!({"cmd": "stop"}));
+    assert_eq!(c, 404, "{v}");
+    let (c, v) = d
+        .post_json(&format!("/api/devices/{CAM}/control"), "{not json")
+        .unwrap();
+    assert_eq!(c, 400, "{v}");
+    let o = gateway(&["control", CAM, "--api", &api_addr, "teleboot"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("--yes"), "{}", o.stderr);
+    let after = sim::report(&cam_status)["devices"][0]["controls"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(before, after, "a refused request reached the camera");
+
+    // Counted by command and result.
+    let stat = |labels: &str| d.stat("gateway_device_controls_total", labels);
+    assert_eq!(stat("command=ptz,result=ok"), 1);
+    assert_eq!(stat("command=preset,result=ok"), 2);
+    assert_eq!(stat("command=stop,result=ok"), 2);
+    assert_eq!(stat("command=guard,result=ok"), 1);
+    assert_eq!(stat("command=guard,result=timeout"), 1);
+    assert_eq!(stat("command=record,result=ok"), 1);
+    assert_eq!(stat("command=stop,result=unavailable"), 2);
+    // Not a command at all (unknown cmd, a number as channel, not JSON),
+    // or a command with bad arguments.
+    assert_eq!(stat("command=unknown,result=invalid"), 3);
+    for c in ["preset", "ptz", "focus", "teleboot"] {
+        assert_eq!(stat(&format!("command={c},result=invalid")), 1, "{c}");
+    }
+
+    // Offline: 409.
+    let _ = Command::new("kill").arg(mute.id().to_string()).status();
+    let _ = mute.wait();
+    d.wait_until(Duration::from_secs(10), "muted camera offline", |d| {
+        d.device(MUTE).is_ok_and(|v| v["online"] == false)
+    })
+    .unwrap();
+    let (c, v) = control(&d, MUTE, json!({"cmd": "stop"}));
+    assert_eq!(c, 409, "{v}");
+
+    let _ = Command::new("kill").arg(cam.id().to_string()).status();
+    let _ = cam.wait();
+    assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
+    assert!(!d.log_text().contains("panicked"));
+}
+
+/// sipp as the device records the DeviceControl MESSAGEs as they were on
+/// the wire: the PTZCmd bytes are the standard's examples, in a
+/// `<Control>` body of the MANSCDP content type.
+#[test]
+fn ptzcmd_bytes_on_the_wire_as_sipp_received_them() {
+    assert!(
+        have_tools(&["sipp"]),
+        "sipp is not installed (Debian package sip-tester)"
+    );
+    let dir = TempDir::new("devctl-sipp");
+    let (sip, api, dev_port) = (free_port(), free_port(), free_port());
+    let mut d = Daemon::start(&config(dir.path(), sip, api), sip, api).unwrap();
+    let log = dir.path().join("device-messages.log");
+    // Registered for 8 s, answering every MESSAGE with 200 OK.
+    let sipp = registering_device(
+        dir.path(),
+        d.sip,
+        dev_port,
+        SIPP_DEV,
+        &scenarios().join("uas_message.xml"),
+        8000,
+    )
+    .trace_messages(&log);
+    let mut child = sipp.spawn().unwrap();
+    d.wait_until(Duration::from_secs(10), "sipp device online", |d| {
+        d.device(SIPP_DEV).is_ok_and(|v| v["online"] == true)
+    })
+    .unwrap();
+    let sent = [
+        (
+            json!({"cmd": "ptz", "pan": "left", "speed": 31, "zoom_speed": 0}),
+            "A50F01021F0000D6",
+        ),
+        (json!({"cmd": "stop"}), "A50F0100000000B5"),
+        (
+            json!({"cmd": "preset", "action": "call", "index": 5}),
+            "A50F01820005003C",
+        ),
+    ];
+    for (body, _) in &sent {
+        let (code, v) = control(&d, SIPP_DEV, body.clone());
+        assert_eq!(
+            (code, v["result"].as_str()),
+            (200, Some("accepted")),
+            "{body}: {v}"
+        );
+    }
+    let st = child.wait().unwrap();
+    assert!(st.success(), "sipp device failed ({st})");
+    let controls: Vec<String> = message_log(&log)
+        .into_iter()
+        .filter(|m| !m.sent && m.head.method.as_deref() == Some("MESSAGE"))
+        .filter_map(|m| {
+            let body = String::from_utf8_lossy(&m.head.body).into_owned();
+            body.contains("<CmdType>DeviceControl</CmdType>").then(|| {
+                assert_eq!(
+                    m.head
+                        .content_type
+                        .as_deref()
+                        .map(str::to_ascii_lowercase)
+                        .as_deref(),
+                    Some("application/manscdp+xml")
+                );
+                body
+            })
+        })
+        .collect();
+    assert_eq!(controls.len(), sent.len(), "{controls:?}");
+    for (body, (_, hex)) in controls.iter().zip(&sent) {
+        assert!(
+            body.starts_with("<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Control>\r\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!(
+                "<DeviceID>{SIPP_DEV}</DeviceID>\r\n<PTZCmd>{hex}</PTZCmd>\r\n<Info>\r\n<ControlPriority>5</ControlPriority>\r\n</Info>\r\n</Control>"
+            )),
+            "{body}"
+        );
+    }
+    assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
+}
