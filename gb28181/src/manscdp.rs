@@ -152,6 +152,8 @@ pub enum Body {
     DeviceInfo(DeviceInfo),
     /// `Response` DeviceStatus.
     DeviceStatus(DeviceStatus),
+    /// `Response` RecordInfo (one part of a possibly split answer).
+    RecordInfo(RecordInfo),
     /// `Notify` MediaStatus (`121` = end of a playback/download file).
     MediaStatus {
         /// `<NotifyType>`.
@@ -175,6 +177,45 @@ pub struct Catalog {
     /// The items of this part, in document order.
     #[serde(default)]
     pub items: Vec<CatalogItem>,
+}
+
+/// A RecordInfo response (or one part of it: collect parts by SN until
+/// `sum_num` items are known).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordInfo {
+    /// `<Name>` of the channel, when sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `<SumNum>`: total number of records across all parts.
+    pub sum_num: u32,
+    /// The records of this part, in document order.
+    #[serde(default)]
+    pub items: Vec<RecordItem>,
+}
+
+/// One `<Item>` of a RecordInfo answer: trimmed text as sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordItem {
+    pub device_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `YYYY-MM-DDTHH:MM:SS`.
+    pub start_time: String,
+    pub end_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrecy: Option<String>,
+    /// `time`, `alarm`, `manual`, `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorder_id: Option<String>,
+    /// Bytes, as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size: Option<String>,
 }
 
 /// One `<Item>` of a catalog. All optional fields hold trimmed text as sent.
@@ -601,6 +642,7 @@ pub fn parse(body: &[u8]) -> Result<Message, Error> {
         Kind::Response | Kind::Notify if cmd("Catalog") => Body::Catalog(catalog_body(&root)?),
         Kind::Response if cmd("DeviceInfo") => Body::DeviceInfo(device_info_body(&root)),
         Kind::Response if cmd("DeviceStatus") => Body::DeviceStatus(device_status_body(&root)),
+        Kind::Response if cmd("RecordInfo") => Body::RecordInfo(record_info_body(&root)?),
         _ => Body::Other(
             root.leaves()
                 .map(|c| (c.name.clone(), c.text().to_owned()))
@@ -662,6 +704,43 @@ fn catalog_body(root: &Elem) -> Result<Catalog, Error> {
         }
     }
     Ok(catalog)
+}
+
+/// A RecordInfo answer: SumNum required and numeric; each `<Item>` of
+/// `<RecordList>` needs StartTime and EndTime (an item without them is an
+/// error: the answer is unusable, not partly right).
+fn record_info_body(root: &Elem) -> Result<RecordInfo, Error> {
+    let sum_num = root.required("SumNum")?;
+    let sum_num = sum_num
+        .parse::<u32>()
+        .map_err(|_| Error::bad("SumNum", sum_num))?;
+    let mut out = RecordInfo {
+        name: root.leaf("Name").map(str::to_owned),
+        sum_num,
+        items: Vec::new(),
+    };
+    let items = root
+        .children
+        .iter()
+        .filter(|c| c.is("RecordList"))
+        .flat_map(|list| list.children.iter())
+        .filter(|c| c.is("Item"));
+    for item in items {
+        let opt = |n: &str| item.leaf(n).filter(|t| !t.is_empty()).map(str::to_owned);
+        out.items.push(RecordItem {
+            device_id: opt("DeviceID").unwrap_or_default(),
+            name: opt("Name"),
+            file_path: opt("FilePath"),
+            address: opt("Address"),
+            start_time: item.required("StartTime")?.to_owned(),
+            end_time: item.required("EndTime")?.to_owned(),
+            secrecy: opt("Secrecy"),
+            record_type: opt("Type"),
+            recorder_id: opt("RecorderID"),
+            file_size: opt("FileSize"),
+        });
+    }
+    Ok(out)
 }
 
 /// One `<Item>`; `None` when it has no (non-empty) DeviceID.
@@ -1100,6 +1179,59 @@ pub fn device_control(
 pub fn device_control_response(sn: u32, target: &str, ok: bool, charset: Charset) -> Vec<u8> {
     let mut doc = Doc::new(charset, "Response", "DeviceControl", sn, target);
     doc.leaf("Result", if ok { "OK" } else { "ERROR" });
+    doc.finish(charset)
+}
+
+/// A RecordInfo `<Query>` for `channel` between `start` and `end`
+/// (`YYYY-MM-DDTHH:MM:SS`), of `record_type` (`all`, `time`, `alarm`,
+/// `manual`), Secrecy 0.
+pub fn record_info_query(
+    sn: u32,
+    channel: &str,
+    start: &str,
+    end: &str,
+    record_type: &str,
+    charset: Charset,
+) -> Vec<u8> {
+    let mut doc = Doc::new(charset, "Query", "RecordInfo", sn, channel);
+    doc.leaf("StartTime", start);
+    doc.leaf("EndTime", end);
+    doc.leaf("Secrecy", "0");
+    doc.leaf("Type", record_type);
+    doc.finish(charset)
+}
+
+/// A RecordInfo `<Response>` part: `items` of a total of `sum_num`
+/// (`<RecordList Num>` is this part's count).
+pub fn record_info_response(
+    sn: u32,
+    channel: &str,
+    name: Option<&str>,
+    sum_num: u32,
+    items: &[RecordItem],
+    charset: Charset,
+) -> Vec<u8> {
+    let mut doc = Doc::new(charset, "Response", "RecordInfo", sn, channel);
+    if let Some(n) = name {
+        doc.leaf("Name", n);
+    }
+    doc.leaf("SumNum", &sum_num.to_string());
+    doc.open("RecordList", Some(items.len()));
+    for it in items {
+        doc.open("Item", None);
+        doc.leaf("DeviceID", &it.device_id);
+        doc.opt("Name", &it.name);
+        doc.opt("FilePath", &it.file_path);
+        doc.opt("Address", &it.address);
+        doc.leaf("StartTime", &it.start_time);
+        doc.leaf("EndTime", &it.end_time);
+        doc.opt("Secrecy", &it.secrecy);
+        doc.opt("Type", &it.record_type);
+        doc.opt("RecorderID", &it.recorder_id);
+        doc.opt("FileSize", &it.file_size);
+        doc.close("Item");
+    }
+    doc.close("RecordList");
     doc.finish(charset)
 }
 
@@ -2249,5 +2381,57 @@ mod tests {
         assert!(
             matches!(r.body, Body::Other(ref l) if l.contains(&("Result".into(), "OK".into())))
         );
+    }
+
+    #[test]
+    fn record_info_round_trips_and_bad_answers_are_refused() {
+        let q = String::from_utf8(record_info_query(
+            7,
+            "34020000001310000001",
+            "2026-12-07T00:00:00",
+            "2026-12-07T23:59:59",
+            "all",
+            Charset::Utf8,
+        ))
+        .unwrap();
+        assert!(q.contains("<CmdType>RecordInfo</CmdType>\r\n<SN>7</SN>\r\n<DeviceID>34020000001310000001</DeviceID>\r\n<StartTime>2026-12-07T00:00:00</StartTime>\r\n<EndTime>2026-12-07T23:59:59</EndTime>\r\n<Secrecy>0</Secrecy>\r\n<Type>all</Type>"), "{q}");
+        let items: Vec<RecordItem> = (0..2)
+            .map(|i| RecordItem {
+                device_id: "34020000001310000001".into(),
+                name: Some("前门".into()),
+                file_path: Some(format!("/rec/{i}.ps")),
+                start_time: format!("2026-12-07T0{i}:00:00"),
+                end_time: format!("2026-12-07T0{i}:00:04"),
+                record_type: Some("time".into()),
+                file_size: Some("123456".into()),
+                ..RecordItem::default()
+            })
+            .collect();
+        let b = record_info_response(
+            7,
+            "34020000001310000001",
+            Some("前门"),
+            5,
+            &items,
+            Charset::Gb2312,
+        );
+        let m = parse(&b).unwrap();
+        let Body::RecordInfo(r) = m.body else {
+            panic!("{:?}", m.body)
+        };
+        assert_eq!((r.sum_num, r.name.as_deref()), (5, Some("前门")));
+        assert_eq!(r.items, items);
+        // Empty: SumNum 0 and no list.
+        let m = parse(&record_info_response(8, "x", None, 0, &[], Charset::Utf8)).unwrap();
+        assert!(matches!(m.body, Body::RecordInfo(ref r) if r.sum_num == 0 && r.items.is_empty()));
+        // Unusable answers.
+        for (body, why) in [
+            ("<Response><CmdType>RecordInfo</CmdType><SN>1</SN><DeviceID>x</DeviceID></Response>", "SumNum"),
+            ("<Response><CmdType>RecordInfo</CmdType><SN>1</SN><DeviceID>x</DeviceID><SumNum>many</SumNum></Response>", "SumNum"),
+            ("<Response><CmdType>RecordInfo</CmdType><SN>1</SN><DeviceID>x</DeviceID><SumNum>1</SumNum><RecordList Num=\"1\"><Item><DeviceID>x</DeviceID><EndTime>t</EndTime></Item></RecordList></Response>", "StartTime"),
+        ] {
+            let e = parse(body.as_bytes()).unwrap_err();
+            assert!(format!("{e:?}").contains(why), "{body}: {e:?}");
+        }
     }
 }

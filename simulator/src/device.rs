@@ -12,7 +12,7 @@ use std::{
 
 use gb28181::{
     digest::Challenge,
-    manscdp::{self, CatalogItem, Charset, DeviceInfo, DeviceStatus, Kind},
+    manscdp::{self, CatalogItem, Charset, DeviceInfo, DeviceStatus, Kind, RecordItem},
     sdp,
     sip::{self as gsip, Head, Outgoing, Transport},
     wire,
@@ -58,6 +58,10 @@ pub struct Config {
     pub charset: Charset,
     /// Never send DeviceControl Responses (--ignore-controls).
     pub ignore_controls: bool,
+    /// Recordings per channel in the record index (--records).
+    pub records: u32,
+    /// Leave out the last part of split RecordInfo answers.
+    pub records_drop_last_part: bool,
     /// Refuse INVITEs with this status.
     pub invite_response: Option<u16>,
     /// Answer and send under this SSRC instead of the offer's y=.
@@ -1000,6 +1004,46 @@ impl Device {
                 };
                 vec![manscdp::device_status_response(msg.sn, &self.id, &st, cs)]
             }
+            "recordinfo" => {
+                let leaf = |n: &str| match &msg.body {
+                    manscdp::Body::Other(l) => l
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
+                let items = self.record_index(
+                    &msg.device_id,
+                    &leaf("StartTime"),
+                    &leaf("EndTime"),
+                    &leaf("Type"),
+                );
+                let sum = items.len() as u32;
+                let name = Some("gb-sim");
+                let mut parts: Vec<Vec<u8>> = if items.is_empty() {
+                    vec![manscdp::record_info_response(
+                        msg.sn,
+                        &msg.device_id,
+                        name,
+                        0,
+                        &[],
+                        cs,
+                    )]
+                } else {
+                    items
+                        .chunks(self.cfg.catalog_per_message.max(1))
+                        .map(|c| {
+                            manscdp::record_info_response(msg.sn, &msg.device_id, name, sum, c, cs)
+                        })
+                        .collect()
+                };
+                if self.cfg.records_drop_last_part && parts.len() > 1 {
+                    parts.pop();
+                }
+                self.shared.device(self.index, |d| d.record_queries += 1);
+                parts
+            }
             _ => {
                 debug!(device = %self.id, cmd = %msg.cmd_type, "query not simulated");
                 return;
@@ -1010,6 +1054,57 @@ impl Device {
         for b in bodies {
             self.send_manscdp(b, What::Answer).await;
         }
+    }
+
+    /// The record index of `target` (a channel, or the device: then every
+    /// channel's) overlapping `start`..`end`, of `record_type`: today (the
+    /// date of the query's end), one recording every 10 minutes from
+    /// 00:00, each as long as the media file.
+    fn record_index(
+        &self,
+        target: &str,
+        start: &str,
+        end: &str,
+        record_type: &str,
+    ) -> Vec<RecordItem> {
+        let targets: Vec<&String> = if target == self.id {
+            self.channels.iter().collect()
+        } else {
+            self.channels.iter().filter(|c| *c == target).collect()
+        };
+        if !matches!(record_type, "" | "all" | "time") || end.len() < 10 {
+            return Vec::new();
+        }
+        let date = &end[..10];
+        let secs = self.cfg.media.media.as_ref().map_or(60, |m| {
+            (m.aus.len() as u32)
+                .div_ceil(self.cfg.media.fps.max(1))
+                .max(1)
+        });
+        let hms = |t: u32| format!("{date}T{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60);
+        let frames = self.cfg.media.media.as_ref().map_or(0, |m| m.aus.len());
+        let mut out = Vec::new();
+        for ch in targets {
+            for i in 0..self.cfg.records {
+                let (s, e) = (hms(i * 600), hms(i * 600 + secs));
+                if s.as_str() > end || e.as_str() < start {
+                    continue;
+                }
+                out.push(RecordItem {
+                    device_id: ch.clone(),
+                    name: Some(format!("rec-{i}")),
+                    file_path: Some(format!("/sd/{ch}/{i:03}.ps")),
+                    address: Some("gb-sim".into()),
+                    start_time: s,
+                    end_time: e,
+                    secrecy: Some("0".into()),
+                    record_type: Some("time".into()),
+                    recorder_id: None,
+                    file_size: Some((frames * 4000).to_string()),
+                });
+            }
+        }
+        out
     }
 
     fn catalog_items(&self) -> Vec<CatalogItem> {

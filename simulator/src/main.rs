@@ -102,6 +102,15 @@ struct Cli {
     /// position commands expect (a device that ignores them).
     #[arg(long)]
     ignore_controls: bool,
+    /// Recordings per channel in the device's record index (RecordInfo):
+    /// today, one every 10 minutes from 00:00, each as long as the media
+    /// file (60 s without one).
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=144))]
+    records: u32,
+    /// Leave the last part out of split RecordInfo answers (an NVR whose
+    /// answer stops early).
+    #[arg(long)]
+    records_drop_last_part: bool,
 
     /// Annex-B H.264 or H.265 elementary stream to send (without it,
     /// sessions are answered but carry no packets).
@@ -334,6 +343,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         expires: cli.expires,
         keepalive: Duration::from_secs(cli.keepalive_secs),
         ignore_controls: cli.ignore_controls,
+        records: cli.records,
+        records_drop_last_part: cli.records_drop_last_part,
         no_qop: cli.no_qop_support,
         exit_on_auth_failure: cli.exit_on_auth_failure,
         catalog_per_message: cli.catalog_per_message as usize,

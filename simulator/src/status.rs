@@ -30,6 +30,8 @@ pub struct DeviceReport {
     pub keepalives_sent: u64,
     pub keepalives_ok: u64,
     pub queries_answered: u64,
+    /// RecordInfo queries answered.
+    pub record_queries: u64,
     /// Controls received (DeviceControl, ...): "<CmdType> <target> <the
     /// command's elements as name=value>", in order.
     pub controls: Vec<String>,

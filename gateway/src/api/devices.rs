@@ -11,7 +11,7 @@ use axum::{
 use serde_json::{json, Value};
 
 use super::{check_id, err, ApiResult, ApiState, Error};
-use crate::sip::{Command, ControlRequest, QueryKind};
+use crate::sip::{Command, ControlRequest, QueryKind, RecordQuery};
 
 /// `?state=online|offline&offset=N&limit=N` (devices sorted by ID;
 /// `count` and `online` are always totals, `limit=0` returns only them).
@@ -151,4 +151,47 @@ fn parse_control(v: Value) -> Result<gb28181::control::Control, String> {
             gb28181::control::COMMANDS.join(", ")
         )
     })
+}
+
+/// `?channel=&start=&end=&type=` of `GET /api/devices/{id}/records`.
+#[derive(serde::Deserialize)]
+pub(super) struct RecordsQuery {
+    channel: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    #[serde(rename = "type")]
+    record_type: Option<String>,
+}
+
+/// `GET /api/devices/{id}/records`: RecordInfo, assembled from every part.
+pub(super) async fn records(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    q: Result<Query<RecordsQuery>, QueryRejection>,
+) -> ApiResult {
+    check_id(&id)?;
+    // Bad parameters go to the core too, which counts them.
+    let query = match q {
+        Err(e) => Err(e.body_text()),
+        Ok(Query(q)) => {
+            if let Some(c) = &q.channel {
+                check_id(c)?;
+            }
+            match (q.start, q.end) {
+                (Some(start), Some(end)) => Ok(RecordQuery {
+                    device: id.clone(),
+                    channel: q.channel,
+                    start,
+                    end,
+                    record_type: q.record_type.unwrap_or_else(|| "all".into()),
+                }),
+                _ => Err("start and end are required (YYYY-MM-DDTHH:MM:SS)".to_string()),
+            }
+        }
+    };
+    let v = s
+        .ask(|tx| Command::Records(query, tx))
+        .await?
+        .map_err(Error::from)?;
+    Ok(Json(v))
 }

@@ -1,12 +1,13 @@
 //! The commands that talk to a running daemon through its REST API:
-//! `play`, `sessions`, `hangup`, `devices`, `control`.
+//! `play`, `sessions`, `hangup`, `devices`, `control`, `records`.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    output::print_json, ApiArgs, ControlArgs, DevicesArgs, HangupArgs, PlayArgs, SessionsArgs,
+    output::print_json, ApiArgs, ControlArgs, DevicesArgs, HangupArgs, PlayArgs, RecordsArgs,
+    SessionsArgs,
 };
 
 /// GET on the daemon's API; a non-2xx answer becomes an error carrying
@@ -395,6 +396,50 @@ pub(super) fn control(a: &ControlArgs) -> Result<()> {
         r["sn"],
         r["sip_status"]
     );
+    Ok(())
+}
+
+pub(super) fn records(a: &RecordsArgs) -> Result<()> {
+    let (base, token) = a.api.resolve()?;
+    let mut path = format!(
+        "/api/devices/{}/records?start={}&end={}&type={}",
+        a.device, a.start, a.end, a.record_type
+    );
+    if let Some(c) = &a.channel {
+        path.push_str(&format!("&channel={c}"));
+    }
+    let r = api_get(&base, &path, token.as_deref())?;
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "{} {}: {} record(s){}",
+        a.device,
+        r["channel"].as_str().unwrap_or("?"),
+        r["count"],
+        if r["complete"] == true {
+            String::new()
+        } else {
+            format!(" of {} announced: the answer stopped early", r["sum_num"])
+        }
+    );
+    if r["count"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "{:<19}  {:<19}  {:<6}  {:>12}  FILE",
+            "START", "END", "TYPE", "BYTES"
+        );
+    }
+    for it in r["items"].as_array().into_iter().flatten() {
+        let s = |k: &str| it[k].as_str().unwrap_or("-").to_string();
+        println!(
+            "{:<19}  {:<19}  {:<6}  {:>12}  {}",
+            s("start_time"),
+            s("end_time"),
+            s("record_type"),
+            s("file_size"),
+            s("file_path")
+        );
+    }
     Ok(())
 }
 

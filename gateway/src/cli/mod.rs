@@ -70,6 +70,9 @@ pub enum Command {
     /// scan, auxiliary switches, guard, alarm reset, record, I-frame, drag
     /// zoom, home position, TeleBoot (DeviceControl through the daemon).
     Control(ControlArgs),
+    /// What a device recorded on its own storage between two times
+    /// (RecordInfo through the daemon).
+    Records(RecordsArgs),
     /// Tell whether this machine's kernel can run the eBPF programs, and why not.
     Check(check::CheckArgs),
 }
@@ -157,6 +160,28 @@ pub struct ControlArgs {
     /// Confirm a TeleBoot.
     #[arg(long)]
     pub yes: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RecordsArgs {
+    /// Device ID.
+    pub device: String,
+    /// Channel ID (default: the device itself).
+    #[arg(long, value_name = "ID")]
+    pub channel: Option<String>,
+    /// From (YYYY-MM-DDTHH:MM:SS, the device's local time).
+    #[arg(long, value_name = "TIME")]
+    pub start: String,
+    /// To (YYYY-MM-DDTHH:MM:SS).
+    #[arg(long, value_name = "TIME")]
+    pub end: String,
+    /// all, time, alarm or manual.
+    #[arg(long = "type", default_value = "all", value_name = "TYPE")]
+    pub record_type: String,
     #[command(flatten)]
     pub api: ApiArgs,
     #[arg(long)]
@@ -372,6 +397,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sessions(a) => client::sessions(a)?,
         Command::Hangup(a) => client::hangup(a)?,
         Command::Control(a) => client::control(a)?,
+        Command::Records(a) => client::records(a)?,
         Command::Check(a) => check::run(a, cli.netns.as_deref(), &cli.bpffs)?,
     }
     Ok(())

@@ -56,6 +56,9 @@ pub struct SipMetrics {
     /// DeviceControl asked through the API, by command and result (ok,
     /// error, refused, timeout, invalid, unavailable).
     pub controls: IntCounterVec,
+    /// RecordInfo queries asked through the API, by result (complete,
+    /// partial, timeout, refused, invalid, unavailable, stray).
+    pub record_queries: IntCounterVec,
 }
 
 fn vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -205,6 +208,12 @@ impl SipMetrics {
                 "gateway_device_controls_total",
                 "DeviceControl commands asked through the API, by command and result",
                 &["command", "result"],
+            ),
+            record_queries: vec(
+                reg,
+                "gateway_record_queries_total",
+                "RecordInfo queries asked through the API, by result",
+                &["result"],
             ),
             cascade_catalog: vec(
                 reg,

@@ -238,6 +238,9 @@ impl Core {
                     self.relay_control_response(&msg.device_id, msg.sn, &m.head.body);
                 }
             }
+            (Kind::Response, Body::RecordInfo(r)) => {
+                self.on_record_part(&msg.device_id, msg.sn, r);
+            }
             (Kind::Response, Body::DeviceStatus(st)) => {
                 let v = serde_json::to_value(&st).unwrap_or_default();
                 if let Some(d) = self.reg.devices.get_mut(&id) {

@@ -23,6 +23,7 @@ use super::{
     cascade::{self, PlatformView, Upstream},
     control,
     dialog::{Dialogs, OpenStream},
+    records,
     registry::{Device, OfflineReason, Registry, SyncState},
     relay,
     transport::{Dest, Inbound, Outbound},
@@ -60,6 +61,13 @@ pub enum Command {
     CloseStream(String, oneshot::Sender<Result<Session, Error>>),
     /// The superior platforms (cascade) and where each stands.
     Platforms(oneshot::Sender<Vec<PlatformView>>),
+    /// RecordInfo: the device's own recordings in a time range, answered
+    /// when assembled (see records.rs); a query that is not valid is the
+    /// Err with why.
+    Records(
+        Result<records::RecordQuery, String>,
+        oneshot::Sender<Result<serde_json::Value, Error>>,
+    ),
     /// DeviceControl; answered when the device has (see control.rs).
     Control(
         control::ControlRequest,
@@ -103,6 +111,11 @@ pub(super) enum Purpose {
         session: String,
     },
     Bye,
+    /// A RecordInfo query (target channel or device, SN).
+    Records {
+        target: String,
+        sn: u32,
+    },
     /// A DeviceControl MESSAGE (target channel or device, SN).
     Control {
         target: String,
@@ -175,6 +188,8 @@ pub struct Core {
     pub(super) waiters: HashMap<(String, u32), Waiter>,
     /// DeviceControls sent and not answered yet, by (target, SN).
     pub(super) controls: HashMap<(String, u32), control::ControlWaiter>,
+    /// RecordInfo answers being assembled, by (target, SN).
+    pub(super) records: HashMap<(String, u32), records::RecordAssembly>,
     pub(super) sn: u32,
     pub(super) out: Outbound,
     pub(super) store: Option<Store>,
@@ -265,6 +280,7 @@ impl Core {
             assemblies: HashMap::new(),
             waiters: HashMap::new(),
             controls: HashMap::new(),
+            records: HashMap::new(),
             sn: (now_wall as u32) % 100_000,
             out,
             store,
@@ -554,6 +570,10 @@ impl Core {
                     (Some(p @ Purpose::Query { .. }), _) if status >= 300 => {
                         self.query_failed(p, &format!("device answered {status} {}", h.reason));
                     }
+                    (Some(Purpose::Records { target, sn }), _) if status >= 300 => {
+                        let why = format!("device answered {status} {} to RecordInfo", h.reason);
+                        self.records_failed(&target, sn, why, false);
+                    }
                     (Some(Purpose::Control { target, sn }), _) => {
                         let reason = h.reason.clone();
                         self.control_answered(&target, sn, status, &reason);
@@ -611,6 +631,10 @@ impl Core {
                         Some(Purpose::Control { target, sn }) => {
                             self.control_unanswered(&target, sn);
                         }
+                        Some(Purpose::Records { target, sn }) => {
+                            let why = "no answer to the RecordInfo MESSAGE (Timer F)".to_string();
+                            self.records_failed(&target, sn, why, true);
+                        }
                         Some(Purpose::Upstream { idx, req }) => {
                             self.on_upstream_answer(idx, req, None);
                         }
@@ -629,6 +653,7 @@ impl Core {
         self.cascade_timers(now);
         self.relay_timers(now);
         self.control_timers(now);
+        self.record_timers(now);
         self.flush_if_unregistered(now);
         if now.duration_since(self.last_media_check) >= Duration::from_secs(1) {
             self.last_media_check = now;
@@ -792,6 +817,7 @@ impl Core {
                 let _ = tx.send(self.platforms());
             }
             Command::Control(req, tx) => self.start_control(req, tx),
+            Command::Records(q, tx) => self.start_records(q, tx),
             Command::Flush(tx) => {
                 // Unregister upward first, and answer only when the
                 // superiors have answered (or after a few seconds).

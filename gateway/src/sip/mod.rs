@@ -1,15 +1,16 @@
 //! GB/T 28181 signalling: the gateway as the platform devices register
 //! with. `transport` moves bytes; `core` holds the state and dispatches to
 //! `registrar` (REGISTER), `catalog` (MANSCDP queries and answers),
-//! `control` (DeviceControl) and `dialog` (INVITE dialogs); the device
-//! records are in `registry`. What a dialog carries is `crate::session`'s. See docs/architecture.md
-//! ("Signalling").
+//! `control` (DeviceControl), `records` (RecordInfo) and `dialog` (INVITE
+//! dialogs); the device records are in `registry`. What a dialog carries
+//! is `crate::session`'s. See docs/architecture.md ("Signalling").
 
 pub mod cascade;
 pub mod catalog;
 pub mod control;
 pub mod core;
 pub mod dialog;
+pub mod records;
 pub mod registrar;
 pub mod registry;
 pub mod relay;
@@ -24,6 +25,7 @@ pub use self::core::{Command, DeviceView, QueryKind};
 pub use cascade::{PlatformView, UpState};
 pub use control::ControlRequest;
 pub use dialog::OpenStream;
+pub use records::RecordQuery;
 
 use crate::{
     config::SipConfig,

@@ -1,10 +1,11 @@
-//! DeviceControl through the REST API and `gateway control`, on loopback
-//! (no root): gb-sim as a PTZ camera decodes each PTZCmd (checksums
-//! checked) and keeps what it did (moving, presets, guard, recording),
-//! answers the commands that the standard answers with a DeviceControl
-//! Response, or (`--ignore-controls`) never does; sipp as a device logs
-//! the bytes on the wire, which must be the standard's examples. Bad
-//! requests get 4xx with a reason and are counted.
+//! DeviceControl and RecordInfo through the REST API and the CLI, on
+//! loopback (no root): gb-sim as a PTZ camera decodes each PTZCmd
+//! (checksums checked) and keeps what it did (moving, presets, guard,
+//! recording), answers the commands that the standard answers with a
+//! DeviceControl Response, or (`--ignore-controls`) never does; its record
+//! index answers RecordInfo in parts (or stops early); sipp as a device
+//! logs the bytes on the wire, which must be the standard's examples, and
+//! answers no query. Bad requests get 4xx with a reason and are counted.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -18,6 +19,9 @@ use serde_json::{json, Value};
 const CAM: &str = "34020000001320000931";
 const MUTE: &str = "34020000001320000932";
 const SIPP_DEV: &str = "34020000001320000933";
+const NVR: &str = "34020000001320000934";
+const SHORT: &str = "34020000001320000935";
+const DAY: (&str, &str) = ("2026-12-07T00:00:00", "2026-12-07T23:59:59");
 
 fn config(dir: &Path, sip: u16, api: u16) -> std::path::PathBuf {
     Daemon::config(
@@ -319,6 +323,26 @@ fn ptzcmd_bytes_on_the_wire_as_sipp_received_them() {
             "{body}: {v}"
         );
     }
+    // It answers no query: RecordInfo times out (504), counted.
+    let (code, v) = d
+        .request(
+            "GET",
+            &format!(
+                "/api/devices/{SIPP_DEV}/records?start={}&end={}",
+                DAY.0, DAY.1
+            ),
+            None,
+        )
+        .unwrap();
+    assert_eq!(code, 504, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no RecordInfo answer"),
+        "{v}"
+    );
+    assert_eq!(d.stat("gateway_record_queries_total", "result=timeout"), 1);
     let st = child.wait().unwrap();
     assert!(st.success(), "sipp device failed ({st})");
     let controls: Vec<String> = message_log(&log)
@@ -353,4 +377,216 @@ fn ptzcmd_bytes_on_the_wire_as_sipp_received_them() {
         );
     }
     assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
+}
+
+fn records(d: &Daemon, dev: &str, query: &str) -> (u16, Value) {
+    d.request("GET", &format!("/api/devices/{dev}/records?{query}"), None)
+        .unwrap()
+}
+
+/// gb-sim's record index: 5 recordings per channel (00:00, 00:10, ...,
+/// 60 s each) answered 2 per MESSAGE; the gateway assembles the parts by
+/// SN and SumNum, filters nothing itself (the device does), returns what
+/// arrived as partial when an NVR's answer stops early.
+#[test]
+fn record_info_is_assembled_from_its_parts() {
+    let dir = TempDir::new("records");
+    let (sip, api) = (free_port(), free_port());
+    let mut d = Daemon::start(&config(dir.path(), sip, api), sip, api).unwrap();
+    let server = format!("127.0.0.1:{sip}");
+    let args = [
+        "--channels",
+        "2",
+        "--records",
+        "5",
+        "--catalog-per-message",
+        "2",
+    ];
+    let (mut nvr, nvr_status) = sim::spawn(None, &server, "127.0.0.1", NVR, dir.path(), &args);
+    let mut short_args = args.to_vec();
+    short_args.push("--records-drop-last-part");
+    let (mut short, _) = sim::spawn(None, &server, "127.0.0.1", SHORT, dir.path(), &short_args);
+    d.wait_until(Duration::from_secs(30), "NVRs online with catalogs", |d| {
+        [NVR, SHORT].iter().all(|id| {
+            d.device(id)
+                .is_ok_and(|v| v["online"] == true && v["catalog"]["state"] == "complete")
+        })
+    })
+    .unwrap();
+    let ch = sim::channel(NVR, 1);
+
+    // One channel, the whole day: 5 records in 3 MESSAGEs.
+    let (code, v) = records(
+        &d,
+        NVR,
+        &format!("channel={ch}&start={}&end={}", DAY.0, DAY.1),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (
+            v["count"].as_u64(),
+            v["sum_num"].as_u64(),
+            v["parts"].as_u64(),
+            v["complete"].as_bool()
+        ),
+        (Some(5), Some(5), Some(3), Some(true)),
+        "{v}"
+    );
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items[0]["start_time"], "2026-12-07T00:00:00");
+    assert_eq!(items[0]["end_time"], "2026-12-07T00:01:00");
+    assert_eq!(items[4]["start_time"], "2026-12-07T00:40:00");
+    assert!(items
+        .iter()
+        .all(|i| i["device_id"] == ch.as_str() && i["record_type"] == "time"));
+    // A window: the device filters, 00:20 and 00:30 overlap it.
+    let (code, v) = records(
+        &d,
+        NVR,
+        &format!("channel={ch}&start=2026-12-07T00:15:00&end=2026-12-07T00:35:00"),
+    );
+    assert_eq!(code, 200, "{v}");
+    let starts: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["start_time"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        starts,
+        ["2026-12-07T00:20:00", "2026-12-07T00:30:00"],
+        "{v}"
+    );
+    // The device itself: both channels, 10 records in 5 parts.
+    let (code, v) = records(&d, NVR, &format!("start={}&end={}", DAY.0, DAY.1));
+    assert_eq!(
+        (code, v["count"].as_u64(), v["parts"].as_u64()),
+        (200, Some(10), Some(5)),
+        "{v}"
+    );
+    // No alarm recordings: SumNum 0, complete.
+    let (code, v) = records(
+        &d,
+        NVR,
+        &format!("channel={ch}&start={}&end={}&type=alarm", DAY.0, DAY.1),
+    );
+    assert_eq!(
+        (code, v["count"].as_u64(), v["complete"].as_bool()),
+        (200, Some(0), Some(true)),
+        "{v}"
+    );
+    // The CLI.
+    let api_addr = format!("127.0.0.1:{api}");
+    let o = gateway(&[
+        "records",
+        NVR,
+        "--channel",
+        &ch,
+        "--start",
+        DAY.0,
+        "--end",
+        DAY.1,
+        "--api",
+        &api_addr,
+    ]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains(": 5 record(s)"), "{}", o.stdout);
+    assert!(
+        o.stdout
+            .contains("2026-12-07T00:40:00  2026-12-07T00:41:00  time"),
+        "{}",
+        o.stdout
+    );
+    // gb-sim writes its report every second.
+    let asked = || sim::report(&nvr_status)["devices"][0]["record_queries"].clone();
+    d.wait_until(Duration::from_secs(10), "gb-sim's report", |_| asked() == 5)
+        .unwrap();
+
+    // An answer that stops early: what came, marked partial, after
+    // query_timeout_secs of silence.
+    let sch = sim::channel(SHORT, 1);
+    let (code, v) = records(
+        &d,
+        SHORT,
+        &format!("channel={sch}&start={}&end={}", DAY.0, DAY.1),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (
+            v["count"].as_u64(),
+            v["sum_num"].as_u64(),
+            v["complete"].as_bool()
+        ),
+        (Some(4), Some(5), Some(false)),
+        "{v}"
+    );
+    let o = gateway(&[
+        "records",
+        SHORT,
+        "--channel",
+        &sch,
+        "--start",
+        DAY.0,
+        "--end",
+        DAY.1,
+        "--api",
+        &api_addr,
+    ]);
+    assert!(
+        o.stdout.contains("4 record(s) of 5 announced"),
+        "{}",
+        o.stdout
+    );
+
+    // Bad requests: 400/404, nothing asked.
+    for (q, code, why) in [
+        (
+            format!("channel={ch}&start={}", DAY.0),
+            400,
+            "start and end are required",
+        ),
+        (
+            format!("channel={ch}&start=2026-12-07&end={}", DAY.1),
+            400,
+            "not YYYY-MM-DDTHH:MM:SS",
+        ),
+        (
+            format!("channel={ch}&start={}&end={}", DAY.1, DAY.0),
+            400,
+            "is after end",
+        ),
+        (
+            format!("channel={ch}&start={}&end={}&type=video", DAY.0, DAY.1),
+            400,
+            "not one of all",
+        ),
+        (
+            format!("channel=34020000001310999999&start={}&end={}", DAY.0, DAY.1),
+            404,
+            "has no channel",
+        ),
+    ] {
+        let (c, v) = records(&d, NVR, &q);
+        assert_eq!(c, code, "{q}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(why), "{q}: {v}");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(asked(), 5, "a refused query reached the device");
+    let stat = |r: &str| d.stat("gateway_record_queries_total", &format!("result={r}"));
+    assert_eq!(
+        (
+            stat("complete"),
+            stat("partial"),
+            stat("invalid"),
+            stat("unavailable")
+        ),
+        (5, 2, 4, 1)
+    );
+
+    for c in [&mut nvr, &mut short] {
+        let _ = Command::new("kill").arg(c.id().to_string()).status();
+        let _ = c.wait();
+    }
+    assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
+    assert!(!d.log_text().contains("panicked"));
 }

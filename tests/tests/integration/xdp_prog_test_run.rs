@@ -25,6 +25,11 @@ struct Harness {
 
 impl Harness {
     fn new(unknown_drop: bool) -> Self {
+        // BPF_PROG_TEST_RUN runs on the calling thread's CPU: one CPU, so
+        // every run lands in the same per-CPU slot and the sequence
+        // accounting sees the packets in order (as one flow on one RX
+        // queue does). libtest runs each test on a thread of its own.
+        gateway::sys::pin_thread_to_cpu(0).expect("pin the test thread");
         let (mut ebpf, mut maps) = attach::load(64, None).expect("load object");
         let prog: &mut Xdp = ebpf.program_mut("gateway_xdp").unwrap().try_into().unwrap();
         prog.load().expect("verifier accepts the XDP program");
