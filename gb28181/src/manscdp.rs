@@ -154,6 +154,9 @@ pub enum Body {
     DeviceStatus(DeviceStatus),
     /// `Response` RecordInfo (one part of a possibly split answer).
     RecordInfo(RecordInfo),
+    /// `Notify` Alarm: an alarm a device raised (with or without a
+    /// subscription).
+    Alarm(Alarm),
     /// `Notify` MediaStatus (`121` = end of a playback/download file).
     MediaStatus {
         /// `<NotifyType>`.
@@ -177,6 +180,27 @@ pub struct Catalog {
     /// The items of this part, in document order.
     #[serde(default)]
     pub items: Vec<CatalogItem>,
+}
+
+/// An alarm notification (GB/T 28181-2016 A.2.5.3): trimmed text as sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alarm {
+    /// `<AlarmPriority>`: 1 (highest) to 4.
+    pub priority: String,
+    /// `<AlarmMethod>`: 1 phone, 2 device, 3 SMS, 4 GPS, 5 video, 6 device
+    /// fault, 7 other.
+    pub method: String,
+    /// `<AlarmTime>` (`YYYY-MM-DDTHH:MM:SS`).
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<String>,
+    /// `<Info><AlarmType>`: what kind, by method (e.g. video: 2 motion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm_type: Option<String>,
 }
 
 /// A RecordInfo response (or one part of it: collect parts by SN until
@@ -643,6 +667,7 @@ pub fn parse(body: &[u8]) -> Result<Message, Error> {
         Kind::Response if cmd("DeviceInfo") => Body::DeviceInfo(device_info_body(&root)),
         Kind::Response if cmd("DeviceStatus") => Body::DeviceStatus(device_status_body(&root)),
         Kind::Response if cmd("RecordInfo") => Body::RecordInfo(record_info_body(&root)?),
+        Kind::Notify if cmd("Alarm") => Body::Alarm(alarm_body(&root)?),
         _ => Body::Other(
             root.leaves()
                 .map(|c| (c.name.clone(), c.text().to_owned()))
@@ -704,6 +729,28 @@ fn catalog_body(root: &Elem) -> Result<Catalog, Error> {
         }
     }
     Ok(catalog)
+}
+
+/// An Alarm notification: AlarmPriority, AlarmMethod and AlarmTime
+/// required; AlarmType from `<Info>` (or the root, as some devices send).
+fn alarm_body(root: &Elem) -> Result<Alarm, Error> {
+    let opt = |n: &str| root.leaf(n).filter(|t| !t.is_empty()).map(str::to_owned);
+    let info_type = root
+        .children
+        .iter()
+        .filter(|c| c.is("Info"))
+        .find_map(|i| i.leaf("AlarmType"))
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    Ok(Alarm {
+        priority: root.required("AlarmPriority")?.to_owned(),
+        method: root.required("AlarmMethod")?.to_owned(),
+        time: root.required("AlarmTime")?.to_owned(),
+        description: opt("AlarmDescription"),
+        longitude: opt("Longitude"),
+        latitude: opt("Latitude"),
+        alarm_type: info_type.or_else(|| opt("AlarmType")),
+    })
 }
 
 /// A RecordInfo answer: SumNum required and numeric; each `<Item>` of
@@ -1232,6 +1279,30 @@ pub fn record_info_response(
         doc.close("Item");
     }
     doc.close("RecordList");
+    doc.finish(charset)
+}
+
+/// An Alarm `<Notify>` from device `device_id`.
+pub fn alarm_notify(sn: u32, device_id: &str, alarm: &Alarm, charset: Charset) -> Vec<u8> {
+    let mut doc = Doc::new(charset, "Notify", "Alarm", sn, device_id);
+    doc.leaf("AlarmPriority", &alarm.priority);
+    doc.leaf("AlarmMethod", &alarm.method);
+    doc.leaf("AlarmTime", &alarm.time);
+    doc.opt("AlarmDescription", &alarm.description);
+    doc.opt("Longitude", &alarm.longitude);
+    doc.opt("Latitude", &alarm.latitude);
+    if let Some(t) = &alarm.alarm_type {
+        doc.open("Info", None);
+        doc.leaf("AlarmType", t);
+        doc.close("Info");
+    }
+    doc.finish(charset)
+}
+
+/// The platform's `<Response>` to an Alarm notification: Result OK.
+pub fn alarm_response(sn: u32, device_id: &str, charset: Charset) -> Vec<u8> {
+    let mut doc = Doc::new(charset, "Response", "Alarm", sn, device_id);
+    doc.leaf("Result", "OK");
     doc.finish(charset)
 }
 
@@ -2433,5 +2504,36 @@ mod tests {
             let e = parse(body.as_bytes()).unwrap_err();
             assert!(format!("{e:?}").contains(why), "{body}: {e:?}");
         }
+    }
+
+    #[test]
+    fn alarms_round_trip_and_need_their_fields() {
+        let a = Alarm {
+            priority: "1".into(),
+            method: "5".into(),
+            time: "2026-12-07T10:00:00".into(),
+            description: Some("移动侦测".into()),
+            longitude: Some("116.3".into()),
+            latitude: Some("39.9".into()),
+            alarm_type: Some("2".into()),
+        };
+        let m = parse(&alarm_notify(
+            3,
+            "34020000001340000001",
+            &a,
+            Charset::Gb2312,
+        ))
+        .unwrap();
+        assert_eq!((m.kind, m.cmd_type.as_str()), (Kind::Notify, "Alarm"));
+        assert_eq!(m.body, Body::Alarm(a));
+        let r = parse(&alarm_response(3, "34020000001340000001", Charset::Utf8)).unwrap();
+        assert!(
+            matches!(r.body, Body::Other(ref l) if l.contains(&("Result".into(), "OK".into())))
+        );
+        let e = parse(b"<Notify><CmdType>Alarm</CmdType><SN>1</SN><DeviceID>x</DeviceID><AlarmPriority>1</AlarmPriority><AlarmTime>t</AlarmTime></Notify>").unwrap_err();
+        assert!(matches!(e, Error::Missing("AlarmMethod")), "{e:?}");
+        // AlarmType at the root, as some devices put it.
+        let m = parse(b"<Notify><CmdType>Alarm</CmdType><SN>1</SN><DeviceID>x</DeviceID><AlarmPriority>2</AlarmPriority><AlarmMethod>2</AlarmMethod><AlarmTime>t</AlarmTime><AlarmType>1</AlarmType></Notify>").unwrap();
+        assert!(matches!(m.body, Body::Alarm(ref a) if a.alarm_type.as_deref() == Some("1")));
     }
 }

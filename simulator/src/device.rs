@@ -62,6 +62,8 @@ pub struct Config {
     pub records: u32,
     /// Leave out the last part of split RecordInfo answers.
     pub records_drop_last_part: bool,
+    /// Raise an alarm this long after registering (--alarm-after).
+    pub alarm_after: Option<Duration>,
     /// Refuse INVITEs with this status.
     pub invite_response: Option<u16>,
     /// Answer and send under this SSRC instead of the offer's y=.
@@ -278,6 +280,9 @@ pub struct Device {
     cseq: u32,
     keepalive_at: Option<Instant>,
     keepalive_failures: u32,
+    /// When to raise the --alarm-after alarm (once).
+    alarm_at: Option<Instant>,
+    alarm_raised: bool,
     reconnect_at: Option<Instant>,
     pending: HashMap<String, Pending>,
     /// Responses sent, by branch|method, for retransmitted requests.
@@ -330,6 +335,8 @@ impl Device {
             cseq: 0,
             keepalive_at: None,
             keepalive_failures: 0,
+            alarm_at: None,
+            alarm_raised: false,
             reconnect_at: None,
             pending: HashMap::new(),
             answered: HashMap::new(),
@@ -431,6 +438,7 @@ impl Device {
             take(self.reg.next);
             take(self.keepalive_at);
             take(self.reconnect_at);
+            take(self.alarm_at);
         }
         for p in self.pending.values() {
             take(p.next);
@@ -619,6 +627,9 @@ impl Device {
                 if self.keepalive_at.is_none() {
                     self.keepalive_at = Some(now + self.cfg.keepalive);
                 }
+                if let (Some(after), false) = (self.cfg.alarm_after, self.alarm_raised) {
+                    self.alarm_at.get_or_insert(now + after);
+                }
                 if first {
                     info!(device = %self.id, expires = granted, "registered");
                 } else {
@@ -731,6 +742,25 @@ impl Device {
         self.shared.device(self.index, |d| d.keepalives_sent += 1);
         debug!(device = %self.id, sn = self.sn, "keepalive");
         self.send_manscdp(body, What::Keepalive).await;
+    }
+
+    /// The --alarm-after alarm: priority 1, video alarm (method 5), motion
+    /// (type 2), from the device itself.
+    async fn send_alarm(&mut self) {
+        self.sn = self.sn.wrapping_add(1);
+        let alarm = manscdp::Alarm {
+            priority: "1".into(),
+            method: "5".into(),
+            time: device_time(),
+            description: Some("移动侦测 (gb-sim)".into()),
+            longitude: None,
+            latitude: None,
+            alarm_type: Some("2".into()),
+        };
+        let body = manscdp::alarm_notify(self.sn, &self.id, &alarm, self.cfg.charset);
+        self.shared.device(self.index, |d| d.alarms_sent += 1);
+        info!(device = %self.id, sn = self.sn, "alarm raised");
+        self.send_manscdp(body, What::Answer).await;
     }
 
     async fn send_bye(&mut self, call_id: &str, d: &Dialog) {
@@ -959,6 +989,10 @@ impl Device {
                 );
                 self.send_manscdp(body, What::Answer).await;
             }
+            return;
+        }
+        if msg.kind == Kind::Response && msg.cmd_type.eq_ignore_ascii_case("Alarm") {
+            self.shared.device(self.index, |d| d.alarm_acks += 1);
             return;
         }
         if msg.kind != Kind::Query {
@@ -1594,6 +1628,11 @@ impl Device {
             if self.reg.registered {
                 self.send_keepalive().await;
             }
+        }
+        if self.alarm_at.is_some_and(|t| now >= t) && self.reg.registered {
+            self.alarm_at = None;
+            self.alarm_raised = true;
+            self.send_alarm().await;
         }
     }
 

@@ -111,6 +111,10 @@ struct Cli {
     /// answer stops early).
     #[arg(long)]
     records_drop_last_part: bool,
+    /// Raise an alarm (Notify Alarm: priority 1, video alarm, motion) this
+    /// many seconds after registering.
+    #[arg(long, value_name = "SECS")]
+    alarm_after: Option<u64>,
 
     /// Annex-B H.264 or H.265 elementary stream to send (without it,
     /// sessions are answered but carry no packets).
@@ -345,6 +349,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         ignore_controls: cli.ignore_controls,
         records: cli.records,
         records_drop_last_part: cli.records_drop_last_part,
+        alarm_after: cli.alarm_after.map(Duration::from_secs),
         no_qop: cli.no_qop_support,
         exit_on_auth_failure: cli.exit_on_auth_failure,
         catalog_per_message: cli.catalog_per_message as usize,

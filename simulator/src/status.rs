@@ -32,6 +32,9 @@ pub struct DeviceReport {
     pub queries_answered: u64,
     /// RecordInfo queries answered.
     pub record_queries: u64,
+    /// Alarms raised (--alarm-after), and the platform's Responses to them.
+    pub alarms_sent: u64,
+    pub alarm_acks: u64,
     /// Controls received (DeviceControl, ...): "<CmdType> <target> <the
     /// command's elements as name=value>", in order.
     pub controls: Vec<String>,

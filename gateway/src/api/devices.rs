@@ -195,3 +195,26 @@ pub(super) async fn records(
         .map_err(Error::from)?;
     Ok(Json(v))
 }
+
+/// `?device=&limit=` of `GET /api/alarms`.
+#[derive(serde::Deserialize)]
+pub(super) struct AlarmsQuery {
+    device: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/alarms`: the alarms devices raised, newest first.
+pub(super) async fn alarms(
+    State(s): State<ApiState>,
+    q: Result<Query<AlarmsQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| err(400, e.body_text()))?;
+    if let Some(d) = &q.device {
+        check_id(d)?;
+    }
+    let limit = q.limit.unwrap_or(100);
+    let list = s
+        .ask(|tx| Command::Alarms(q.device.clone(), limit, tx))
+        .await?;
+    Ok(Json(json!({ "count": list.len(), "alarms": list })))
+}

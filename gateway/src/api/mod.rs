@@ -144,6 +144,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/devices/{id}/status", get(devices::status))
         .route("/api/devices/{id}/control", post(devices::control))
         .route("/api/devices/{id}/records", get(devices::records))
+        .route("/api/alarms", get(devices::alarms))
         .route(
             "/api/streams",
             get(streams::streams).post(streams::open_stream),

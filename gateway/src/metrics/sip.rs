@@ -59,6 +59,8 @@ pub struct SipMetrics {
     /// RecordInfo queries asked through the API, by result (complete,
     /// partial, timeout, refused, invalid, unavailable, stray).
     pub record_queries: IntCounterVec,
+    /// Alarms devices raised, by device, priority and method.
+    pub alarms: IntCounterVec,
 }
 
 fn vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -208,6 +210,12 @@ impl SipMetrics {
                 "gateway_device_controls_total",
                 "DeviceControl commands asked through the API, by command and result",
                 &["command", "result"],
+            ),
+            alarms: vec(
+                reg,
+                "gateway_alarms_total",
+                "Alarms devices raised (MANSCDP Notify Alarm), by device, priority and method",
+                &["device", "priority", "method"],
             ),
             record_queries: vec(
                 reg,

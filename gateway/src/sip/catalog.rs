@@ -238,6 +238,9 @@ impl Core {
                     self.relay_control_response(&msg.device_id, msg.sn, &m.head.body);
                 }
             }
+            (Kind::Notify, Body::Alarm(a)) => {
+                self.on_alarm(&id, &msg.device_id, msg.sn, a);
+            }
             (Kind::Response, Body::RecordInfo(r)) => {
                 self.on_record_part(&msg.device_id, msg.sn, r);
             }

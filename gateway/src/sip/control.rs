@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::core::{Core, Purpose};
+use super::core::{expired, Core, Purpose};
 use crate::session::Error;
 
 /// A control asked through the API: the device, the channel it is for
@@ -190,13 +190,7 @@ impl Core {
 
     /// Controls whose Response did not come in time.
     pub(super) fn control_timers(&mut self, now: Instant) {
-        let late: Vec<(String, u32)> = self
-            .controls
-            .iter()
-            .filter(|(_, w)| now >= w.deadline)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in late {
+        for key in expired(&self.controls, now, |w| w.deadline) {
             let Some(w) = self.controls.get(&key) else {
                 continue;
             };

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::{
+    alarms,
     cascade::{self, PlatformView, Upstream},
     control,
     dialog::{Dialogs, OpenStream},
@@ -67,6 +68,12 @@ pub enum Command {
     Records(
         Result<records::RecordQuery, String>,
         oneshot::Sender<Result<serde_json::Value, Error>>,
+    ),
+    /// The alarms kept (newest first): of one device if given, at most N.
+    Alarms(
+        Option<String>,
+        usize,
+        oneshot::Sender<Vec<alarms::AlarmRecord>>,
     ),
     /// DeviceControl; answered when the device has (see control.rs).
     Control(
@@ -126,6 +133,18 @@ pub(super) enum Purpose {
         idx: usize,
         req: cascade::UpReq,
     },
+}
+
+/// The keys of `map` whose deadline has passed at `now`.
+pub(super) fn expired<K: Clone, V>(
+    map: &HashMap<K, V>,
+    now: Instant,
+    deadline: impl Fn(&V) -> Instant,
+) -> Vec<K> {
+    map.iter()
+        .filter(|(_, v)| now >= deadline(v))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// Purposes are keyed by branch and method (a CANCEL shares its INVITE's branch).
@@ -190,6 +209,8 @@ pub struct Core {
     pub(super) controls: HashMap<(String, u32), control::ControlWaiter>,
     /// RecordInfo answers being assembled, by (target, SN).
     pub(super) records: HashMap<(String, u32), records::RecordAssembly>,
+    /// Alarms from devices, oldest first (alarms::KEEP at most).
+    pub(super) alarms: std::collections::VecDeque<alarms::AlarmRecord>,
     pub(super) sn: u32,
     pub(super) out: Outbound,
     pub(super) store: Option<Store>,
@@ -281,6 +302,7 @@ impl Core {
             waiters: HashMap::new(),
             controls: HashMap::new(),
             records: HashMap::new(),
+            alarms: std::collections::VecDeque::new(),
             sn: (now_wall as u32) % 100_000,
             out,
             store,
@@ -714,13 +736,7 @@ impl Core {
                 }
             }
         }
-        let late: Vec<(String, u32)> = self
-            .waiters
-            .iter()
-            .filter(|(_, w)| now >= w.deadline)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in late {
+        for key in expired(&self.waiters, now, |w| w.deadline) {
             if let Some(w) = self.waiters.remove(&key) {
                 let _ = w.reply.send(Err(Error::Timeout(format!(
                     "device {} did not answer {} (SN {})",
@@ -818,6 +834,9 @@ impl Core {
             }
             Command::Control(req, tx) => self.start_control(req, tx),
             Command::Records(q, tx) => self.start_records(q, tx),
+            Command::Alarms(device, limit, tx) => {
+                let _ = tx.send(self.alarm_list(device.as_deref(), limit));
+            }
             Command::Flush(tx) => {
                 // Unregister upward first, and answer only when the
                 // superiors have answered (or after a few seconds).

@@ -1,10 +1,12 @@
 //! GB/T 28181 signalling: the gateway as the platform devices register
 //! with. `transport` moves bytes; `core` holds the state and dispatches to
 //! `registrar` (REGISTER), `catalog` (MANSCDP queries and answers),
+//! `alarms` (alarm notifications),
 //! `control` (DeviceControl), `records` (RecordInfo) and `dialog` (INVITE
 //! dialogs); the device records are in `registry`. What a dialog carries
 //! is `crate::session`'s. See docs/architecture.md ("Signalling").
 
+pub mod alarms;
 pub mod cascade;
 pub mod catalog;
 pub mod control;

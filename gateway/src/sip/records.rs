@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::core::{Core, Purpose};
+use super::core::{expired, Core, Purpose};
 use crate::session::Error;
 
 /// Record types the standard defines for `<Type>`.
@@ -216,13 +216,7 @@ impl Core {
 
     /// Answers whose parts stopped coming.
     pub(super) fn record_timers(&mut self, now: Instant) {
-        let late: Vec<(String, u32)> = self
-            .records
-            .iter()
-            .filter(|(_, a)| now >= a.deadline)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in late {
+        for key in expired(&self.records, now, |a| a.deadline) {
             self.finish_records(&key, false);
         }
     }

@@ -24,7 +24,7 @@ const DASHBOARDS: [&str; 4] = [
     "gateway-sip.json",
 ];
 
-const ALERTS: [&str; 8] = [
+const ALERTS: [&str; 9] = [
     "GatewayDown",
     "GatewayDeviceOffline",
     "GatewayStreamLoss",
@@ -32,6 +32,7 @@ const ALERTS: [&str; 8] = [
     "GatewayUnknownFlowDropsSurging",
     "GatewayRegistrationFailuresSurging",
     "GatewayDecryptFailures",
+    "GatewayDeviceAlarm",
     "GatewayKernelRelayFallbacks",
 ];
 

@@ -21,6 +21,7 @@ const MUTE: &str = "34020000001320000932";
 const SIPP_DEV: &str = "34020000001320000933";
 const NVR: &str = "34020000001320000934";
 const SHORT: &str = "34020000001320000935";
+const ALARMER: &str = "34020000001320000936";
 const DAY: (&str, &str) = ("2026-12-07T00:00:00", "2026-12-07T23:59:59");
 
 fn config(dir: &Path, sip: u16, api: u16) -> std::path::PathBuf {
@@ -36,6 +37,21 @@ fn config(dir: &Path, sip: u16, api: u16) -> std::path::PathBuf {
 fn control(d: &Daemon, dev: &str, body: Value) -> (u16, Value) {
     d.post_json(&format!("/api/devices/{dev}/control"), &body.to_string())
         .unwrap()
+}
+
+/// Waits (bounded) until every device of `ids` is online with its catalog.
+fn online(d: &mut Daemon, ids: &[&str]) {
+    d.wait_until(
+        Duration::from_secs(30),
+        "devices online with catalogs",
+        |d| {
+            ids.iter().all(|id| {
+                d.device(id)
+                    .is_ok_and(|v| v["online"] == true && v["catalog"]["state"] == "complete")
+            })
+        },
+    )
+    .unwrap();
 }
 
 /// gb-sim's state for `target` (Null until reported).
@@ -65,17 +81,7 @@ fn ptz_presets_and_answered_controls_reach_the_camera() {
         dir.path(),
         &["--channels", "1", "--ignore-controls"],
     );
-    d.wait_until(
-        Duration::from_secs(30),
-        "cameras online with catalogs",
-        |d| {
-            [CAM, MUTE].iter().all(|id| {
-                d.device(id)
-                    .is_ok_and(|v| v["online"] == true && v["catalog"]["state"] == "complete")
-            })
-        },
-    )
-    .unwrap();
+    online(&mut d, &[CAM, MUTE]);
     let ch = sim::channel(CAM, 1);
 
     // Pan left at speed 0x1F: the standard's own example, accepted by the
@@ -406,13 +412,7 @@ fn record_info_is_assembled_from_its_parts() {
     let mut short_args = args.to_vec();
     short_args.push("--records-drop-last-part");
     let (mut short, _) = sim::spawn(None, &server, "127.0.0.1", SHORT, dir.path(), &short_args);
-    d.wait_until(Duration::from_secs(30), "NVRs online with catalogs", |d| {
-        [NVR, SHORT].iter().all(|id| {
-            d.device(id)
-                .is_ok_and(|v| v["online"] == true && v["catalog"]["state"] == "complete")
-        })
-    })
-    .unwrap();
+    online(&mut d, &[NVR, SHORT]);
     let ch = sim::channel(NVR, 1);
 
     // One channel, the whole day: 5 records in 3 MESSAGEs.
@@ -589,4 +589,69 @@ fn record_info_is_assembled_from_its_parts() {
     }
     assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
     assert!(!d.log_text().contains("panicked"));
+}
+
+/// An alarm a device raises without any subscription: acknowledged to the
+/// device (its Response counted by gb-sim), kept for the API, counted by
+/// device, priority and method.
+#[test]
+fn alarms_are_acknowledged_kept_and_counted() {
+    let dir = TempDir::new("alarms");
+    let (sip, api) = (free_port(), free_port());
+    let mut d = Daemon::start(&config(dir.path(), sip, api), sip, api).unwrap();
+    let server = format!("127.0.0.1:{sip}");
+    let (mut dev, status) = sim::spawn(
+        None,
+        &server,
+        "127.0.0.1",
+        ALARMER,
+        dir.path(),
+        &["--alarm-after", "1"],
+    );
+    d.wait_until(Duration::from_secs(30), "the alarm in the API", |d| {
+        d.get("/api/alarms").is_ok_and(|v| v["count"] == 1)
+    })
+    .unwrap();
+    let v = d.get(&format!("/api/alarms?device={ALARMER}")).unwrap();
+    let a = &v["alarms"][0];
+    assert_eq!(
+        (
+            a["device"].as_str(),
+            a["source"].as_str(),
+            a["priority"].as_str(),
+            a["method"].as_str(),
+            a["alarm_type"].as_str()
+        ),
+        (
+            Some(ALARMER),
+            Some(ALARMER),
+            Some("1"),
+            Some("5"),
+            Some("2")
+        ),
+        "{v}"
+    );
+    assert_eq!(a["description"], "移动侦测 (gb-sim)");
+    assert!(a["time"].as_str().unwrap().len() == 19, "{v}");
+    assert_eq!(
+        d.get("/api/alarms?device=34020000001320009999").unwrap()["count"],
+        0
+    );
+    let (code, v) = d.request("GET", "/api/alarms?device=bad-id", None).unwrap();
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(
+        d.stat(
+            "gateway_alarms_total",
+            &format!("device={ALARMER},method=5,priority=1")
+        ),
+        1
+    );
+    d.wait_until(Duration::from_secs(10), "the alarm acknowledged", |_| {
+        sim::report(&status)["devices"][0]["alarm_acks"] == 1
+    })
+    .unwrap();
+    assert_eq!(sim::report(&status)["devices"][0]["alarms_sent"], 1);
+    let _ = Command::new("kill").arg(dev.id().to_string()).status();
+    let _ = dev.wait();
+    assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
 }

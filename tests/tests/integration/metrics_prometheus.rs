@@ -110,7 +110,7 @@ fn root_prometheus_scrapes_and_every_rule_and_panel_has_data() {
             &["--media", m, "--loop", "--drop-every", "20"],
         ),
         sim(&net, dir.path(), ONCE, &["--media", m]),
-        sim(&net, dir.path(), IDLE, &[]),
+        sim(&net, dir.path(), IDLE, &["--alarm-after", "2"]),
         sim(&net, dir.path(), GONE, &["--duration", "4"]),
         sim(
             &net,
@@ -241,6 +241,7 @@ fn root_prometheus_scrapes_and_every_rule_and_panel_has_data() {
             "GatewayStreamLoss" => assert!(r.to_string().contains(&ids[LOSSY]), "{r}"),
             "GatewayStreamNoMedia" => assert!(r.to_string().contains(&ids[IDLE]), "{r}"),
             "GatewayDecryptFailures" => assert!(r.to_string().contains(&ids[WRONG_KEY]), "{r}"),
+            "GatewayDeviceAlarm" => assert!(r.to_string().contains(IDLE), "{r}"),
             _ => {}
         }
     }
