@@ -829,6 +829,7 @@ mod tests {
                 "GatewayUnknownFlowDropsSurging",
                 "GatewayRegistrationFailuresSurging",
                 "GatewayDecryptFailures",
+                "GatewayDeviceAlarm",
                 "GatewayKernelRelayFallbacks",
             ]
         );
@@ -877,7 +878,7 @@ mod tests {
     fn alert_rules_pass_promtool() {
         let out = promtool_check_rules(&dashboards_dir().join("alerts.yml"))
             .unwrap_or_else(|e| panic!("{e:#}"));
-        assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
+        assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
     }
 
     #[test]
@@ -956,6 +957,8 @@ mod tests {
                 r#"rate(gateway_kernel_packets_total{reason="unknown_dropped"}[5m])"#,
                 r#"sum by (job, instance) ( rate(gateway_sip_registrations_total{result=~"forbidden|bad_request|wrong_domain"}[5m]) )"#,
                 "sum by (job, instance, device, channel, stream) ( rate(gateway_stream_decrypt_failures_total[5m]) )",
+                // No threshold at the end: the whole expression.
+                "(increase(gateway_alarms_total[10m]) > 0) or (gateway_alarms_total unless gateway_alarms_total offset 10m)",
                 r#"sum by (job, instance) ( rate(gateway_kernel_packets_total{reason=~"relay_pass_.*|relay_clone_failed"}[5m]) )"#,
             ]
         );
