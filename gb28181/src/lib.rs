@@ -7,6 +7,7 @@
 pub mod control;
 pub mod digest;
 pub mod manscdp;
+pub mod mansrtsp;
 pub mod sdp;
 pub mod sip;
 pub mod transaction;

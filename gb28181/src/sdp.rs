@@ -85,6 +85,9 @@ pub struct Offer<'a> {
     pub y: &'a str,
     /// Playback/download time range (Unix seconds).
     pub range: Option<(u64, u64)>,
+    /// Download: how many times real time the device sends
+    /// (`a=downloadspeed:N`).
+    pub download_speed: Option<u32>,
     /// An SDES key (RFC 4568) to offer: the attribute value after `a=`,
     /// e.g. `crypto:1 SM4_CM_128_HMAC_SM3_80 inline:...`; the profile
     /// becomes RTP/SAVP.
@@ -126,6 +129,9 @@ impl Offer<'_> {
             MediaTransport::Udp => {}
             MediaTransport::TcpPassive => o.push_str("a=setup:passive\r\na=connection:new\r\n"),
             MediaTransport::TcpActive => o.push_str("a=setup:active\r\na=connection:new\r\n"),
+        }
+        if let (SessionKind::Download, Some(n)) = (self.kind, self.download_speed) {
+            o.push_str(&format!("a=downloadspeed:{n}\r\n"));
         }
         if let Some(c) = self.crypto {
             o.push_str(&format!("a={c}\r\n"));
@@ -360,6 +366,7 @@ mod tests {
                 transport: t,
                 y: "0020000001",
                 range: None,
+                download_speed: None,
                 crypto: None,
             }
             .build();
@@ -436,6 +443,7 @@ mod tests {
             transport: MediaTransport::Udp,
             y: "0020000001",
             range: None,
+            download_speed: None,
             crypto: Some(line),
         }
         .build();
@@ -486,5 +494,34 @@ mod tests {
         assert!(a.tcp());
         assert_eq!(a.setup.as_deref(), Some("active"));
         assert!(tcp.contains("c=IN IP6 ::1\r\n"));
+    }
+
+    #[test]
+    fn playback_and_download_offers() {
+        let mut o = Offer {
+            platform_id: "34020000002000000001",
+            kind: SessionKind::Download,
+            channel: "34020000001310000001",
+            media_ip: "198.18.0.1".parse().unwrap(),
+            port: 30002,
+            transport: MediaTransport::Udp,
+            y: "1020000001",
+            range: Some((1_796_601_600, 1_796_601_660)),
+            download_speed: Some(4),
+            crypto: None,
+        };
+        let b = o.build();
+        assert!(
+            b.contains("s=Download\r\nu=34020000001310000001:0\r\n"),
+            "{b}"
+        );
+        assert!(b.contains("t=1796601600 1796601660\r\n"), "{b}");
+        assert!(b.contains("a=downloadspeed:4\r\n"), "{b}");
+        o.kind = SessionKind::Playback;
+        let b = o.build();
+        assert!(
+            b.contains("s=Playback\r\n") && !b.contains("downloadspeed"),
+            "{b}"
+        );
     }
 }

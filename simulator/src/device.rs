@@ -1799,6 +1799,7 @@ mod tests {
             transport: sdp::MediaTransport::TcpActive,
             y: "0200000007",
             range: None,
+            download_speed: None,
             crypto: None,
         }
         .build();

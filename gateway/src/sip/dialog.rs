@@ -166,6 +166,7 @@ impl Core {
             transport,
             y: &y,
             range: None,
+            download_speed: None,
             crypto: crypto.as_deref().map(|c| c.trim_start_matches("a=")),
         }
         .build();
