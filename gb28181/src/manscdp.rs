@@ -1299,6 +1299,14 @@ pub fn alarm_notify(sn: u32, device_id: &str, alarm: &Alarm, charset: Charset) -
     doc.finish(charset)
 }
 
+/// A MediaStatus `<Notify>` (`121`: the end of a playback or download
+/// file) for `channel`.
+pub fn media_status(sn: u32, channel: &str, notify_type: &str, charset: Charset) -> Vec<u8> {
+    let mut doc = Doc::new(charset, "Notify", "MediaStatus", sn, channel);
+    doc.leaf("NotifyType", notify_type);
+    doc.finish(charset)
+}
+
 /// The platform's `<Response>` to an Alarm notification: Result OK.
 pub fn alarm_response(sn: u32, device_id: &str, charset: Charset) -> Vec<u8> {
     let mut doc = Doc::new(charset, "Response", "Alarm", sn, device_id);

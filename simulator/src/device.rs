@@ -241,6 +241,8 @@ struct Dialog {
     stop: Option<oneshot::Sender<Stop>>,
     /// srtp-sm4 key agreed in SDP.
     session_key: Option<MasterKey>,
+    /// s=Playback or s=Download.
+    history: bool,
 }
 
 struct Reg {
@@ -1412,6 +1414,8 @@ impl Device {
                 report: Some(report),
                 stop: None,
                 session_key,
+                history: session.eq_ignore_ascii_case("Playback")
+                    || session.eq_ignore_ascii_case("Download"),
             },
         );
     }
@@ -1448,6 +1452,7 @@ impl Device {
                 report: None,
                 stop: None,
                 session_key: None,
+                history: false,
             },
         );
     }
@@ -1480,6 +1485,7 @@ impl Device {
             ssrc,
             link,
             session_key: d.session_key.clone(),
+            history: d.history,
         };
         let task = tokio::spawn(stream::run(
             spec,
@@ -1529,6 +1535,17 @@ impl Device {
     async fn on_stream_event(&mut self, e: StreamEvent) {
         let call_id = match e {
             StreamEvent::ByeAfter { call_id } | StreamEvent::Ended { call_id } => call_id,
+            StreamEvent::FileEnd { call_id } => {
+                // MediaStatus 121 for the dialog's channel; the platform
+                // sends BYE.
+                if let Some(channel) = self.dialogs.get(&call_id).map(|d| d.channel.clone()) {
+                    self.sn = self.sn.wrapping_add(1);
+                    let body = manscdp::media_status(self.sn, &channel, "121", self.cfg.charset);
+                    info!(device = %self.id, %channel, "end of the file: MediaStatus 121");
+                    self.send_manscdp(body, What::Answer).await;
+                }
+                return;
+            }
         };
         // A stream that ended by itself (bye-after, broken connection):
         // the device ends the dialog.

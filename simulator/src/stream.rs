@@ -166,6 +166,9 @@ pub enum StreamEvent {
     ByeAfter { call_id: String },
     /// The stream could not start or broke (the dialog stays until BYE).
     Ended { call_id: String },
+    /// A playback or download sent the whole file: the device says so
+    /// (MediaStatus 121) and the platform ends the dialog.
+    FileEnd { call_id: String },
 }
 
 /// One stream to run.
@@ -178,6 +181,8 @@ pub struct Spec {
     pub link: Link,
     /// srtp-sm4 key agreed in SDP (used when no --key was given).
     pub session_key: Option<gb35114::srtp::MasterKey>,
+    /// s=Playback or s=Download: the end of the file is announced.
+    pub history: bool,
 }
 
 enum Conn {
@@ -231,6 +236,7 @@ pub async fn run(
         ssrc,
         link,
         session_key,
+        history,
     } = spec;
     let outcome = async {
         let mut conn = match establish(link, &label, &mut stop, bye_at).await {
@@ -246,6 +252,7 @@ pub async fn run(
             Conn::Udp(..) => {}
         }
         shared.stream(index, |r| r.state = "streaming".into());
+        let file_end = history.then(|| (events.clone(), call_id.clone()));
         let i = send(
             &mut conn,
             &opts,
@@ -256,6 +263,7 @@ pub async fn run(
             &mut stop,
             bye_at,
             session_key.as_ref(),
+            file_end,
         )
         .await;
         let drain = match &i {
@@ -407,6 +415,7 @@ async fn send(
     stop: &mut oneshot::Receiver<Stop>,
     bye_at: Option<Instant>,
     session_key: Option<&gb35114::srtp::MasterKey>,
+    file_end: Option<(mpsc::Sender<StreamEvent>, String)>,
 ) -> Interrupt {
     let Some(media) = opts.media.clone() else {
         // No --media: the session stays open without packets.
@@ -529,6 +538,9 @@ async fn send(
         dropped = sched.counts.dropped,
         "file sent; session stays open"
     );
+    if let Some((events, call_id)) = file_end {
+        let _ = events.send(StreamEvent::FileEnd { call_id }).await;
+    }
     // Keep the TCP connection open until the session ends.
     wait(None, stop, bye_at)
         .await

@@ -9,14 +9,14 @@ use axum::{
     http::StatusCode,
     Json,
 };
-use gb28181::sdp::MediaTransport;
+use gb28181::sdp::{MediaTransport, SessionKind};
 use gb35114::srtp::MasterKey;
 use serde_json::{json, Value};
 
 use super::{check_id, err, ApiResult, ApiState, Error};
 use crate::{
     session,
-    sip::{Command, OpenStream},
+    sip::{Command, History, OpenStream},
 };
 
 /// What `POST /api/streams` asks for.
@@ -38,6 +38,13 @@ pub struct StreamRequest {
     /// never go on the wire).
     #[serde(default)]
     pub srtp: bool,
+    /// "live" (default), "playback" or "download".
+    pub mode: Option<String>,
+    /// Playback/download: from and to (Unix seconds).
+    pub start: Option<u64>,
+    pub end: Option<u64>,
+    /// Download: how many times real time (1-32).
+    pub download_speed: Option<u32>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -84,6 +91,50 @@ impl StreamRequest {
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
+        let history = match self.mode.as_deref() {
+            None | Some("live") => {
+                if self.start.is_some() || self.end.is_some() || self.download_speed.is_some() {
+                    return Err(err(
+                        400,
+                        "start, end and download_speed are for playback and download",
+                    ));
+                }
+                None
+            }
+            Some(m @ ("playback" | "download")) => {
+                let (Some(start), Some(end)) = (self.start, self.end) else {
+                    return Err(err(400, format!("{m} needs start and end (Unix seconds)")));
+                };
+                if start >= end {
+                    return Err(err(400, format!("start {start} is not before end {end}")));
+                }
+                let kind = if m == "playback" {
+                    if self.download_speed.is_some() {
+                        return Err(err(400, "download_speed is for download"));
+                    }
+                    SessionKind::Playback
+                } else {
+                    SessionKind::Download
+                };
+                if let Some(n) = self.download_speed {
+                    if !(1..=32).contains(&n) {
+                        return Err(err(400, format!("download_speed {n} is outside 1-32")));
+                    }
+                }
+                Some(History {
+                    kind,
+                    start,
+                    end,
+                    download_speed: self.download_speed,
+                })
+            }
+            Some(other) => {
+                return Err(err(
+                    400,
+                    format!("mode must be live, playback or download, not {other:?}"),
+                ))
+            }
+        };
         Ok(OpenStream {
             device: self.device,
             channel: self.channel,
@@ -91,6 +142,7 @@ impl StreamRequest {
             record: self.record,
             forward,
             srtp: self.srtp,
+            history,
         })
     }
 }

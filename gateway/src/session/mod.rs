@@ -467,12 +467,12 @@ impl Sessions {
         ))
     }
 
-    /// A fresh live-view y= value (10 digits) of `domain`, unused by any
-    /// open session.
-    pub fn alloc_y(&mut self, domain: &str) -> Result<String, Error> {
+    /// A fresh y= value (10 digits) of `domain`, unused by any open
+    /// session: live (first digit 0) or history (playback, download: 1).
+    pub fn alloc_y(&mut self, domain: &str, live: bool) -> Result<String, Error> {
         for _ in 0..10_000 {
             self.next_stream = self.next_stream % 9999 + 1;
-            let y = sdp::ssrc_y(true, domain, self.next_stream);
+            let y = sdp::ssrc_y(live, domain, self.next_stream);
             if !self.active.contains_key(&y) {
                 return Ok(y);
             }
@@ -805,7 +805,7 @@ mod tests {
         let (port, bound) = t
             .reserve_port(IpAddr::from([127, 0, 0, 1]), MediaTransport::Udp)
             .unwrap();
-        let y = t.alloc_y("3402000000").unwrap();
+        let y = t.alloc_y("3402000000", true).unwrap();
         let ssrc = y.parse().unwrap();
         t.insert(
             Session::inviting(

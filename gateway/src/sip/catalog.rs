@@ -238,6 +238,30 @@ impl Core {
                     self.relay_control_response(&msg.device_id, msg.sn, &m.head.body);
                 }
             }
+            (Kind::Notify, Body::MediaStatus { notify_type }) if notify_type.trim() == "121" => {
+                // The end of a playback or download file: the device's
+                // history sessions of that channel end (BYE).
+                let ended: Vec<String> = self
+                    .sessions
+                    .list(false)
+                    .into_iter()
+                    .filter(|s| {
+                        s.device == id
+                            && (s.channel == msg.device_id || msg.device_id == id)
+                            && s.id.starts_with('1')
+                    })
+                    .map(|s| s.id)
+                    .collect();
+                for sid in ended {
+                    info!(device = %id, session = %sid, "end of file (MediaStatus 121)");
+                    self.close(
+                        &sid,
+                        "end of file (MediaStatus 121)",
+                        true,
+                        crate::session::State::Closed,
+                    );
+                }
+            }
             (Kind::Notify, Body::Alarm(a)) => {
                 self.on_alarm(&id, &msg.device_id, msg.sn, a);
             }

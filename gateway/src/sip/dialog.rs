@@ -42,6 +42,18 @@ pub struct OpenStream {
     pub forward: Vec<session::Forward>,
     /// srtp-sm4: offer a fresh session key in the INVITE (`a=crypto`).
     pub srtp: bool,
+    /// Playback or download of what the device recorded (None: live).
+    pub history: Option<History>,
+}
+
+/// A playback or download: what, from when to when (Unix seconds), and
+/// for a download how many times real time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct History {
+    pub kind: SessionKind,
+    pub start: u64,
+    pub end: u64,
+    pub download_speed: Option<u32>,
 }
 
 /// The SIP side of a session.
@@ -139,7 +151,7 @@ impl Core {
         let record = req
             .record
             .unwrap_or(self.sessions.media_config().record.is_some());
-        let y = self.sessions.alloc_y(&self.domain)?;
+        let y = self.sessions.alloc_y(&self.domain, req.history.is_none())?;
         let ssrc = sdp::y_to_ssrc(&y).unwrap_or(0);
         let media_ip: IpAddr = self
             .sessions
@@ -159,14 +171,14 @@ impl Core {
         let crypto = session_key.as_ref().map(|k| k.crypto_attr(1));
         let body = Offer {
             platform_id: &self.cfg.id,
-            kind: SessionKind::Play,
+            kind: req.history.map_or(SessionKind::Play, |h| h.kind),
             channel: &channel,
             media_ip,
             port,
             transport,
             y: &y,
-            range: None,
-            download_speed: None,
+            range: req.history.map(|h| (h.start, h.end)),
+            download_speed: req.history.and_then(|h| h.download_speed),
             crypto: crypto.as_deref().map(|c| c.trim_start_matches("a=")),
         }
         .build();

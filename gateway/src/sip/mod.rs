@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 pub use self::core::{Command, DeviceView, QueryKind};
 pub use cascade::{PlatformView, UpState};
 pub use control::ControlRequest;
-pub use dialog::OpenStream;
+pub use dialog::{History, OpenStream};
 pub use records::RecordQuery;
 
 use crate::{

@@ -222,6 +222,7 @@ impl Core {
                     record: Some(false),
                     forward: Vec::new(),
                     srtp: false,
+                    history: None,
                 };
                 match self.invite(req) {
                     Ok(id) => {

@@ -22,6 +22,7 @@ const SIPP_DEV: &str = "34020000001320000933";
 const NVR: &str = "34020000001320000934";
 const SHORT: &str = "34020000001320000935";
 const ALARMER: &str = "34020000001320000936";
+const PLAYER: &str = "34020000001320000937";
 const DAY: (&str, &str) = ("2026-12-07T00:00:00", "2026-12-07T23:59:59");
 
 fn config(dir: &Path, sip: u16, api: u16) -> std::path::PathBuf {
@@ -653,5 +654,101 @@ fn alarms_are_acknowledged_kept_and_counted() {
     assert_eq!(sim::report(&status)["devices"][0]["alarms_sent"], 1);
     let _ = Command::new("kill").arg(dev.id().to_string()).status();
     let _ = dev.wait();
+    assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
+}
+
+/// Playback and download (s=Playback / s=Download with u=, t= and
+/// a=downloadspeed): gb-sim sends its file once, says MediaStatus 121, and
+/// the gateway ends the session (BYE) with every frame received and, for
+/// the download, recorded.
+#[test]
+fn playback_and_download_end_at_the_end_of_the_file() {
+    if !have_tools(&["ffmpeg", "ffprobe"]) {
+        eprintln!(
+            "SKIPPED playback_and_download_end_at_the_end_of_the_file: needs ffmpeg and ffprobe"
+        );
+        return;
+    }
+    let dir = TempDir::new("playback");
+    let media = gateway_tests::testmedia::camera_file(dir.path(), 50, false);
+    let (sip, api) = (free_port(), free_port());
+    let cfg = Daemon::config(
+        dir.path(),
+        sip,
+        api,
+        "password = \"pw\"\nquery_info = false\nquery_timeout_secs = 2\n",
+        &format!(
+            "[media]\nports = \"32300-32319\"\nno_media_timeout_secs = 0\n[media.record]\ndir = \"{}\"\n",
+            dir.path().join("rec").display()
+        ),
+    );
+    let mut d = Daemon::start(&cfg, sip, api).unwrap();
+    let (mut cam, status) = sim::spawn(
+        None,
+        &format!("127.0.0.1:{sip}"),
+        "127.0.0.1",
+        PLAYER,
+        dir.path(),
+        &["--media", media.to_str().unwrap()],
+    );
+    online(&mut d, &[PLAYER]);
+    let ch = sim::channel(PLAYER, 1);
+    for (mode, extra) in [("playback", ""), ("download", r#","download_speed":4"#)] {
+        let (code, v) = d
+            .post_json(
+                "/api/streams",
+                &format!(
+                    r#"{{"device":"{PLAYER}","channel":"{ch}","mode":"{mode}","start":1796601600,"end":1796601660,"record":true{extra}}}"#
+                ),
+            )
+            .unwrap();
+        assert_eq!(code, 201, "{mode}: {v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        assert!(id.starts_with('1'), "history y= starts with 1: {id}");
+        d.wait_until(Duration::from_secs(30), "end of the file", |d| {
+            d.get(&format!("/api/streams/{id}"))
+                .is_ok_and(|v| v["state"] == "closed")
+        })
+        .unwrap();
+        let v = d.get(&format!("/api/streams/{id}")).unwrap();
+        assert_eq!(v["reason"], "end of file (MediaStatus 121)", "{v}");
+        // gb-sim writes its report every second.
+        d.wait_until(Duration::from_secs(10), "gb-sim's report", |_| {
+            sim::stream(&status, &id)["frames_sent"] == 50
+        })
+        .unwrap();
+        assert_eq!(v["media"]["frames"], 50, "{mode}: {v}");
+        assert_eq!(v["media"]["lost"], 0, "{mode}: {v}");
+        if let Some(f) = v["media"]["files"][0].as_str() {
+            assert_eq!(gateway_tests::testmedia::ffprobe_frames(f), 50, "{f}");
+        }
+    }
+    for (body, why) in [
+        (
+            r#""mode":"rewind","start":1,"end":2"#,
+            "mode must be live, playback or download",
+        ),
+        (
+            r#""mode":"playback","start":5,"end":5"#,
+            "is not before end",
+        ),
+        (r#""mode":"playback""#, "needs start and end"),
+        (
+            r#""mode":"playback","start":1,"end":2,"download_speed":2"#,
+            "download_speed is for download",
+        ),
+        (r#""start":1"#, "are for playback and download"),
+    ] {
+        let (code, v) = d
+            .post_json(
+                "/api/streams",
+                &format!(r#"{{"device":"{PLAYER}","channel":"{ch}",{body}}}"#),
+            )
+            .unwrap();
+        assert_eq!(code, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(why), "{body}: {v}");
+    }
+    let _ = Command::new("kill").arg(cam.id().to_string()).status();
+    let _ = cam.wait();
     assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
 }
