@@ -65,21 +65,14 @@ impl Core {
             return;
         }
         let name = control.name();
-        let target = req.channel.clone().unwrap_or_else(|| req.device.clone());
-        if target != req.device
-            && !self
-                .reg
-                .channels
-                .get(&req.device)
-                .is_some_and(|c| c.contains_key(&target))
-        {
-            self.count_control(name, "unavailable");
-            let _ = reply.send(Err(Error::NotFound(format!(
-                "device {} has no channel {target}",
-                req.device
-            ))));
-            return;
-        }
+        let target = match self.request_target(&req.device, req.channel.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                self.count_control(name, "unavailable");
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         let sn = self.next_sn();
         let (t, c) = (target.clone(), control.clone());
         // Validated above: the body cannot fail to build.

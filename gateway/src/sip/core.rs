@@ -135,6 +135,31 @@ pub(super) enum Purpose {
     },
 }
 
+impl Core {
+    /// What a request for `device` (and maybe `channel`) is addressed to:
+    /// the channel if given, else the device; an unknown channel is
+    /// NotFound.
+    pub(super) fn request_target(
+        &self,
+        device: &str,
+        channel: Option<&str>,
+    ) -> Result<String, Error> {
+        let target = channel.unwrap_or(device);
+        if target != device
+            && !self
+                .reg
+                .channels
+                .get(device)
+                .is_some_and(|c| c.contains_key(target))
+        {
+            return Err(Error::NotFound(format!(
+                "device {device} has no channel {target}"
+            )));
+        }
+        Ok(target.to_string())
+    }
+}
+
 /// The keys of `map` whose deadline has passed at `now`.
 pub(super) fn expired<K: Clone, V>(
     map: &HashMap<K, V>,

@@ -104,21 +104,14 @@ impl Core {
                 return;
             }
         };
-        let target = q.channel.clone().unwrap_or_else(|| q.device.clone());
-        if target != q.device
-            && !self
-                .reg
-                .channels
-                .get(&q.device)
-                .is_some_and(|c| c.contains_key(&target))
-        {
-            self.count_records("unavailable");
-            let _ = reply.send(Err(Error::NotFound(format!(
-                "device {} has no channel {target}",
-                q.device
-            ))));
-            return;
-        }
+        let target = match self.request_target(&q.device, q.channel.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                self.count_records("unavailable");
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         let sn = self.next_sn();
         let t = target.clone();
         let (start, end, ty) = (q.start.clone(), q.end.clone(), q.record_type.clone());
