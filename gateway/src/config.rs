@@ -323,6 +323,11 @@ pub struct MediaConfig {
     /// attached, else from the receiver). 0 = never.
     #[serde(default = "default_no_media")]
     pub no_media_timeout_secs: u64,
+    /// A playback still going this many seconds after the end of its
+    /// range (by the speed and pauses asked for) without MediaStatus 121
+    /// is ended with BYE. 0 = never.
+    #[serde(default = "default_playback_grace")]
+    pub playback_end_grace_secs: u64,
     /// Receivers without SIP (`[[media.streams]]`): RTP sent by anything
     /// (an encoder, ffmpeg) to a fixed port.
     #[serde(default)]
@@ -355,6 +360,10 @@ fn default_payload() -> String {
     "ps".into()
 }
 
+fn default_playback_grace() -> u64 {
+    30
+}
+
 fn default_no_media() -> u64 {
     30
 }
@@ -367,6 +376,7 @@ impl Default for MediaConfig {
             open_timeout_secs: default_open_timeout(),
             record: None,
             no_media_timeout_secs: default_no_media(),
+            playback_end_grace_secs: default_playback_grace(),
             streams: Vec::new(),
         }
     }

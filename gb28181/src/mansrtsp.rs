@@ -10,7 +10,8 @@
 //! \r\n
 //! ```
 //!
-//! `PAUSE` with `PauseTime: now`; `PLAY` alone resumes; `TEARDOWN` ends.
+//! `PAUSE` with `PauseTime: now`; `PLAY` with `Range: npt=now-` resumes;
+//! `TEARDOWN` ends.
 //! Parsed leniently (header names case-insensitive, LF or CRLF), built
 //! exactly as above.
 
@@ -66,8 +67,11 @@ impl Request {
                 if let Some(s) = scale {
                     b.push_str(&format!("Scale: {}\r\n", fmt_scale(s)));
                 }
-                if let Some(t) = seek {
-                    b.push_str(&format!("Range: npt={t}-\r\n"));
+                match (scale, seek) {
+                    (_, Some(t)) => b.push_str(&format!("Range: npt={t}-\r\n")),
+                    // A plain PLAY resumes from where it paused.
+                    (None, None) => b.push_str("Range: npt=now-\r\n"),
+                    (Some(_), None) => {}
                 }
             }
             Control::Pause => b.push_str("PauseTime: now\r\n"),

@@ -29,7 +29,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     status::{now_ms, Shared, StreamReport},
-    stream::{self, Link, MediaOpts, Stop, StreamEvent},
+    stream::{self, Link, MediaOpts, Pace, Stop, StreamEvent},
 };
 
 /// RFC 3261 timers.
@@ -64,6 +64,8 @@ pub struct Config {
     pub records_drop_last_part: bool,
     /// Raise an alarm this long after registering (--alarm-after).
     pub alarm_after: Option<Duration>,
+    /// Never answer MANSRTSP INFOs (--ignore-mansrtsp).
+    pub ignore_mansrtsp: bool,
     /// Refuse INVITEs with this status.
     pub invite_response: Option<u16>,
     /// Answer and send under this SSRC instead of the offer's y=.
@@ -243,6 +245,9 @@ struct Dialog {
     session_key: Option<MasterKey>,
     /// s=Playback or s=Download.
     history: bool,
+    /// s=Playback: MANSRTSP controls pace the stream through this.
+    playback: bool,
+    pace: Option<watch::Sender<Pace>>,
 }
 
 struct Reg {
@@ -927,7 +932,8 @@ impl Device {
                 };
                 self.reply(h, src, code.0, code.1, &tag, &[], None).await;
             }
-            "OPTIONS" | "INFO" | "NOTIFY" => {
+            "INFO" => self.on_info(h, src).await,
+            "OPTIONS" | "NOTIFY" => {
                 self.reply(h, src, 200, "OK", &tag, &[], None).await;
             }
             _ => {
@@ -1416,6 +1422,8 @@ impl Device {
                 session_key,
                 history: session.eq_ignore_ascii_case("Playback")
                     || session.eq_ignore_ascii_case("Download"),
+                playback: session.eq_ignore_ascii_case("Playback"),
+                pace: None,
             },
         );
     }
@@ -1453,6 +1461,8 @@ impl Device {
                 stop: None,
                 session_key: None,
                 history: false,
+                playback: false,
+                pace: None,
             },
         );
     }
@@ -1478,6 +1488,11 @@ impl Device {
             r.state = "connecting".into();
             r.started = now_ms();
         });
+        let pace = d.playback.then(|| {
+            let (tx, rx) = watch::channel(Pace::default());
+            d.pace = Some(tx);
+            rx
+        });
         let spec = stream::Spec {
             index,
             call_id: h.call_id.clone(),
@@ -1486,6 +1501,7 @@ impl Device {
             link,
             session_key: d.session_key.clone(),
             history: d.history,
+            pace,
         };
         let task = tokio::spawn(stream::run(
             spec,
@@ -1496,6 +1512,84 @@ impl Device {
         ));
         self.tasks.retain(|t| !t.is_finished());
         self.tasks.push(task);
+    }
+
+    /// INFO in a dialog: MANSRTSP (pause, play with scale or range,
+    /// teardown) paces a playback; other INFOs are acknowledged.
+    async fn on_info(&mut self, h: &Head, src: SocketAddr) {
+        let tag = self.tag.clone();
+        let Some(d) = self.dialogs.get(&h.call_id) else {
+            let r = (481, "Call/Transaction Does Not Exist");
+            self.reply(h, src, r.0, r.1, &tag, &[], None).await;
+            return;
+        };
+        let (our_tag, report) = (d.our_tag.clone(), d.report);
+        let mansrtsp = h
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.eq_ignore_ascii_case("application/mansrtsp"));
+        if !mansrtsp {
+            self.reply(h, src, 200, "OK", &our_tag, &[], None).await;
+            return;
+        }
+        let body = String::from_utf8_lossy(&h.body).into_owned();
+        if self.cfg.ignore_mansrtsp {
+            info!(device = %self.id, "MANSRTSP INFO ignored (--ignore-mansrtsp)");
+            if let Some(i) = report {
+                self.shared.stream(i, |r| r.mansrtsp.push("ignored".into()));
+            }
+            return;
+        }
+        let req = match gb28181::mansrtsp::Request::parse(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(device = %self.id, error = %e, "bad MANSRTSP body");
+                let reason = format!("Bad Request ({e})");
+                self.reply(h, src, 400, &reason, &our_tag, &[], None).await;
+                return;
+            }
+        };
+        use gb28181::mansrtsp::Control;
+        let mut label = String::new();
+        if let Some(tx) = self.dialogs.get(&h.call_id).and_then(|d| d.pace.as_ref()) {
+            tx.send_modify(|p| match req.control {
+                Control::Pause => {
+                    p.paused = true;
+                    label = "PAUSE".into();
+                }
+                Control::Play { scale, seek } => {
+                    p.paused = false;
+                    label = "PLAY".into();
+                    if let Some(s) = scale {
+                        p.scale = s;
+                        label.push_str(&format!(" Scale={s}"));
+                    }
+                    if let Some(t) = seek {
+                        p.seek = (p.seek.0 + 1, t);
+                        label.push_str(&format!(" Range=npt={t}-"));
+                    }
+                }
+                Control::Teardown => label = "TEARDOWN".into(),
+            });
+        } else {
+            // Live, download, or not started yet: nothing to pace.
+            self.reply(
+                h,
+                src,
+                455,
+                "Method Not Valid In This State",
+                &our_tag,
+                &[],
+                None,
+            )
+            .await;
+            return;
+        }
+        info!(device = %self.id, control = %label, cseq = req.cseq, "MANSRTSP");
+        if let Some(i) = report {
+            self.shared.stream(i, |r| r.mansrtsp.push(label));
+        }
+        self.reply(h, src, 200, "OK", &our_tag, &[], None).await;
     }
 
     async fn on_bye(&mut self, h: &Head, src: SocketAddr) {

@@ -115,6 +115,14 @@ struct Cli {
     /// many seconds after registering.
     #[arg(long, value_name = "SECS")]
     alarm_after: Option<u64>,
+    /// Never answer MANSRTSP INFOs (pause, scale, seek): a device that
+    /// ignores playback controls.
+    #[arg(long)]
+    ignore_mansrtsp: bool,
+    /// Playbacks and downloads never end: the file loops and its end is
+    /// never announced (no MediaStatus 121).
+    #[arg(long)]
+    playback_never_ends: bool,
 
     /// Annex-B H.264 or H.265 elementary stream to send (without it,
     /// sessions are answered but carry no packets).
@@ -333,6 +341,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         wrong_markers: cli.wrong_markers,
         impairments,
         bye_after,
+        history_never_ends: cli.playback_never_ends,
     });
     let cfg = Arc::new(Config {
         server,
@@ -350,6 +359,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         records: cli.records,
         records_drop_last_part: cli.records_drop_last_part,
         alarm_after: cli.alarm_after.map(Duration::from_secs),
+        ignore_mansrtsp: cli.ignore_mansrtsp,
         no_qop: cli.no_qop_support,
         exit_on_auth_failure: cli.exit_on_auth_failure,
         catalog_per_message: cli.catalog_per_message as usize,

@@ -202,6 +202,13 @@ pub struct StreamReport {
     pub encrypted_frames: u64,
     /// Complete passes over the file.
     pub loops: u64,
+    /// Playback: the MANSRTSP controls received, in order ("PAUSE",
+    /// "PLAY", "PLAY Scale=2", "PLAY Range=npt=8-"), the pause and speed
+    /// in effect, and the next frame's index in the file.
+    pub mansrtsp: Vec<String>,
+    pub paused: bool,
+    pub scale: Option<f32>,
+    pub file_frame: u64,
     /// Unix milliseconds.
     pub started: i64,
     pub ended: Option<i64>,

@@ -15,7 +15,7 @@ use media::{framing::encode_rfc4571, ps::PsMuxer, rtp::RtpHeader};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     time::timeout,
 };
 use tracing::{info, warn};
@@ -147,6 +147,9 @@ pub struct MediaOpts {
     pub wrong_markers: bool,
     pub impairments: Impairments,
     pub bye_after: Option<Duration>,
+    /// Playbacks and downloads go on past the end of the file (looping)
+    /// and never announce its end (MediaStatus 121).
+    pub history_never_ends: bool,
 }
 
 /// How the media gets to the platform.
@@ -171,6 +174,26 @@ pub enum StreamEvent {
     FileEnd { call_id: String },
 }
 
+/// How a playback is paced, as the platform's MANSRTSP controls set it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    pub paused: bool,
+    /// Frames per second = fps x scale.
+    pub scale: f32,
+    /// The last seek: (how many seeks so far, seconds from the start).
+    pub seek: (u32, u64),
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            paused: false,
+            scale: 1.0,
+            seek: (0, 0),
+        }
+    }
+}
+
 /// One stream to run.
 pub struct Spec {
     /// Index in the report's stream list.
@@ -183,6 +206,8 @@ pub struct Spec {
     pub session_key: Option<gb35114::srtp::MasterKey>,
     /// s=Playback or s=Download: the end of the file is announced.
     pub history: bool,
+    /// s=Playback: the platform's pause, scale and seek.
+    pub pace: Option<watch::Receiver<Pace>>,
 }
 
 enum Conn {
@@ -237,6 +262,7 @@ pub async fn run(
         link,
         session_key,
         history,
+        pace,
     } = spec;
     let outcome = async {
         let mut conn = match establish(link, &label, &mut stop, bye_at).await {
@@ -252,7 +278,8 @@ pub async fn run(
             Conn::Udp(..) => {}
         }
         shared.stream(index, |r| r.state = "streaming".into());
-        let file_end = history.then(|| (events.clone(), call_id.clone()));
+        let file_end =
+            (history && !opts.history_never_ends).then(|| (events.clone(), call_id.clone()));
         let i = send(
             &mut conn,
             &opts,
@@ -264,6 +291,8 @@ pub async fn run(
             bye_at,
             session_key.as_ref(),
             file_end,
+            pace,
+            history && opts.history_never_ends,
         )
         .await;
         let drain = match &i {
@@ -416,6 +445,8 @@ async fn send(
     bye_at: Option<Instant>,
     session_key: Option<&gb35114::srtp::MasterKey>,
     file_end: Option<(mpsc::Sender<StreamEvent>, String)>,
+    mut pace: Option<watch::Receiver<Pace>>,
+    endless: bool,
 ) -> Interrupt {
     let Some(media) = opts.media.clone() else {
         // No --media: the session stays open without packets.
@@ -448,7 +479,10 @@ async fn send(
     let mut out: Vec<Vec<u8>> = Vec::with_capacity(256);
     let mut tcp_buf: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut since_yield = 0usize;
-    let t0 = Instant::now();
+    // Realtime pacing: frame n is due at t_ref + (n - n_ref) / (fps x
+    // scale); a control moves the reference.
+    let (mut t_ref, mut n_ref, mut cur) = (Instant::now(), 0u64, Pace::default());
+    let (mut i, mut woken) = (0usize, false);
     let publish = |c: &Counters, s: &ScheduleCounts| {
         shared.stream(index, |r| {
             r.frames_sent = c.frames;
@@ -461,11 +495,52 @@ async fn send(
             r.packets_reordered = s.reordered;
         })
     };
-    'outer: loop {
-        for au in &media.aus {
+    loop {
+        if i >= media.aus.len() {
+            c.loops += 1;
+            if !(opts.looping || endless) {
+                break;
+            }
+            i = 0;
+        }
+        if let Some(rx) = pace.as_mut() {
+            if woken || rx.has_changed().unwrap_or(false) {
+                woken = false;
+                let p = *rx.borrow_and_update();
+                if p.seek.0 != cur.seek.0 {
+                    i = ((p.seek.1 * fps) as usize).min(media.aus.len().saturating_sub(1));
+                }
+                cur = p;
+                (t_ref, n_ref) = (Instant::now(), n);
+                shared.stream(index, |r| {
+                    r.paused = p.paused;
+                    r.scale = Some(p.scale);
+                    r.file_frame = i as u64;
+                });
+            }
+            if cur.paused {
+                // Nothing is sent until the next control (or the end).
+                let changed = async {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await
+                    }
+                };
+                tokio::select! {
+                    r = wait(None, stop, bye_at) => {
+                        publish(&c, &sched.counts);
+                        return r.unwrap_or(Interrupt::ByeAfter);
+                    }
+                    _ = changed => woken = true,
+                }
+                continue;
+            }
+        }
+        let au = &media.aus[i];
+        {
             let interrupt = match opts.rate {
                 Rate::Realtime => {
-                    let due = t0 + Duration::from_nanos(n * 1_000_000_000 / fps);
+                    let per = 1e9 / (fps as f64 * cur.scale.max(0.01) as f64);
+                    let due = t_ref + Duration::from_nanos(((n - n_ref) as f64 * per) as u64);
                     wait(Some(due), stop, bye_at).await
                 }
                 Rate::Flat => poll_interrupt(stop, bye_at),
@@ -509,7 +584,11 @@ async fn send(
             }
             c.frames += 1;
             n += 1;
+            i += 1;
             publish(&c, &sched.counts);
+            if pace.is_some() {
+                shared.stream(index, |r| r.file_frame = i as u64);
+            }
             if let Some(e) = &enc {
                 let (v, f) = (e.key_version(), e.encrypted_frames);
                 shared.stream(index, |r| {
@@ -517,10 +596,6 @@ async fn send(
                     r.encrypted_frames = f;
                 });
             }
-        }
-        c.loops += 1;
-        if !opts.looping {
-            break 'outer;
         }
     }
     out.clear();

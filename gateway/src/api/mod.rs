@@ -153,6 +153,7 @@ pub fn router(state: ApiState) -> Router {
             "/api/streams/{id}",
             get(streams::stream).delete(streams::close_stream),
         )
+        .route("/api/streams/{id}/control", post(streams::control_stream))
         .route("/api/platforms", get(platforms::platforms))
         .route("/api/platforms/{id}", get(platforms::platform))
         .route("/api/keys", get(keys::keys).post(keys::add_key))

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::{check_id, err, ApiResult, ApiState, Error};
 use crate::{
     session,
-    sip::{Command, History, OpenStream},
+    sip::{Command, History, OpenStream, PlaybackAction, PlaybackRequest},
 };
 
 /// What `POST /api/streams` asks for.
@@ -182,6 +182,29 @@ pub(super) async fn stream(State(s): State<ApiState>, Path(id): Path<String>) ->
         Some(x) => Ok(Json(json!(x))),
         None => Err(err(404, format!("no stream {id}"))),
     }
+}
+
+/// `POST /api/streams/{id}/control`: `{"action": "pause" | "resume" |
+/// "scale" | "seek", "scale": X, "position": SECS}` (MANSRTSP INFO);
+/// answered when the device has.
+pub(super) async fn control_stream(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    check_id(&id)?;
+    // Bad requests still go to the core, which counts them
+    // (gateway_playback_controls_total{result="invalid"}).
+    let action = match body {
+        Err(e) => Err(e.body_text()),
+        Ok(Json(v)) => PlaybackAction::from_json(&v),
+    };
+    let req = PlaybackRequest { stream: id, action };
+    let v = s
+        .ask(|tx| Command::Playback(req, tx))
+        .await?
+        .map_err(Error::from)?;
+    Ok(Json(v))
 }
 
 pub(super) async fn close_stream(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {

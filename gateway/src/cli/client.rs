@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    output::print_json, ApiArgs, ControlArgs, DevicesArgs, HangupArgs, PlayArgs, RecordsArgs,
-    SessionsArgs,
+    output::print_json, ApiArgs, ControlArgs, DevicesArgs, HangupArgs, PlayArgs, PlaybackArgs,
+    RecordsArgs, SessionsArgs,
 };
 
 /// GET on the daemon's API; a non-2xx answer becomes an error carrying
@@ -107,6 +107,17 @@ pub(super) fn play(a: &PlayArgs) -> Result<()> {
     if let Some(r) = a.record {
         body["record"] = serde_json::json!(r);
     }
+    if a.mode != "live" {
+        body["mode"] = serde_json::json!(a.mode);
+    }
+    for (k, v) in [("start", a.start), ("end", a.end)] {
+        if let Some(v) = v {
+            body[k] = serde_json::json!(v);
+        }
+    }
+    if let Some(n) = a.download_speed {
+        body["download_speed"] = serde_json::json!(n);
+    }
     let s = api_call("POST", &base, "/api/streams", token, Some(&body))?;
     if a.json {
         return print_json(&s);
@@ -155,6 +166,53 @@ pub(super) fn sessions(a: &SessionsArgs) -> Result<()> {
             s["reason"].as_str().unwrap_or(""),
         );
     }
+    Ok(())
+}
+
+pub(super) fn playback(a: &PlaybackArgs) -> Result<()> {
+    let (base, token) = a.api.resolve()?;
+    let body = match a.action.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [act @ ("pause" | "resume")] => serde_json::json!({ "action": act }),
+        ["scale", x] => {
+            let x: f64 = x
+                .parse()
+                .map_err(|_| anyhow::anyhow!("scale needs a number (0.25-8), not {x:?}"))?;
+            serde_json::json!({ "action": "scale", "scale": x })
+        }
+        ["seek", t] => {
+            let t: u64 = t
+                .parse()
+                .map_err(|_| anyhow::anyhow!("seek needs whole seconds, not {t:?}"))?;
+            serde_json::json!({ "action": "seek", "position": t })
+        }
+        _ => anyhow::bail!(
+            "unknown playback action {:?}: pause, resume, scale X or seek SECS",
+            a.action.join(" ")
+        ),
+    };
+    let v = api_call(
+        "POST",
+        &base,
+        &format!("/api/streams/{}/control", a.id),
+        token.as_deref(),
+        Some(&body),
+    )?;
+    if a.json {
+        return print_json(&v);
+    }
+    let p = &v["playback"];
+    println!(
+        "stream {}: {} accepted; {} at {}x, {} s into the range",
+        a.id,
+        a.action.join(" "),
+        if p["paused"] == true {
+            "paused"
+        } else {
+            "playing"
+        },
+        p["scale"].as_f64().map_or("?".into(), |x| x.to_string()),
+        p["position_secs"]
+    );
     Ok(())
 }
 

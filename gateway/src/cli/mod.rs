@@ -60,8 +60,12 @@ pub enum Command {
     Run(RunArgs),
     /// Devices registered with the running daemon (asks its REST API).
     Devices(DevicesArgs),
-    /// Open a live stream from a device (INVITE through the daemon).
+    /// Open a stream from a device (INVITE through the daemon): live, or a
+    /// playback or download of what it recorded.
     Play(PlayArgs),
+    /// Pause, resume, change the speed of or seek a playback (MANSRTSP
+    /// INFO through the daemon).
+    Playback(PlaybackArgs),
     /// Live streams of the daemon (sessions and their media).
     Sessions(SessionsArgs),
     /// End a live stream (BYE).
@@ -103,6 +107,37 @@ pub struct PlayArgs {
     /// Record (default: as the daemon's [media.record] says).
     #[arg(long)]
     pub record: Option<bool>,
+    /// live, playback or download (of what the device recorded).
+    #[arg(long, default_value = "live")]
+    pub mode: String,
+    /// Playback/download: from (Unix seconds, e.g. $(date -d '08:00' +%s)).
+    #[arg(long)]
+    pub start: Option<u64>,
+    /// Playback/download: to (Unix seconds).
+    #[arg(long)]
+    pub end: Option<u64>,
+    /// Download: how many times real time (1-32).
+    #[arg(long)]
+    pub download_speed: Option<u32>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gateway playback STREAM pause|resume|scale X|seek SECS`.
+#[derive(Args, Debug)]
+#[command(after_help = "ACTION:
+  pause            pause (MANSRTSP PAUSE)
+  resume           go on (PLAY, Range: npt=now-)
+  scale X          speed: 0.25, 0.5, 1, 2, 4 or 8 (PLAY, Scale: X)
+  seek SECS        jump to SECS from the start of the range (PLAY, Range: npt=SECS-)")]
+pub struct PlaybackArgs {
+    /// Stream ID (its y= value) of a playback.
+    pub id: String,
+    /// The action and its argument (see below).
+    #[arg(required = true, num_args = 1..=2)]
+    pub action: Vec<String>,
     #[command(flatten)]
     pub api: ApiArgs,
     #[arg(long)]
@@ -396,6 +431,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Play(a) => client::play(a)?,
         Command::Sessions(a) => client::sessions(a)?,
         Command::Hangup(a) => client::hangup(a)?,
+        Command::Playback(a) => client::playback(a)?,
         Command::Control(a) => client::control(a)?,
         Command::Records(a) => client::records(a)?,
         Command::Check(a) => check::run(a, cli.netns.as_deref(), &cli.bpffs)?,

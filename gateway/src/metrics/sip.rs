@@ -61,6 +61,12 @@ pub struct SipMetrics {
     pub record_queries: IntCounterVec,
     /// Alarms devices raised, by device, priority and method.
     pub alarms: IntCounterVec,
+    /// MANSRTSP playback controls asked through the API, by action and
+    /// result (ok, refused, timeout, invalid, unavailable).
+    pub playback_controls: IntCounterVec,
+    /// Playbacks and downloads that ended by themselves, by mode and
+    /// reason (end_of_file: MediaStatus 121; overran: BYE past the range).
+    pub playback_ends: IntCounterVec,
 }
 
 fn vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -222,6 +228,18 @@ impl SipMetrics {
                 "gateway_record_queries_total",
                 "RecordInfo queries asked through the API, by result",
                 &["result"],
+            ),
+            playback_controls: vec(
+                reg,
+                "gateway_playback_controls_total",
+                "MANSRTSP playback controls asked through the API, by action and result",
+                &["action", "result"],
+            ),
+            playback_ends: vec(
+                reg,
+                "gateway_playback_ends_total",
+                "Playbacks and downloads that ended by themselves, by mode and reason",
+                &["mode", "reason"],
             ),
             cascade_catalog: vec(
                 reg,

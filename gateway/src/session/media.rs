@@ -151,6 +151,7 @@ impl Sessions {
             kernel: None,
             legs: Vec::new(),
             relay_only: false,
+            playback: None,
             stats: Some(r.stats.clone()),
         };
         info!(stream = %st.name, listen = %st.listen, payload = %st.payload, "static stream receiving");

@@ -12,11 +12,13 @@
 pub mod kernel;
 pub mod media;
 mod offload;
+pub mod playback;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use gb28181::sdp::{self, MediaTransport};
@@ -37,6 +39,7 @@ use crate::{
 
 pub use kernel::KernelView;
 pub use offload::{LegKernel, LegPath};
+pub use playback::PlaybackView;
 
 /// How many ended sessions are kept for the API.
 const KEEP_CLOSED: usize = 200;
@@ -163,6 +166,9 @@ pub struct Session {
     /// Opened for relays only: it ends when its last leg ends.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub relay_only: bool,
+    /// Playback or download: the range, speed, pause and position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub playback: Option<PlaybackView>,
     #[serde(skip)]
     stats: Option<Arc<Mutex<MediaStats>>>,
 }
@@ -229,6 +235,7 @@ impl Session {
             kernel: None,
             legs: Vec::new(),
             relay_only: false,
+            playback: None,
             stats: None,
         }
     }
@@ -238,6 +245,9 @@ impl Session {
         let mut v = self.clone();
         if let Some(s) = &self.stats {
             v.media = s.lock().ok().map(|m| m.clone());
+        }
+        if v.closed_ms.is_none() {
+            v.playback = self.playback.as_ref().map(|p| p.at(Instant::now()));
         }
         v
     }
@@ -514,6 +524,9 @@ impl Sessions {
         s.format = a.format;
         s.state = State::Established;
         s.established_ms = Some(wall_ms());
+        if let Some(p) = s.playback.as_mut() {
+            p.started(Instant::now());
+        }
         let snapshot = s.clone();
         self.start_media(&snapshot);
         self.add_kernel_flow(id);
@@ -767,9 +780,19 @@ impl Sessions {
                     .map(|l| (now_wall - l) as f64 / 1000.0),
             };
             // Never a packet: count from the moment it was established.
-            let idle = idle.unwrap_or_else(|| {
+            let mut idle = idle.unwrap_or_else(|| {
                 (now_wall - s.established_ms.unwrap_or(now_wall)) as f64 / 1000.0
             });
+            // A paused playback sends nothing; after a control, count
+            // from the control.
+            if let Some(p) = &s.playback {
+                if p.paused {
+                    continue;
+                }
+                if let Some(t) = p.last_control {
+                    idle = idle.min(t.elapsed().as_secs_f64());
+                }
+            }
             if timeout > 0 && idle >= timeout as f64 {
                 let src = if self.kernel.is_some() {
                     "kernel"

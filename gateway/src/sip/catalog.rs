@@ -254,6 +254,7 @@ impl Core {
                     .collect();
                 for sid in ended {
                     info!(device = %id, session = %sid, "end of file (MediaStatus 121)");
+                    self.count_playback_end(&sid, "end_of_file");
                     self.close(
                         &sid,
                         "end of file (MediaStatus 121)",

@@ -24,7 +24,7 @@ use super::{
     cascade::{self, PlatformView, Upstream},
     control,
     dialog::{Dialogs, OpenStream},
-    records,
+    playback, records,
     registry::{Device, OfflineReason, Registry, SyncState},
     relay,
     transport::{Dest, Inbound, Outbound},
@@ -80,6 +80,12 @@ pub enum Command {
         control::ControlRequest,
         oneshot::Sender<Result<serde_json::Value, Error>>,
     ),
+    /// A MANSRTSP control of a playback; answered when the device has
+    /// (see playback.rs).
+    Playback(
+        playback::PlaybackRequest,
+        oneshot::Sender<Result<serde_json::Value, Error>>,
+    ),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +133,11 @@ pub(super) enum Purpose {
     Control {
         target: String,
         sn: u32,
+    },
+    /// A MANSRTSP INFO (stream, MANSRTSP CSeq).
+    Playback {
+        stream: String,
+        cseq: u32,
     },
     /// A request to a superior platform (cascade).
     Upstream {
@@ -232,6 +243,8 @@ pub struct Core {
     pub(super) waiters: HashMap<(String, u32), Waiter>,
     /// DeviceControls sent and not answered yet, by (target, SN).
     pub(super) controls: HashMap<(String, u32), control::ControlWaiter>,
+    /// MANSRTSP controls sent and not answered yet, by stream.
+    pub(super) playback_waiters: HashMap<String, playback::InfoWaiter>,
     /// RecordInfo answers being assembled, by (target, SN).
     pub(super) records: HashMap<(String, u32), records::RecordAssembly>,
     /// Alarms from devices, oldest first (alarms::KEEP at most).
@@ -326,6 +339,7 @@ impl Core {
             assemblies: HashMap::new(),
             waiters: HashMap::new(),
             controls: HashMap::new(),
+            playback_waiters: HashMap::new(),
             records: HashMap::new(),
             alarms: std::collections::VecDeque::new(),
             sn: (now_wall as u32) % 100_000,
@@ -625,6 +639,10 @@ impl Core {
                         let reason = h.reason.clone();
                         self.control_answered(&target, sn, status, &reason);
                     }
+                    (Some(Purpose::Playback { stream, cseq }), _) => {
+                        let reason = h.reason.clone();
+                        self.playback_answered(&stream, cseq, status, &reason);
+                    }
                     (Some(Purpose::Upstream { idx, req }), _) => {
                         let h = m.head.clone();
                         self.on_upstream_answer(idx, req, Some(&h));
@@ -678,6 +696,9 @@ impl Core {
                         Some(Purpose::Control { target, sn }) => {
                             self.control_unanswered(&target, sn);
                         }
+                        Some(Purpose::Playback { stream, cseq }) => {
+                            self.playback_answered(&stream, cseq, 0, "");
+                        }
                         Some(Purpose::Records { target, sn }) => {
                             let why = "no answer to the RecordInfo MESSAGE (Timer F)".to_string();
                             self.records_failed(&target, sn, why, true);
@@ -700,6 +721,7 @@ impl Core {
         self.cascade_timers(now);
         self.relay_timers(now);
         self.control_timers(now);
+        self.playback_timers(now);
         self.record_timers(now);
         self.flush_if_unregistered(now);
         if now.duration_since(self.last_media_check) >= Duration::from_secs(1) {
@@ -858,6 +880,7 @@ impl Core {
                 let _ = tx.send(self.platforms());
             }
             Command::Control(req, tx) => self.start_control(req, tx),
+            Command::Playback(req, tx) => self.start_playback_control(req, tx),
             Command::Records(q, tx) => self.start_records(q, tx),
             Command::Alarms(device, limit, tx) => {
                 let _ = tx.send(self.alarm_list(device.as_deref(), limit));

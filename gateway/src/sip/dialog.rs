@@ -27,7 +27,7 @@ use super::{
     core::{fmt_addr, Core, Purpose},
     transport::{local_ip_for, Dest, Inbound},
 };
-use crate::session::{self, Answer, Error, Session, State};
+use crate::session::{self, Answer, Error, PlaybackView, Session, State};
 
 /// What opening a live stream asks for (`POST /api/streams`, parsed).
 #[derive(Debug, Clone)]
@@ -68,6 +68,11 @@ pub(super) struct Dialog {
     /// Contact of the 2xx (where in-dialog requests go).
     pub target: Option<String>,
     pub cseq: u32,
+    /// The CSeq of the last request we sent in the dialog (INFO, BYE
+    /// follow it).
+    pub last_cseq: u32,
+    /// MANSRTSP's own CSeq (of the last control sent).
+    pub mansrtsp_cseq: u32,
     pub branch: String,
     pub dest: Option<Dest>,
     /// Our host:port in Via/Contact.
@@ -191,6 +196,7 @@ impl Core {
             local_tag: gsip::token(10),
             uri: uri.clone(),
             cseq: 1,
+            last_cseq: 1,
             branch: gsip::branch(),
             dest: Some(dest),
             local_sip: local_sip.clone(),
@@ -231,20 +237,26 @@ impl Core {
             .by_call
             .insert(dialog.call_id.clone(), y.clone());
         self.dialogs.active.insert(y.clone(), dialog);
-        self.sessions.insert(
-            Session::inviting(
-                y.clone(),
-                device,
-                channel,
-                transport,
-                ssrc,
-                SocketAddr::new(media_ip, port),
-                record,
-                session_key,
-                req.forward,
-            ),
-            bound,
+        let mut session = Session::inviting(
+            y.clone(),
+            device,
+            channel,
+            transport,
+            ssrc,
+            SocketAddr::new(media_ip, port),
+            record,
+            session_key,
+            req.forward,
         );
+        session.playback = req.history.map(|h| {
+            PlaybackView::new(
+                h.kind == SessionKind::Download,
+                h.start,
+                h.end,
+                h.download_speed,
+            )
+        });
+        self.sessions.insert(session, bound);
         Ok(y)
     }
 
@@ -256,6 +268,19 @@ impl Core {
         cseq: u32,
         branch: &str,
         to_tag: Option<&str>,
+    ) -> Vec<u8> {
+        self.in_dialog_with(d, method, cseq, branch, to_tag, None)
+    }
+
+    /// The same with a body (INFO: `(content type, bytes)`).
+    pub(super) fn in_dialog_with(
+        &self,
+        d: &Dialog,
+        method: &str,
+        cseq: u32,
+        branch: &str,
+        to_tag: Option<&str>,
+        body: Option<(&str, &[u8])>,
     ) -> Vec<u8> {
         let from = format!("sip:{}@{}", self.cfg.id, self.domain);
         let to = format!("sip:{}@{}", d.channel, self.domain);
@@ -280,8 +305,8 @@ impl Core {
             cseq,
             contact: None,
             headers: &[],
-            content_type: None,
-            body: b"",
+            content_type: body.map(|b| b.0),
+            body: body.map_or(&b""[..], |b| b.1),
         }
         .build()
     }
@@ -402,6 +427,7 @@ impl Core {
         if let Some(d) = self.dialogs.active.remove(id) {
             self.dialogs.by_call.remove(&d.call_id);
         }
+        self.playback_session_ended(id, why);
         if self.sessions.fail(id, why).is_some() {
             if let Some(w) = self.dialogs.waiters.remove(id) {
                 let _ = w.send(Err(kind(format!("stream {id}: {why}"))));
@@ -419,11 +445,12 @@ impl Core {
         state: State,
     ) -> Option<Session> {
         self.sessions.get(id)?;
+        self.playback_session_ended(id, reason);
         if let Some(d) = self.dialogs.active.remove(id) {
             self.dialogs.by_call.remove(&d.call_id);
             if bye && d.ack.is_some() {
                 let branch = gsip::branch();
-                let cseq = d.cseq + 1;
+                let cseq = d.last_cseq + 1;
                 let msg = self.in_dialog(&d, "BYE", cseq, &branch, d.remote_tag.as_deref());
                 if let Some(dest) = d.dest {
                     self.start_request(dest, &branch, "BYE", msg, Some(Purpose::Bye));

@@ -2,8 +2,8 @@
 //! with. `transport` moves bytes; `core` holds the state and dispatches to
 //! `registrar` (REGISTER), `catalog` (MANSCDP queries and answers),
 //! `alarms` (alarm notifications),
-//! `control` (DeviceControl), `records` (RecordInfo) and `dialog` (INVITE
-//! dialogs); the device records are in `registry`. What a dialog carries
+//! `control` (DeviceControl), `records` (RecordInfo), `dialog` (INVITE
+//! dialogs) and `playback` (MANSRTSP controls, ends of playbacks); the device records are in `registry`. What a dialog carries
 //! is `crate::session`'s. See docs/architecture.md ("Signalling").
 
 pub mod alarms;
@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod control;
 pub mod core;
 pub mod dialog;
+pub mod playback;
 pub mod records;
 pub mod registrar;
 pub mod registry;
@@ -27,6 +28,7 @@ pub use self::core::{Command, DeviceView, QueryKind};
 pub use cascade::{PlatformView, UpState};
 pub use control::ControlRequest;
 pub use dialog::{History, OpenStream};
+pub use playback::{PlaybackAction, PlaybackRequest};
 pub use records::RecordQuery;
 
 use crate::{

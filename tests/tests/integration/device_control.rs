@@ -23,6 +23,8 @@ const NVR: &str = "34020000001320000934";
 const SHORT: &str = "34020000001320000935";
 const ALARMER: &str = "34020000001320000936";
 const PLAYER: &str = "34020000001320000937";
+const SEEKER: &str = "34020000001320000938";
+const DEAF: &str = "34020000001320000939";
 const DAY: (&str, &str) = ("2026-12-07T00:00:00", "2026-12-07T23:59:59");
 
 fn config(dir: &Path, sip: u16, api: u16) -> std::path::PathBuf {
@@ -719,9 +721,8 @@ fn playback_and_download_end_at_the_end_of_the_file() {
         .unwrap();
         assert_eq!(v["media"]["frames"], 50, "{mode}: {v}");
         assert_eq!(v["media"]["lost"], 0, "{mode}: {v}");
-        if let Some(f) = v["media"]["files"][0].as_str() {
-            assert_eq!(gateway_tests::testmedia::ffprobe_frames(f), 50, "{f}");
-        }
+        let f = v["media"]["files"][0].as_str().expect("recorded");
+        assert_eq!(gateway_tests::testmedia::ffprobe_frames(f), 50, "{f}");
     }
     for (body, why) in [
         (
@@ -750,5 +751,334 @@ fn playback_and_download_end_at_the_end_of_the_file() {
     }
     let _ = Command::new("kill").arg(cam.id().to_string()).status();
     let _ = cam.wait();
+    assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
+}
+
+/// MANSRTSP through the API and the CLI: gb-sim paces its playback by the
+/// INFOs it gets (a pause sends nothing, Scale changes the frame rate, a
+/// Range jumps in the file), the gateway follows the position, every
+/// frame sent is received and recorded. A device that ignores MANSRTSP
+/// gets a 504 and, going on past the end of its range without
+/// MediaStatus 121, a BYE; bad controls are 4xx; everything is counted.
+#[test]
+fn playback_controls_pace_the_camera() {
+    if !have_tools(&["ffmpeg", "ffprobe"]) {
+        eprintln!("SKIPPED playback_controls_pace_the_camera: needs ffmpeg and ffprobe");
+        return;
+    }
+    let dir = TempDir::new("playback-ctl");
+    // 10 s at 25 fps.
+    let media = gateway_tests::testmedia::camera_file(dir.path(), 250, false);
+    let (sip, api) = (free_port(), free_port());
+    let cfg = Daemon::config(
+        dir.path(),
+        sip,
+        api,
+        "password = \"pw\"\nquery_info = false\nquery_timeout_secs = 2\n",
+        &format!(
+            "[media]\nports = \"32320-32339\"\nno_media_timeout_secs = 0\nplayback_end_grace_secs = 3\n[media.record]\ndir = \"{}\"\n",
+            dir.path().join("rec").display()
+        ),
+    );
+    let mut d = Daemon::start(&cfg, sip, api).unwrap();
+    let server = format!("127.0.0.1:{sip}");
+    let m = media.to_str().unwrap();
+    let (mut cam, status) = sim::spawn(
+        None,
+        &server,
+        "127.0.0.1",
+        SEEKER,
+        dir.path(),
+        &["--media", m],
+    );
+    let (mut deaf, deaf_status) = sim::spawn(
+        None,
+        &server,
+        "127.0.0.1",
+        DEAF,
+        dir.path(),
+        &["--media", m, "--ignore-mansrtsp", "--playback-never-ends"],
+    );
+    online(&mut d, &[SEEKER, DEAF]);
+    let open = |d: &Daemon, dev: &str, extra: &str| {
+        let ch = sim::channel(dev, 1);
+        let (code, v) = d
+            .post_json(
+                "/api/streams",
+                &format!(r#"{{"device":"{dev}","channel":"{ch}"{extra}}}"#),
+            )
+            .unwrap();
+        assert_eq!(code, 201, "{extra}: {v}");
+        v["id"].as_str().unwrap().to_string()
+    };
+    let ctl = |d: &Daemon, id: &str, body: Value| {
+        d.post_json(&format!("/api/streams/{id}/control"), &body.to_string())
+            .unwrap()
+    };
+    let (s0, s1) = (1_796_601_600u64, 1_796_601_610u64);
+    let id = open(
+        &d,
+        SEEKER,
+        &format!(r#","mode":"playback","start":{s0},"end":{s1}"#),
+    );
+    d.wait_until(Duration::from_secs(10), "playback streaming", |_| {
+        sim::stream(&status, &id)["frames_sent"].as_u64() > Some(10)
+    })
+    .unwrap();
+
+    // Pause: the camera stops sending, the gateway says paused.
+    let (code, v) = ctl(&d, &id, json!({"action": "pause"}));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["playback"]["paused"], true, "{v}");
+    d.wait_until(Duration::from_secs(5), "camera paused", |_| {
+        sim::stream(&status, &id)["paused"] == true
+    })
+    .unwrap();
+    let at_pause = sim::stream(&status, &id)["frames_sent"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        sim::stream(&status, &id)["frames_sent"].as_u64().unwrap(),
+        at_pause,
+        "a paused camera sends nothing"
+    );
+    let pos = d.get(&format!("/api/streams/{id}")).unwrap()["playback"]["position_secs"]
+        .as_f64()
+        .unwrap();
+    assert!(pos > 0.0 && pos < 10.0, "{pos}");
+
+    // Resume through the CLI, then 4x and a seek to 8 s through the API.
+    let api_addr = d.api.to_string();
+    let o = gateway(&["playback", &id, "resume", "--api", &api_addr]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("resume accepted; playing at 1x"),
+        "{}",
+        o.stdout
+    );
+    let (code, v) = ctl(&d, &id, json!({"action": "scale", "scale": 4}));
+    assert_eq!((code, &v["playback"]["scale"]), (200, &json!(4.0)), "{v}");
+    let at4 = d.wait_until(Duration::from_secs(5), "camera at 4x", |_| {
+        sim::stream(&status, &id)["scale"] == 4.0
+    });
+    assert!(at4.is_ok(), "{}", sim::stream(&status, &id));
+    let (code, v) = ctl(&d, &id, json!({"action": "seek", "position": 8}));
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        v["playback"]["position_secs"].as_f64().unwrap() >= 8.0,
+        "{v}"
+    );
+    // The camera jumped to frame 200 (8 s at 25 fps) and plays the last
+    // 2 s of the file at 4x: MediaStatus 121, BYE.
+    d.wait_until(Duration::from_secs(20), "end of the file", |d| {
+        d.get(&format!("/api/streams/{id}"))
+            .is_ok_and(|v| v["state"] == "closed")
+    })
+    .unwrap();
+    let v = d.get(&format!("/api/streams/{id}")).unwrap();
+    assert_eq!(v["reason"], "end of file (MediaStatus 121)", "{v}");
+    d.wait_until(Duration::from_secs(10), "gb-sim's report", |_| {
+        sim::stream(&status, &id)["state"] == "ended"
+    })
+    .unwrap();
+    let rep = sim::stream(&status, &id);
+    assert_eq!(
+        rep["mansrtsp"],
+        json!(["PAUSE", "PLAY", "PLAY Scale=4", "PLAY Range=npt=8-"]),
+        "{rep}"
+    );
+    assert_eq!(rep["file_frame"], 250, "{rep}");
+    let sent = rep["frames_sent"].as_u64().unwrap();
+    // Frames before the seek, then the 50 after frame 200.
+    assert!(sent > 50 && sent < 250, "{rep}");
+    assert_eq!(v["media"]["frames"].as_u64(), Some(sent), "{v}");
+    assert_eq!(v["media"]["lost"], 0, "{v}");
+    let f = v["media"]["files"][0].as_str().expect("recorded");
+    assert_eq!(gateway_tests::testmedia::ffprobe_frames(f), sent, "{f}");
+    // A control for a stream that ended: 404.
+    let (code, v) = ctl(&d, &id, json!({"action": "pause"}));
+    assert_eq!(code, 404, "{v}");
+
+    // Live and download sessions take no MANSRTSP: 409.
+    let live = open(&d, SEEKER, "");
+    let (code, v) = ctl(&d, &live, json!({"action": "pause"}));
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("is live"), "{v}");
+    assert_eq!(
+        d.request("DELETE", &format!("/api/streams/{live}"), None)
+            .unwrap()
+            .0,
+        200
+    );
+
+    // A device that ignores MANSRTSP and never ends its playback.
+    let id = open(
+        &d,
+        DEAF,
+        &format!(r#","mode":"playback","start":{s0},"end":{}"#, s0 + 2),
+    );
+    for (body, why) in [
+        (json!({"action": "scale", "scale": 3}), "not one of"),
+        (json!({"action": "rewind"}), "unknown action"),
+        (json!({"action": "seek", "position": 2}), "past the range"),
+        (json!({"action": "seek"}), "seek needs"),
+    ] {
+        let (code, v) = ctl(&d, &id, body.clone());
+        assert_eq!(code, 400, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(why), "{body}: {v}");
+    }
+    let (code, v) = ctl(&d, &id, json!({"action": "pause"}));
+    assert_eq!(code, 504, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer the pause INFO"),
+        "{v}"
+    );
+    // Past the 2 s range and the 3 s grace: BYE.
+    d.wait_until(Duration::from_secs(30), "overrun playback ended", |d| {
+        d.get(&format!("/api/streams/{id}"))
+            .is_ok_and(|v| v["state"] == "closed")
+    })
+    .unwrap();
+    let v = d.get(&format!("/api/streams/{id}")).unwrap();
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no end of file (MediaStatus 121)"),
+        "{v}"
+    );
+    assert!(
+        sim::stream(&deaf_status, &id)["mansrtsp"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x == "ignored")),
+        "{}",
+        sim::stream(&deaf_status, &id)
+    );
+    d.wait_until(Duration::from_secs(10), "the camera saw the BYE", |_| {
+        sim::stream(&deaf_status, &id)["state"] == "ended"
+    })
+    .unwrap();
+
+    let stat = |labels: &str| d.stat("gateway_playback_controls_total", labels);
+    assert_eq!(stat("action=pause,result=ok"), 1);
+    assert_eq!(stat("action=resume,result=ok"), 1);
+    assert_eq!(stat("action=scale,result=ok"), 1);
+    assert_eq!(stat("action=seek,result=ok"), 1);
+    assert_eq!(stat("action=pause,result=timeout"), 1);
+    assert_eq!(stat("action=pause,result=unavailable"), 2);
+    assert_eq!(
+        stat("action=scale,result=invalid"),
+        0,
+        "scale 3 is refused before"
+    );
+    assert_eq!(stat("action=unknown,result=invalid"), 3);
+    assert_eq!(stat("action=seek,result=invalid"), 1);
+    let ends = |labels: &str| d.stat("gateway_playback_ends_total", labels);
+    assert_eq!(ends("mode=playback,reason=end_of_file"), 1);
+    assert_eq!(ends("mode=playback,reason=overran"), 1);
+    for c in [&mut cam, &mut deaf] {
+        let _ = Command::new("kill").arg(c.id().to_string()).status();
+        let _ = c.wait();
+    }
+    assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
+}
+
+/// sipp as the device records a playback's MANSRTSP as it was on the
+/// wire: INFOs in the INVITE's dialog (its Call-ID and tags, SIP CSeq
+/// counting on from the INVITE's, BYE after them), `Application/MANSRTSP`,
+/// and the standard's bodies with their own CSeq.
+#[test]
+fn mansrtsp_bytes_on_the_wire_as_sipp_received_them() {
+    assert!(
+        have_tools(&["sipp"]),
+        "sipp is not installed (Debian package sip-tester)"
+    );
+    let dir = TempDir::new("mansrtsp-sipp");
+    let (sip, api, dev_port) = (free_port(), free_port(), free_port());
+    let mut d = Daemon::start(&config(dir.path(), sip, api), sip, api).unwrap();
+    let log = dir.path().join("device-messages.log");
+    let sipp = registering_device(
+        dir.path(),
+        d.sip,
+        dev_port,
+        SIPP_DEV,
+        &scenarios().join("uas_playback.xml"),
+        8000,
+    )
+    .trace_messages(&log);
+    let mut child = sipp.spawn().unwrap();
+    d.wait_until(Duration::from_secs(10), "sipp device online", |d| {
+        d.device(SIPP_DEV).is_ok_and(|v| v["online"] == true)
+    })
+    .unwrap();
+    let (code, v) = d
+        .post_json(
+            "/api/streams",
+            &format!(
+                r#"{{"device":"{SIPP_DEV}","mode":"playback","start":1796601600,"end":1796605200}}"#
+            ),
+        )
+        .unwrap();
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    for body in [
+        json!({"action": "pause"}),
+        json!({"action": "resume"}),
+        json!({"action": "scale", "scale": 0.5}),
+        json!({"action": "seek", "position": 600}),
+    ] {
+        let (code, v) = d
+            .post_json(&format!("/api/streams/{id}/control"), &body.to_string())
+            .unwrap();
+        assert_eq!(code, 200, "{body}: {v}");
+    }
+    let (code, v) = d
+        .request("DELETE", &format!("/api/streams/{id}"), None)
+        .unwrap();
+    assert_eq!(code, 200, "{v}");
+    let st = child.wait().unwrap();
+    assert!(st.success(), "sipp device failed ({st})");
+    let msgs = message_log(&log);
+    let received = |method: &str| -> Vec<_> {
+        msgs.iter()
+            .filter(|m| !m.sent && m.head.method.as_deref() == Some(method))
+            .collect()
+    };
+    let invite = received("INVITE");
+    assert_eq!(invite.len(), 1);
+    let offer = String::from_utf8_lossy(&invite[0].head.body).into_owned();
+    assert!(offer.contains("s=Playback\r\n"), "{offer}");
+    assert!(offer.contains(&format!("u={SIPP_DEV}:0\r\n")), "{offer}");
+    assert!(offer.contains("t=1796601600 1796605200\r\n"), "{offer}");
+    assert!(offer.contains(&format!("y={id}\r\n")), "{offer}");
+    let infos = received("INFO");
+    let expected = [
+        "PAUSE MANSRTSP/1.0\r\nCSeq: 1\r\nPauseTime: now\r\n\r\n",
+        "PLAY MANSRTSP/1.0\r\nCSeq: 2\r\nRange: npt=now-\r\n\r\n",
+        "PLAY MANSRTSP/1.0\r\nCSeq: 3\r\nScale: 0.5\r\n\r\n",
+        "PLAY MANSRTSP/1.0\r\nCSeq: 4\r\nRange: npt=600-\r\n\r\n",
+    ];
+    assert_eq!(infos.len(), expected.len());
+    let inv = &invite[0].head;
+    for (i, (m, body)) in infos.iter().zip(expected).enumerate() {
+        let h = &m.head;
+        assert_eq!(String::from_utf8_lossy(&h.body), body);
+        assert_eq!(
+            h.content_type
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            Some("application/mansrtsp")
+        );
+        assert_eq!(h.call_id, inv.call_id);
+        assert_eq!(h.from.tag, inv.from.tag);
+        assert!(h.to.tag.is_some(), "in the dialog: the device's tag");
+        assert_eq!(h.cseq, 2 + i as u32, "SIP CSeq counts on from the INVITE's");
+    }
+    let bye = received("BYE");
+    assert_eq!(bye.len(), 1);
+    assert_eq!(bye[0].head.cseq, 6, "BYE after the INFOs");
     assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
 }

@@ -16,7 +16,7 @@
 //!   kernel's ephemeral range (32768-60999), so `free_port` never hands
 //!   them out: `sip_sessions` 31000-31009, `cascade_invite` 31200-31399 (one
 //!   range per test), `media_sessions` 32000-32019,
-//!   `media_bad_input` 32100-32119, `sm4_media` 32200-32299, `device_control` 32300-32319 (and the
+//!   `media_bad_input` 32100-32119, `sm4_media` 32200-32299, `device_control` 32300-32339 (and the
 //!   default 30000-30999 of daemons that configure none). Daemons in
 //!   namespaces have their namespace's ports to themselves;
 //! - network namespaces and veth pairs come from `netns::NetnsPair` (or
