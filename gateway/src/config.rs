@@ -291,6 +291,9 @@ pub struct SipConfig {
     /// Per-device settings.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// Subscriptions to every device (`[sip.subscribe]`).
+    #[serde(default)]
+    pub subscribe: SubscribeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,6 +302,57 @@ pub struct DeviceConfig {
     pub id: String,
     pub password: Option<String>,
     pub keepalive_interval_secs: Option<u32>,
+}
+
+/// `[sip.subscribe]`: what the gateway subscribes to at each device when
+/// it comes online (the API adds or removes per device), and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeConfig {
+    /// Catalog changes (NOTIFY Catalog with each item's Event).
+    #[serde(default)]
+    pub catalog: bool,
+    /// Alarms (NOTIFY Alarm).
+    #[serde(default)]
+    pub alarm: bool,
+    /// Positions of mobile devices (NOTIFY MobilePosition).
+    #[serde(default)]
+    pub mobile_position: bool,
+    /// Expires asked for; refreshed at 80 % of what the device grants.
+    #[serde(default = "default_subscribe_expires")]
+    pub expires_secs: u32,
+    /// `<Interval>` of MobilePosition subscriptions.
+    #[serde(default = "default_position_interval")]
+    pub mobile_position_interval_secs: u32,
+    /// After a refusal, a timeout or the device's end of a subscription,
+    /// try again this much later.
+    #[serde(default = "default_subscribe_retry")]
+    pub retry_secs: u64,
+}
+
+impl Default for SubscribeConfig {
+    fn default() -> Self {
+        SubscribeConfig {
+            catalog: false,
+            alarm: false,
+            mobile_position: false,
+            expires_secs: default_subscribe_expires(),
+            mobile_position_interval_secs: default_position_interval(),
+            retry_secs: default_subscribe_retry(),
+        }
+    }
+}
+
+fn default_subscribe_expires() -> u32 {
+    3600
+}
+
+fn default_position_interval() -> u32 {
+    5
+}
+
+fn default_subscribe_retry() -> u64 {
+    60
 }
 
 /// `[media]`: where devices send the media of the sessions we open.

@@ -157,6 +157,9 @@ pub enum Body {
     /// `Notify` Alarm: an alarm a device raised (with or without a
     /// subscription).
     Alarm(Alarm),
+    /// `Notify` MobilePosition: where a mobile device is (subscribed, or
+    /// sent on its own).
+    MobilePosition(MobilePosition),
     /// `Notify` MediaStatus (`121` = end of a playback/download file).
     MediaStatus {
         /// `<NotifyType>`.
@@ -201,6 +204,22 @@ pub struct Alarm {
     /// `<Info><AlarmType>`: what kind, by method (e.g. video: 2 motion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alarm_type: Option<String>,
+}
+
+/// A MobilePosition `<Notify>`: `<Time>`, `<Longitude>` and `<Latitude>`
+/// (degrees, WGS-84) required, `<Speed>` (km/h), `<Direction>` (degrees
+/// from north) and `<Altitude>` (m) optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MobilePosition {
+    pub time: String,
+    pub longitude: f64,
+    pub latitude: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub altitude: Option<f64>,
 }
 
 /// A RecordInfo response (or one part of it: collect parts by SN until
@@ -668,6 +687,7 @@ pub fn parse(body: &[u8]) -> Result<Message, Error> {
         Kind::Response if cmd("DeviceStatus") => Body::DeviceStatus(device_status_body(&root)),
         Kind::Response if cmd("RecordInfo") => Body::RecordInfo(record_info_body(&root)?),
         Kind::Notify if cmd("Alarm") => Body::Alarm(alarm_body(&root)?),
+        Kind::Notify if cmd("MobilePosition") => Body::MobilePosition(mobile_position_body(&root)?),
         _ => Body::Other(
             root.leaves()
                 .map(|c| (c.name.clone(), c.text().to_owned()))
@@ -750,6 +770,29 @@ fn alarm_body(root: &Elem) -> Result<Alarm, Error> {
         longitude: opt("Longitude"),
         latitude: opt("Latitude"),
         alarm_type: info_type.or_else(|| opt("AlarmType")),
+    })
+}
+
+fn mobile_position_body(root: &Elem) -> Result<MobilePosition, Error> {
+    let num =
+        |n: &'static str, range: std::ops::RangeInclusive<f64>| -> Result<Option<f64>, Error> {
+            match root.leaf(n).map(str::trim).filter(|t| !t.is_empty()) {
+                None => Ok(None),
+                Some(t) => t
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| range.contains(x))
+                    .map(Some)
+                    .ok_or_else(|| Error::bad(n, t)),
+            }
+        };
+    Ok(MobilePosition {
+        time: root.required("Time")?.to_owned(),
+        longitude: num("Longitude", -180.0..=180.0)?.ok_or(Error::Missing("Longitude"))?,
+        latitude: num("Latitude", -90.0..=90.0)?.ok_or(Error::Missing("Latitude"))?,
+        speed: num("Speed", 0.0..=10_000.0)?,
+        direction: num("Direction", 0.0..=360.0)?,
+        altitude: num("Altitude", -1_000.0..=100_000.0)?,
     })
 }
 
@@ -1295,6 +1338,50 @@ pub fn alarm_notify(sn: u32, device_id: &str, alarm: &Alarm, charset: Charset) -
         doc.open("Info", None);
         doc.leaf("AlarmType", t);
         doc.close("Info");
+    }
+    doc.finish(charset)
+}
+
+/// A MobilePosition `<Notify>` from `device_id`.
+pub fn mobile_position_notify(
+    sn: u32,
+    device_id: &str,
+    p: &MobilePosition,
+    charset: Charset,
+) -> Vec<u8> {
+    let mut doc = Doc::new(charset, "Notify", "MobilePosition", sn, device_id);
+    doc.leaf("Time", &p.time);
+    doc.leaf("Longitude", &format!("{:.6}", p.longitude));
+    doc.leaf("Latitude", &format!("{:.6}", p.latitude));
+    for (n, v) in [
+        ("Speed", p.speed),
+        ("Direction", p.direction),
+        ("Altitude", p.altitude),
+    ] {
+        if let Some(v) = v {
+            doc.leaf(n, &format!("{v}"));
+        }
+    }
+    doc.finish(charset)
+}
+
+/// The `<Query>` of a SUBSCRIBE: `Catalog`, `Alarm` (all priorities and
+/// methods: `StartAlarmPriority` 0, `EndAlarmPriority` 0, `AlarmMethod`
+/// 0) or `MobilePosition` (with `<Interval>` seconds).
+pub fn subscribe_query(
+    cmd_type: &str,
+    sn: u32,
+    device_id: &str,
+    interval_secs: u32,
+    charset: Charset,
+) -> Vec<u8> {
+    let mut doc = Doc::new(charset, "Query", cmd_type, sn, device_id);
+    if cmd_type.eq_ignore_ascii_case("Alarm") {
+        doc.leaf("StartAlarmPriority", "0");
+        doc.leaf("EndAlarmPriority", "0");
+        doc.leaf("AlarmMethod", "0");
+    } else if cmd_type.eq_ignore_ascii_case("MobilePosition") {
+        doc.leaf("Interval", &interval_secs.to_string());
     }
     doc.finish(charset)
 }
@@ -2543,5 +2630,58 @@ mod tests {
         // AlarmType at the root, as some devices put it.
         let m = parse(b"<Notify><CmdType>Alarm</CmdType><SN>1</SN><DeviceID>x</DeviceID><AlarmPriority>2</AlarmPriority><AlarmMethod>2</AlarmMethod><AlarmTime>t</AlarmTime><AlarmType>1</AlarmType></Notify>").unwrap();
         assert!(matches!(m.body, Body::Alarm(ref a) if a.alarm_type.as_deref() == Some("1")));
+    }
+}
+
+#[cfg(test)]
+mod subscription_tests {
+    use super::*;
+
+    #[test]
+    fn mobile_position_round_trip_and_bad_values() {
+        let p = MobilePosition {
+            time: "2026-12-07T10:00:00".into(),
+            longitude: 116.397128,
+            latitude: 39.916527,
+            speed: Some(36.5),
+            direction: Some(90.0),
+            altitude: None,
+        };
+        let body = mobile_position_notify(7, "34020000001320000001", &p, Charset::Gb2312);
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert!(
+            text.contains("<CmdType>MobilePosition</CmdType>\r\n<SN>7</SN>\r\n<DeviceID>34020000001320000001</DeviceID>\r\n<Time>2026-12-07T10:00:00</Time>\r\n<Longitude>116.397128</Longitude>\r\n<Latitude>39.916527</Latitude>\r\n<Speed>36.5</Speed>\r\n<Direction>90</Direction>\r\n</Notify>"),
+            "{text}"
+        );
+        let m = parse(&body).unwrap();
+        assert_eq!(m.body, Body::MobilePosition(p));
+        let bad = |inner: &str| {
+            parse(format!("<Notify><CmdType>MobilePosition</CmdType><SN>1</SN><DeviceID>1</DeviceID>{inner}</Notify>").as_bytes())
+        };
+        assert!(matches!(
+            bad("<Time>t</Time><Longitude>200</Longitude><Latitude>1</Latitude>"),
+            Err(Error::BadValue {
+                field: "Longitude",
+                ..
+            })
+        ));
+        assert!(matches!(
+            bad("<Time>t</Time><Longitude>1</Longitude>"),
+            Err(Error::Missing("Latitude"))
+        ));
+        assert!(matches!(
+            bad("<Longitude>1</Longitude><Latitude>1</Latitude>"),
+            Err(Error::Missing("Time"))
+        ));
+    }
+
+    #[test]
+    fn subscription_queries() {
+        let q = |cmd| String::from_utf8(subscribe_query(cmd, 3, "D", 5, Charset::Utf8)).unwrap();
+        assert!(q("Catalog").ends_with("<DeviceID>D</DeviceID>\r\n</Query>\r\n"));
+        assert!(q("Alarm").contains(
+            "<StartAlarmPriority>0</StartAlarmPriority>\r\n<EndAlarmPriority>0</EndAlarmPriority>\r\n<AlarmMethod>0</AlarmMethod>\r\n"
+        ));
+        assert!(q("MobilePosition").contains("<Interval>5</Interval>\r\n</Query>"));
     }
 }

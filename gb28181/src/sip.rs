@@ -173,6 +173,10 @@ pub struct Head {
     pub gb_ver: Option<String>,
     pub subject: Option<String>,
     pub date: Option<String>,
+    /// `Event` (SUBSCRIBE/NOTIFY): `Catalog;id=7`, `presence`.
+    pub event: Option<String>,
+    /// `Subscription-State` (NOTIFY): `active;expires=3600`, `terminated`.
+    pub subscription_state: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -216,6 +220,8 @@ impl Head {
             gb_ver: None,
             subject: None,
             date: None,
+            event: None,
+            subscription_state: None,
             body: m.body().clone(),
         };
         let (mut from, mut to, mut cseq, mut call_id) = (None, None, None, None);
@@ -239,6 +245,10 @@ impl Head {
                 H::UserAgent(v) => h.user_agent = Some(v.value().to_string()),
                 H::Subject(v) => h.subject = Some(v.value().to_string()),
                 H::Date(v) => h.date = Some(v.value().to_string()),
+                H::Event(v) => h.event = Some(v.value().trim().to_string()),
+                H::SubscriptionState(v) => {
+                    h.subscription_state = Some(v.value().trim().to_string())
+                }
                 H::Other(n, v) if n.eq_ignore_ascii_case("X-GB-ver") => {
                     h.gb_ver = Some(v.trim().to_string())
                 }

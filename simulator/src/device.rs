@@ -39,7 +39,7 @@ const TIMEOUT: Duration = Duration::from_secs(32);
 /// Wait after a failed registration (or a lost TCP connection).
 const RETRY: Duration = Duration::from_secs(5);
 const MAX_MSG: usize = wire::DEFAULT_MAX_MESSAGE;
-const USER_AGENT: &str = concat!("gb-sim/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("gb-sim/", env!("CARGO_PKG_VERSION"));
 
 /// Settings shared by every device.
 #[derive(Debug, Clone)]
@@ -66,6 +66,15 @@ pub struct Config {
     pub alarm_after: Option<Duration>,
     /// Never answer MANSRTSP INFOs (--ignore-mansrtsp).
     pub ignore_mansrtsp: bool,
+    /// Refuse SUBSCRIBEs with 489 Bad Event (--refuse-subscribe).
+    pub refuse_subscribe: bool,
+    /// Most seconds a subscription is granted (--subscribe-max-expires).
+    pub subscribe_max_expires: u32,
+    /// Notify a catalog change (the first channel OFF) this long after
+    /// registering (--catalog-change-after).
+    pub catalog_change_after: Option<Duration>,
+    /// The device's clock is this many seconds off (--clock-offset).
+    pub clock_offset_secs: i64,
     /// Refuse INVITEs with this status.
     pub invite_response: Option<u16>,
     /// Answer and send under this SSRC instead of the offer's y=.
@@ -128,26 +137,13 @@ pub fn our_setup(offer: Option<&str>) -> Result<&'static str, String> {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` (UTC) for DeviceTime.
-fn device_time() -> String {
-    let secs = now_ms().div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// The device's local clock as `YYYY-MM-DDTHH:MM:SS` (DeviceTime),
+/// `offset_secs` off the
+/// machine's (--clock-offset).
+pub(crate) fn device_time_with(offset_secs: i64) -> String {
+    (chrono::Local::now() + chrono::Duration::seconds(offset_secs))
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string()
 }
 
 /// The SIP socket: one UDP socket, or one TCP connection to the platform.
@@ -211,12 +207,19 @@ struct Pending {
     deadline: Instant,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum What {
-    Register { unregister: bool, authed: bool },
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum What {
+    Register {
+        unregister: bool,
+        authed: bool,
+    },
     Keepalive,
     Answer,
     Bye,
+    /// A NOTIFY in the subscription with this Call-ID.
+    Notify {
+        call_id: String,
+    },
 }
 
 /// An INVITE dialog of ours (or a refused INVITE waiting for its ACK).
@@ -272,34 +275,39 @@ enum Event {
 }
 
 pub struct Device {
-    cfg: Arc<Config>,
-    index: usize,
-    id: String,
-    channels: Vec<String>,
-    shared: Arc<Shared>,
-    fatal: mpsc::Sender<String>,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) index: usize,
+    pub(crate) id: String,
+    pub(crate) channels: Vec<String>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) fatal: mpsc::Sender<String>,
     sock: Sock,
     /// host:port for Via and Contact.
-    local: String,
-    tag: String,
+    pub(crate) local: String,
+    pub(crate) tag: String,
     reg: Reg,
-    sn: u32,
-    cseq: u32,
-    keepalive_at: Option<Instant>,
-    keepalive_failures: u32,
+    pub(crate) sn: u32,
+    pub(crate) cseq: u32,
+    pub(crate) keepalive_at: Option<Instant>,
+    pub(crate) keepalive_failures: u32,
     /// When to raise the --alarm-after alarm (once).
-    alarm_at: Option<Instant>,
-    alarm_raised: bool,
-    reconnect_at: Option<Instant>,
+    pub(crate) alarm_at: Option<Instant>,
+    pub(crate) alarm_raised: bool,
+    /// When to send the --catalog-change-after change (once).
+    pub(crate) catalog_change_at: Option<Instant>,
+    pub(crate) catalog_changed: bool,
+    /// Subscriptions the platform made, by Call-ID.
+    pub(crate) subs: HashMap<String, crate::subscribe::Sub>,
+    pub(crate) reconnect_at: Option<Instant>,
     pending: HashMap<String, Pending>,
     /// Responses sent, by branch|method, for retransmitted requests.
-    answered: HashMap<String, (Vec<u8>, Instant)>,
+    pub(crate) answered: HashMap<String, (Vec<u8>, Instant)>,
     dialogs: HashMap<String, Dialog>,
-    events_tx: mpsc::Sender<StreamEvent>,
-    events_rx: mpsc::Receiver<StreamEvent>,
-    tasks: Vec<JoinHandle<()>>,
-    closing: bool,
-    next_y: u32,
+    pub(crate) events_tx: mpsc::Sender<StreamEvent>,
+    pub(crate) events_rx: mpsc::Receiver<StreamEvent>,
+    pub(crate) tasks: Vec<JoinHandle<()>>,
+    pub(crate) closing: bool,
+    pub(crate) next_y: u32,
 }
 
 impl Device {
@@ -344,6 +352,9 @@ impl Device {
             keepalive_failures: 0,
             alarm_at: None,
             alarm_raised: false,
+            catalog_change_at: None,
+            catalog_changed: false,
+            subs: HashMap::new(),
             reconnect_at: None,
             pending: HashMap::new(),
             answered: HashMap::new(),
@@ -446,6 +457,11 @@ impl Device {
             take(self.keepalive_at);
             take(self.reconnect_at);
             take(self.alarm_at);
+            take(self.catalog_change_at);
+            for s in self.subs.values() {
+                take(s.next_position);
+                take(Some(s.expires_at));
+            }
         }
         for p in self.pending.values() {
             take(p.next);
@@ -513,7 +529,7 @@ impl Device {
     }
 
     /// Sends a request and tracks it until its final response.
-    async fn start_request(
+    pub(crate) async fn start_request(
         &mut self,
         branch: String,
         what: What,
@@ -637,6 +653,10 @@ impl Device {
                 if let (Some(after), false) = (self.cfg.alarm_after, self.alarm_raised) {
                     self.alarm_at.get_or_insert(now + after);
                 }
+                if let (Some(after), false) = (self.cfg.catalog_change_after, self.catalog_changed)
+                {
+                    self.catalog_change_at.get_or_insert(now + after);
+                }
                 if first {
                     info!(device = %self.id, expires = granted, "registered");
                 } else {
@@ -716,7 +736,7 @@ impl Device {
     // ---- requests we originate ------------------------------------------
 
     /// A MESSAGE to the platform with a MANSCDP body.
-    async fn send_manscdp(&mut self, body: Vec<u8>, what: What) {
+    pub(crate) async fn send_manscdp(&mut self, body: Vec<u8>, what: What) {
         self.cseq += 1;
         let uri = self.platform_uri();
         let from = format!("sip:{}@{}", self.id, self.cfg.domain);
@@ -758,7 +778,7 @@ impl Device {
         let alarm = manscdp::Alarm {
             priority: "1".into(),
             method: "5".into(),
-            time: device_time(),
+            time: device_time_with(self.cfg.clock_offset_secs),
             description: Some("移动侦测 (gb-sim)".into()),
             longitude: None,
             latitude: None,
@@ -767,7 +787,10 @@ impl Device {
         let body = manscdp::alarm_notify(self.sn, &self.id, &alarm, self.cfg.charset);
         self.shared.device(self.index, |d| d.alarms_sent += 1);
         info!(device = %self.id, sn = self.sn, "alarm raised");
-        self.send_manscdp(body, What::Answer).await;
+        // Subscribed: NOTIFY in the subscription; otherwise a MESSAGE.
+        if !self.notify_kind("Alarm", &body).await {
+            self.send_manscdp(body, What::Answer).await;
+        }
     }
 
     async fn send_bye(&mut self, call_id: &str, d: &Dialog) {
@@ -860,6 +883,7 @@ impl Device {
                 }
             }
             What::Bye => debug!(device = %self.id, code, "BYE answered"),
+            What::Notify { call_id } => self.on_notify_response(&call_id, code),
         }
     }
 
@@ -880,7 +904,7 @@ impl Device {
 
     /// Sends a response and remembers it for retransmitted requests.
     #[allow(clippy::too_many_arguments)]
-    async fn reply(
+    pub(crate) async fn reply(
         &mut self,
         h: &Head,
         src: SocketAddr,
@@ -933,6 +957,7 @@ impl Device {
                 self.reply(h, src, code.0, code.1, &tag, &[], None).await;
             }
             "INFO" => self.on_info(h, src).await,
+            "SUBSCRIBE" => self.on_subscribe(h, src).await,
             "OPTIONS" | "NOTIFY" => {
                 self.reply(h, src, 200, "OK", &tag, &[], None).await;
             }
@@ -1041,7 +1066,7 @@ impl Device {
                     status: Some("OK".into()),
                     encode: Some("ON".into()),
                     record: Some("OFF".into()),
-                    device_time: Some(device_time()),
+                    device_time: Some(device_time_with(self.cfg.clock_offset_secs)),
                     ..DeviceStatus::default()
                 };
                 vec![manscdp::device_status_response(msg.sn, &self.id, &st, cs)]
@@ -1149,7 +1174,7 @@ impl Device {
         out
     }
 
-    fn catalog_items(&self) -> Vec<CatalogItem> {
+    pub(crate) fn catalog_items(&self) -> Vec<CatalogItem> {
         let (ip, port) = match self.local.parse::<SocketAddr>() {
             Ok(a) => (a.ip().to_string(), a.port().to_string()),
             Err(_) => (self.cfg.bind.to_string(), String::new()),
@@ -1685,6 +1710,7 @@ impl Device {
                 }
                 What::Answer => warn!(device = %self.id, "query answer not acknowledged"),
                 What::Bye => debug!(device = %self.id, "BYE not answered"),
+                What::Notify { call_id } => self.on_notify_response(&call_id, 0),
             }
         }
         // Final INVITE responses waiting for their ACK.
@@ -1745,6 +1771,12 @@ impl Device {
             self.alarm_raised = true;
             self.send_alarm().await;
         }
+        if self.catalog_change_at.is_some_and(|t| now >= t) && self.reg.registered {
+            self.catalog_change_at = None;
+            self.catalog_changed = true;
+            self.send_catalog_change().await;
+        }
+        self.subscription_timers(now).await;
     }
 
     // ---- exit -------------------------------------------------------------
@@ -1926,7 +1958,7 @@ mod tests {
 
     #[test]
     fn device_time_format() {
-        let t = device_time();
+        let t = device_time_with(0);
         assert_eq!(t.len(), 19, "{t}");
         assert_eq!(&t[4..5], "-");
         assert_eq!(&t[10..11], "T");

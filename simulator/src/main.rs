@@ -10,6 +10,7 @@ mod crypt;
 mod device;
 mod status;
 mod stream;
+mod subscribe;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -123,6 +124,27 @@ struct Cli {
     /// never announced (no MediaStatus 121).
     #[arg(long)]
     playback_never_ends: bool,
+    /// Refuse SUBSCRIBEs (Catalog, Alarm, MobilePosition) with 489 Bad
+    /// Event: a device without subscriptions.
+    #[arg(long)]
+    refuse_subscribe: bool,
+    /// Grant subscriptions at most this many seconds.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    subscribe_max_expires: u32,
+    /// Report a catalog change (the first channel goes OFF) this many
+    /// seconds after registering: NOTIFY in a Catalog subscription, else
+    /// MESSAGE.
+    #[arg(long, value_name = "SECS")]
+    catalog_change_after: Option<u64>,
+    /// The device's clock is this many seconds off the machine's (its
+    /// DeviceTime, AlarmTime and positions' Time).
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "SECS",
+        allow_hyphen_values = true
+    )]
+    clock_offset: i64,
 
     /// Annex-B H.264 or H.265 elementary stream to send (without it,
     /// sessions are answered but carry no packets).
@@ -360,6 +382,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         records_drop_last_part: cli.records_drop_last_part,
         alarm_after: cli.alarm_after.map(Duration::from_secs),
         ignore_mansrtsp: cli.ignore_mansrtsp,
+        refuse_subscribe: cli.refuse_subscribe,
+        subscribe_max_expires: cli.subscribe_max_expires,
+        catalog_change_after: cli.catalog_change_after.map(Duration::from_secs),
+        clock_offset_secs: cli.clock_offset,
         no_qop: cli.no_qop_support,
         exit_on_auth_failure: cli.exit_on_auth_failure,
         catalog_per_message: cli.catalog_per_message as usize,

@@ -41,7 +41,28 @@ pub struct DeviceReport {
     /// What the DeviceControls did, per target (channel or device).
     pub control_state: std::collections::BTreeMap<String, ControlState>,
     pub channels: Vec<String>,
+    /// Subscriptions the platform made, by CmdType (Catalog, Alarm,
+    /// MobilePosition).
+    pub subscriptions: std::collections::BTreeMap<String, SubReport>,
     pub last_error: Option<String>,
+}
+
+/// One kind of subscription, as the platform used it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SubReport {
+    pub active: bool,
+    /// Seconds granted last.
+    pub expires: u32,
+    /// New subscriptions, in-dialog refreshes, unsubscriptions (Expires
+    /// 0), subscriptions that ran out without a refresh, refusals.
+    pub subscribes: u64,
+    pub refreshes: u64,
+    pub unsubscribes: u64,
+    pub expired: u64,
+    pub refused: u64,
+    /// NOTIFYs sent, and those the platform answered 2xx.
+    pub notifies_sent: u64,
+    pub notifies_ok: u64,
 }
 
 /// A simulated PTZ camera's state, as its DeviceControls left it.

@@ -11,7 +11,7 @@ use axum::{
 use serde_json::{json, Value};
 
 use super::{check_id, err, ApiResult, ApiState, Error};
-use crate::sip::{Command, ControlRequest, QueryKind, RecordQuery};
+use crate::sip::{Command, ControlRequest, QueryKind, RecordQuery, SubKind};
 
 /// `?state=online|offline&offset=N&limit=N` (devices sorted by ID;
 /// `count` and `online` are always totals, `limit=0` returns only them).
@@ -50,6 +50,61 @@ pub(super) async fn devices(
     Ok(Json(
         json!({ "count": count, "online": online, "devices": page }),
     ))
+}
+
+/// `GET /api/devices/{id}/subscriptions`: what the gateway is subscribed
+/// to at the device, and its last position and clock offset.
+pub(super) async fn subscriptions(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    check_id(&id)?;
+    match s.ask(|tx| Command::Get(id.clone(), tx)).await? {
+        Some(d) => Ok(Json(json!({
+            "device": id,
+            "subscriptions": d.subscriptions,
+            "position": d.device.position,
+            "position_ms": d.device.position_ms,
+            "time_offset_secs": d.device.time_offset_secs,
+        }))),
+        None => Err(err(404, format!("no device {id}"))),
+    }
+}
+
+fn sub_kind(event: &str) -> Result<SubKind, Error> {
+    SubKind::parse(event).ok_or_else(|| {
+        err(
+            400,
+            format!("event must be catalog, alarm or mobile_position, not {event:?}"),
+        )
+    })
+}
+
+/// `PUT /api/devices/{id}/subscriptions/{event}`: subscribe (answered
+/// when the device has; kept for the device across restarts).
+pub(super) async fn subscribe(
+    State(s): State<ApiState>,
+    Path((id, event)): Path<(String, String)>,
+) -> ApiResult {
+    check_id(&id)?;
+    let kind = sub_kind(&event)?;
+    let v = s
+        .ask(|tx| Command::Subscribe(id, kind, true, tx))
+        .await?
+        .map_err(Error::from)?;
+    Ok(Json(v))
+}
+
+/// `DELETE /api/devices/{id}/subscriptions/{event}`: unsubscribe
+/// (`Expires: 0`) and stop subscribing to it.
+pub(super) async fn unsubscribe(
+    State(s): State<ApiState>,
+    Path((id, event)): Path<(String, String)>,
+) -> ApiResult {
+    check_id(&id)?;
+    let kind = sub_kind(&event)?;
+    let v = s
+        .ask(|tx| Command::Subscribe(id, kind, false, tx))
+        .await?
+        .map_err(Error::from)?;
+    Ok(Json(v))
 }
 
 pub(super) async fn device(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {

@@ -144,6 +144,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/devices/{id}/status", get(devices::status))
         .route("/api/devices/{id}/control", post(devices::control))
         .route("/api/devices/{id}/records", get(devices::records))
+        .route(
+            "/api/devices/{id}/subscriptions",
+            get(devices::subscriptions),
+        )
+        .route(
+            "/api/devices/{id}/subscriptions/{event}",
+            put(devices::subscribe).delete(devices::unsubscribe),
+        )
         .route("/api/alarms", get(devices::alarms))
         .route(
             "/api/streams",

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 
 use super::{
     output::print_json, ApiArgs, ControlArgs, DevicesArgs, HangupArgs, PlayArgs, PlaybackArgs,
-    RecordsArgs, SessionsArgs,
+    RecordsArgs, SessionsArgs, SubscribeArgs,
 };
 
 /// GET on the daemon's API; a non-2xx answer becomes an error carrying
@@ -213,6 +213,68 @@ pub(super) fn playback(a: &PlaybackArgs) -> Result<()> {
         p["scale"].as_f64().map_or("?".into(), |x| x.to_string()),
         p["position_secs"]
     );
+    Ok(())
+}
+
+pub(super) fn subscribe(a: &SubscribeArgs) -> Result<()> {
+    let (base, token) = a.api.resolve()?;
+    let token = token.as_deref();
+    let Some(event) = &a.event else {
+        let v = api_get(
+            &base,
+            &format!("/api/devices/{}/subscriptions", a.device),
+            token,
+        )?;
+        if a.json {
+            return print_json(&v);
+        }
+        let subs = v["subscriptions"].as_array().cloned().unwrap_or_default();
+        if subs.is_empty() {
+            println!("device {}: no subscriptions", a.device);
+        }
+        for s in subs {
+            println!(
+                "{:<16} {:<8} expires {:>5} s  notifies {:>4}  refreshes {:>3}{}",
+                s["event"].as_str().unwrap_or("?"),
+                s["state"].as_str().unwrap_or("?"),
+                s["expires"],
+                s["notifies"],
+                s["refreshes"],
+                s["error"]
+                    .as_str()
+                    .map(|e| format!("  ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(o) = v["time_offset_secs"].as_i64() {
+            println!("clock offset: {o:+} s");
+        }
+        if v["position"].is_object() {
+            let p = &v["position"];
+            println!(
+                "position: {} {} at {}",
+                p["longitude"],
+                p["latitude"],
+                p["time"].as_str().unwrap_or("?")
+            );
+        }
+        return Ok(());
+    };
+    let event = event.replace('-', "_");
+    let path = format!("/api/devices/{}/subscriptions/{event}", a.device);
+    let method = if a.cancel { "DELETE" } else { "PUT" };
+    let v = api_call(method, &base, &path, token, None)?;
+    if a.json {
+        return print_json(&v);
+    }
+    if a.cancel {
+        println!("device {}: {event} unsubscribed", a.device);
+    } else {
+        println!(
+            "device {}: subscribed to {event} for {} s",
+            a.device, v["expires"]
+        );
+    }
     Ok(())
 }
 

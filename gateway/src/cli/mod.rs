@@ -66,6 +66,9 @@ pub enum Command {
     /// Pause, resume, change the speed of or seek a playback (MANSRTSP
     /// INFO through the daemon).
     Playback(PlaybackArgs),
+    /// Subscribe to a device's catalog changes, alarms or positions (or
+    /// cancel, or list), through the daemon.
+    Subscribe(SubscribeArgs),
     /// Live streams of the daemon (sessions and their media).
     Sessions(SessionsArgs),
     /// End a live stream (BYE).
@@ -138,6 +141,22 @@ pub struct PlaybackArgs {
     /// The action and its argument (see below).
     #[arg(required = true, num_args = 1..=2)]
     pub action: Vec<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gateway subscribe DEVICE [EVENT] [--cancel]`.
+#[derive(Args, Debug)]
+pub struct SubscribeArgs {
+    /// Device ID.
+    pub device: String,
+    /// catalog, alarm or mobile-position (none: list the subscriptions).
+    pub event: Option<String>,
+    /// Unsubscribe (Expires: 0) and stop subscribing to it.
+    #[arg(long)]
+    pub cancel: bool,
     #[command(flatten)]
     pub api: ApiArgs,
     #[arg(long)]
@@ -432,6 +451,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sessions(a) => client::sessions(a)?,
         Command::Hangup(a) => client::hangup(a)?,
         Command::Playback(a) => client::playback(a)?,
+        Command::Subscribe(a) => client::subscribe(a)?,
         Command::Control(a) => client::control(a)?,
         Command::Records(a) => client::records(a)?,
         Command::Check(a) => check::run(a, cli.netns.as_deref(), &cli.bpffs)?,

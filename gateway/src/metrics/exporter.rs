@@ -55,6 +55,8 @@ pub struct DeviceRow {
     pub registrations: u64,
     pub keepalives: u64,
     pub last_keepalive_ms: Option<i64>,
+    /// The device's clock minus ours (seconds), when it told its time.
+    pub time_offset_secs: Option<i64>,
 }
 
 /// What the SIP core publishes for scrapes.
@@ -462,6 +464,14 @@ impl Exporter {
                     .map(|t| (*l, (now - t).max(0) as f64 / 1000.0))
             }),
         );
+        family(
+            out,
+            "gateway_device_time_offset_seconds",
+            "gauge",
+            "The device's clock minus the gateway's, from the times it reported",
+            rows.iter()
+                .filter_map(|(d, l)| d.time_offset_secs.map(|o| (*l, o))),
+        );
     }
 }
 
@@ -664,6 +674,7 @@ mod tests {
             registrations: 2,
             keepalives: 9,
             last_keepalive_ms: Some(wall_ms() - 1500),
+            time_offset_secs: Some(-120),
         }]);
         let t = e.render();
         let l = r#"device="34020000001320000001",channel="34020000001310000001",stream="0200000001",transport="udp""#;
@@ -679,6 +690,8 @@ mod tests {
             "stream=\"cam\\\"1\"".to_string(),
             "gateway_device_online{device=\"34020000001320000001\"} 1\n".to_string(),
             "gateway_device_keepalives_total{device=\"34020000001320000001\"} 9\n".to_string(),
+            "gateway_device_time_offset_seconds{device=\"34020000001320000001\"} -120\n"
+                .to_string(),
             "gateway_build_info{".to_string(),
             "process_resident_memory_bytes ".to_string(),
         ] {

@@ -67,6 +67,16 @@ pub struct SipMetrics {
     /// Playbacks and downloads that ended by themselves, by mode and
     /// reason (end_of_file: MediaStatus 121; overran: BYE past the range).
     pub playback_ends: IntCounterVec,
+    /// Subscriptions to devices by event and result (ok, refreshed,
+    /// refused, timeout, expired, terminated, unsubscribed).
+    pub subscriptions: IntCounterVec,
+    /// Active subscriptions by event.
+    pub subscriptions_active: IntGaugeVec,
+    /// NOTIFYs from devices by event and whether they came in one of our
+    /// subscriptions (subscribed) or not (unsolicited).
+    pub notifies: IntCounterVec,
+    /// MobilePosition reports received (NOTIFY or MESSAGE).
+    pub mobile_positions: IntCounter,
 }
 
 fn vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -181,6 +191,34 @@ impl SipMetrics {
             devices: gauge("gateway_devices", "Devices in the registry"),
             devices_online: gauge("gateway_devices_online", "Devices online"),
             tcp_connections: gauge("gateway_sip_tcp_connections", "Open SIP TCP connections"),
+            subscriptions_active: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "gateway_subscriptions_active",
+                        "Active subscriptions to devices, by event",
+                    ),
+                    &["event"],
+                )
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+                let _ = reg.register(Box::new(g.clone()));
+                g
+            },
+            subscriptions: vec(
+                reg,
+                "gateway_subscriptions_total",
+                "Subscriptions to devices (SUBSCRIBE), by event and result",
+                &["event", "result"],
+            ),
+            notifies: vec(
+                reg,
+                "gateway_notifies_total",
+                "NOTIFYs from devices, by event and whether in one of our subscriptions",
+                &["event", "result"],
+            ),
+            mobile_positions: counter(
+                "gateway_mobile_positions_total",
+                "MobilePosition reports from devices",
+            ),
             cascade_registered: {
                 let g = IntGaugeVec::new(
                     Opts::new(

@@ -214,6 +214,7 @@ impl Core {
                         .inc();
                     info!(device = %id, "device online (keepalive resumed)");
                     self.cascade_device_event(&id, "ON");
+                    self.ensure_subscriptions(&id);
                     self.save(&id);
                     self.update_gauges();
                 } else {
@@ -263,6 +264,16 @@ impl Core {
                     );
                 }
             }
+            (Kind::Notify, Body::MobilePosition(p)) => {
+                self.metrics.mobile_positions.inc();
+                self.note_device_time(&id, &p.time, now_wall);
+                debug!(device = %id, longitude = p.longitude, latitude = p.latitude, "position");
+                if let Some(d) = self.reg.devices.get_mut(&id) {
+                    d.position = Some(p);
+                    d.position_ms = Some(now_wall);
+                }
+                self.dirty.insert(id.clone());
+            }
             (Kind::Notify, Body::Alarm(a)) => {
                 self.on_alarm(&id, &msg.device_id, msg.sn, a);
             }
@@ -270,6 +281,9 @@ impl Core {
                 self.on_record_part(&msg.device_id, msg.sn, r);
             }
             (Kind::Response, Body::DeviceStatus(st)) => {
+                if let Some(t) = st.device_time.clone() {
+                    self.note_device_time(&id, &t, now_wall);
+                }
                 let v = serde_json::to_value(&st).unwrap_or_default();
                 if let Some(d) = self.reg.devices.get_mut(&id) {
                     d.status = Some(st);
@@ -286,6 +300,39 @@ impl Core {
                     .inc();
             }
         }
+    }
+
+    /// A time the device reported (its local `YYYY-MM-DDTHH:MM:SS`, as
+    /// ours): its clock's offset from ours, whole seconds. Unparsable
+    /// times are ignored (counted).
+    pub(super) fn note_device_time(&mut self, id: &str, t: &str, now_wall: i64) {
+        let t = t.trim();
+        let parsed = [
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%d %H:%M:%S",
+        ]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(t, f).ok())
+        .and_then(|n| n.and_local_timezone(chrono::Local).earliest());
+        let Some(dt) = parsed else {
+            self.metrics
+                .manscdp_errors
+                .with_label_values(&["bad_time"])
+                .inc();
+            debug!(device = %id, time = t, "device time not understood");
+            return;
+        };
+        let offset = (dt.timestamp_millis() - now_wall) as f64 / 1000.0;
+        let offset = offset.round() as i64;
+        if let Some(d) = self.reg.devices.get_mut(id) {
+            if d.time_offset_secs != Some(offset) && offset.abs() >= 10 {
+                warn!(device = %id, offset_secs = offset, "device clock is off");
+            }
+            d.time_offset_secs = Some(offset);
+            d.time_offset_ms = Some(now_wall);
+        }
+        self.dirty.insert(id.to_string());
     }
 
     /// A Catalog `<Notify>` from a device or lower platform: each item's

@@ -25,8 +25,8 @@ use super::{
     control,
     dialog::{Dialogs, OpenStream},
     playback, records,
-    registry::{Device, OfflineReason, Registry, SyncState},
-    relay,
+    registry::{Device, OfflineReason, Registry, SubKind, SyncState},
+    relay, subscribe,
     transport::{Dest, Inbound, Outbound},
 };
 use crate::{
@@ -80,6 +80,14 @@ pub enum Command {
         control::ControlRequest,
         oneshot::Sender<Result<serde_json::Value, Error>>,
     ),
+    /// Subscribe to `kind` at the device (true) or end it (false); kept
+    /// in its record. Answered when the device has (subscribe.rs).
+    Subscribe(
+        String,
+        SubKind,
+        bool,
+        oneshot::Sender<Result<serde_json::Value, Error>>,
+    ),
     /// A MANSRTSP control of a playback; answered when the device has
     /// (see playback.rs).
     Playback(
@@ -111,6 +119,8 @@ pub struct DeviceView {
     pub channels: usize,
     /// Seconds since the last REGISTER or keepalive.
     pub idle_secs: f64,
+    /// Subscriptions to the device (Catalog, Alarm, MobilePosition).
+    pub subscriptions: Vec<subscribe::SubscriptionView>,
 }
 
 /// What one of our outgoing requests was for.
@@ -133,6 +143,13 @@ pub(super) enum Purpose {
     Control {
         target: String,
         sn: u32,
+    },
+    /// A SUBSCRIBE (first, refresh, or `end`: Expires 0).
+    Subscribe {
+        device: String,
+        kind: SubKind,
+        cseq: u32,
+        end: bool,
     },
     /// A MANSRTSP INFO (stream, MANSRTSP CSeq).
     Playback {
@@ -243,6 +260,9 @@ pub struct Core {
     pub(super) waiters: HashMap<(String, u32), Waiter>,
     /// DeviceControls sent and not answered yet, by (target, SN).
     pub(super) controls: HashMap<(String, u32), control::ControlWaiter>,
+    /// Subscriptions to devices, and their Call-IDs.
+    pub(super) subs: HashMap<(String, SubKind), subscribe::Subscription>,
+    pub(super) subs_by_call: HashMap<String, (String, SubKind)>,
     /// MANSRTSP controls sent and not answered yet, by stream.
     pub(super) playback_waiters: HashMap<String, playback::InfoWaiter>,
     /// RecordInfo answers being assembled, by (target, SN).
@@ -340,6 +360,8 @@ impl Core {
             waiters: HashMap::new(),
             controls: HashMap::new(),
             playback_waiters: HashMap::new(),
+            subs: HashMap::new(),
+            subs_by_call: HashMap::new(),
             records: HashMap::new(),
             alarms: std::collections::VecDeque::new(),
             sn: (now_wall as u32) % 100_000,
@@ -399,6 +421,7 @@ impl Core {
                 registrations: d.registrations,
                 keepalives: d.keepalives,
                 last_keepalive_ms: d.last_keepalive_ms,
+                time_offset_secs: d.time_offset_secs,
             })
             .collect();
         self.view.set_devices(devices);
@@ -568,6 +591,7 @@ impl Core {
         match method.as_str() {
             "REGISTER" => self.on_register(&m),
             "MESSAGE" => self.on_manscdp(&m),
+            "NOTIFY" => self.on_notify(&m),
             "OPTIONS" => self.reply(
                 &m,
                 200,
@@ -643,6 +667,18 @@ impl Core {
                         let reason = h.reason.clone();
                         self.playback_answered(&stream, cseq, status, &reason);
                     }
+                    (
+                        Some(Purpose::Subscribe {
+                            device,
+                            kind,
+                            cseq,
+                            end,
+                        }),
+                        _,
+                    ) => {
+                        let h = m.head.clone();
+                        self.subscribe_answered(&device, kind, cseq, end, Some(&h));
+                    }
                     (Some(Purpose::Upstream { idx, req }), _) => {
                         let h = m.head.clone();
                         self.on_upstream_answer(idx, req, Some(&h));
@@ -699,6 +735,14 @@ impl Core {
                         Some(Purpose::Playback { stream, cseq }) => {
                             self.playback_answered(&stream, cseq, 0, "");
                         }
+                        Some(Purpose::Subscribe {
+                            device,
+                            kind,
+                            cseq,
+                            end,
+                        }) => {
+                            self.subscribe_answered(&device, kind, cseq, end, None);
+                        }
                         Some(Purpose::Records { target, sn }) => {
                             let why = "no answer to the RecordInfo MESSAGE (Timer F)".to_string();
                             self.records_failed(&target, sn, why, true);
@@ -722,6 +766,7 @@ impl Core {
         self.relay_timers(now);
         self.control_timers(now);
         self.playback_timers(now);
+        self.subscription_timers(now);
         self.record_timers(now);
         self.flush_if_unregistered(now);
         if now.duration_since(self.last_media_check) >= Duration::from_secs(1) {
@@ -755,6 +800,7 @@ impl Core {
                 );
             }
             self.close_device_sessions(&id, &format!("device offline ({})", reason.as_str()));
+            self.drop_subscriptions(&id);
             if reason == OfflineReason::RegistrationExpired {
                 self.routes.remove(&id);
             }
@@ -806,6 +852,7 @@ impl Core {
             device: d.clone(),
             channels: self.reg.channels.get(&d.id).map_or(0, |c| c.len()),
             idle_secs: d.last_alive.elapsed().as_secs_f64(),
+            subscriptions: self.sub_view(&d.id),
         }
     }
 
@@ -850,6 +897,7 @@ impl Core {
                 }
             },
             Command::Delete(id, tx) => {
+                self.drop_subscriptions(&id);
                 let existed = self.reg.devices.remove(&id).is_some();
                 self.reg.channels.remove(&id);
                 self.routes.remove(&id);
@@ -881,6 +929,7 @@ impl Core {
             }
             Command::Control(req, tx) => self.start_control(req, tx),
             Command::Playback(req, tx) => self.start_playback_control(req, tx),
+            Command::Subscribe(id, kind, on, tx) => self.api_subscribe(&id, kind, on, tx),
             Command::Records(q, tx) => self.start_records(q, tx),
             Command::Alarms(device, limit, tx) => {
                 let _ = tx.send(self.alarm_list(device.as_deref(), limit));

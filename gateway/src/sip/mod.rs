@@ -17,6 +17,7 @@ pub mod records;
 pub mod registrar;
 pub mod registry;
 pub mod relay;
+pub mod subscribe;
 pub mod transport;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -30,6 +31,8 @@ pub use control::ControlRequest;
 pub use dialog::{History, OpenStream};
 pub use playback::{PlaybackAction, PlaybackRequest};
 pub use records::RecordQuery;
+pub use registry::SubKind;
+pub use subscribe::SubscriptionView;
 
 use crate::{
     config::SipConfig,

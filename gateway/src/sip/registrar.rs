@@ -212,6 +212,11 @@ impl Core {
                 status: None,
                 status_ms: None,
                 catalog: CatalogSync::default(),
+                subscribe: None,
+                position: None,
+                position_ms: None,
+                time_offset_secs: None,
+                time_offset_ms: None,
                 last_alive: now,
                 expires_at: now,
             });
@@ -264,6 +269,9 @@ impl Core {
             if let Err(e) = self.start_catalog(&id, self.cfg.query_info) {
                 warn!(device = %id, error = %e, "cannot ask for the catalog");
             }
+        }
+        if !was_online {
+            self.ensure_subscriptions(&id);
         }
     }
 }

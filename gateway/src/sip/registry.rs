@@ -8,18 +8,56 @@
 //! device offline; wall-clock times are kept for display and persistence.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use gb28181::{
-    manscdp::{CatalogItem, DeviceInfo, DeviceStatus},
+    manscdp::{CatalogItem, DeviceInfo, DeviceStatus, MobilePosition},
     sip::Transport,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::sys::clock::instant_of;
+
+/// What the gateway can subscribe to at a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubKind {
+    Catalog,
+    Alarm,
+    MobilePosition,
+}
+
+impl SubKind {
+    pub const ALL: [SubKind; 3] = [SubKind::Catalog, SubKind::Alarm, SubKind::MobilePosition];
+
+    /// As in the API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubKind::Catalog => "catalog",
+            SubKind::Alarm => "alarm",
+            SubKind::MobilePosition => "mobile_position",
+        }
+    }
+
+    /// The MANSCDP CmdType.
+    pub fn cmd(self) -> &'static str {
+        match self {
+            SubKind::Catalog => "Catalog",
+            SubKind::Alarm => "Alarm",
+            SubKind::MobilePosition => "MobilePosition",
+        }
+    }
+
+    /// From the API's word (`mobile-position` too).
+    pub fn parse(s: &str) -> Option<SubKind> {
+        SubKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s.replace('-', "_"))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -117,6 +155,21 @@ pub struct Device {
     pub status_ms: Option<i64>,
     #[serde(default)]
     pub catalog: CatalogSync,
+    /// Subscriptions set through the API for this device (None: as
+    /// `[sip.subscribe]` says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<BTreeSet<SubKind>>,
+    /// The last position it reported (MobilePosition), with when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<MobilePosition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_ms: Option<i64>,
+    /// Its clock minus ours in seconds (from the DeviceTime of its
+    /// DeviceStatus, the Time of its positions), and when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_offset_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_offset_ms: Option<i64>,
     /// Monotonic twin of `last_alive_ms` (not persisted).
     #[serde(skip, default = "Instant::now")]
     pub last_alive: Instant,
@@ -244,6 +297,11 @@ mod tests {
             status: None,
             status_ms: None,
             catalog: CatalogSync::default(),
+            subscribe: None,
+            position: None,
+            position_ms: None,
+            time_offset_secs: None,
+            time_offset_ms: None,
             last_alive: now,
             expires_at: now + Duration::from_secs(3600),
         }

@@ -110,6 +110,7 @@ fn entries(n: usize) -> (Vec<StreamEntry>, Vec<DeviceRow>) {
             registrations: 1,
             keepalives: 60,
             last_keepalive_ms: Some(now - 5_000),
+            time_offset_secs: None,
         })
         .collect();
     (streams, devices)

@@ -25,6 +25,8 @@ const ALARMER: &str = "34020000001320000936";
 const PLAYER: &str = "34020000001320000937";
 const SEEKER: &str = "34020000001320000938";
 const DEAF: &str = "34020000001320000939";
+const MOBILE: &str = "34020000001320000940";
+const NOSUB: &str = "34020000001320000941";
 const DAY: (&str, &str) = ("2026-12-07T00:00:00", "2026-12-07T23:59:59");
 
 fn config(dir: &Path, sip: u16, api: u16) -> std::path::PathBuf {
@@ -1080,5 +1082,238 @@ fn mansrtsp_bytes_on_the_wire_as_sipp_received_them() {
     let bye = received("BYE");
     assert_eq!(bye.len(), 1);
     assert_eq!(bye[0].head.cseq, 6, "BYE after the INFOs");
+    assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
+}
+
+/// Subscriptions from `[sip.subscribe]`: gb-sim grants 4 s, so the
+/// gateway refreshes them in their dialogs; its NOTIFYs are applied (a
+/// catalog change sets the channel OFF, the alarm is kept, positions are
+/// stored) and counted; the device clock's offset (-120 s) is measured.
+/// A device that refuses SUBSCRIBE is retried; the API and the CLI
+/// subscribe and unsubscribe; bad requests are 4xx.
+#[test]
+fn subscriptions_are_refreshed_and_their_notifies_applied() {
+    let dir = TempDir::new("subscribe");
+    let (sip, api) = (free_port(), free_port());
+    let cfg = Daemon::config(
+        dir.path(),
+        sip,
+        api,
+        "password = \"pw\"\nquery_info = false\nquery_timeout_secs = 2\n\
+         [sip.subscribe]\ncatalog = true\nalarm = true\nmobile_position = true\n\
+         expires_secs = 60\nmobile_position_interval_secs = 1\nretry_secs = 2\n",
+        "",
+    );
+    let mut d = Daemon::start(&cfg, sip, api).unwrap();
+    let server = format!("127.0.0.1:{sip}");
+    let (mut mobile, status) = sim::spawn(
+        None,
+        &server,
+        "127.0.0.1",
+        MOBILE,
+        dir.path(),
+        &[
+            "--subscribe-max-expires",
+            "4",
+            "--catalog-change-after",
+            "3",
+            "--alarm-after",
+            "3",
+            "--clock-offset",
+            "-120",
+        ],
+    );
+    let (mut nosub, nosub_status) = sim::spawn(
+        None,
+        &server,
+        "127.0.0.1",
+        NOSUB,
+        dir.path(),
+        &["--refuse-subscribe"],
+    );
+    online(&mut d, &[MOBILE, NOSUB]);
+    let subs = |d: &Daemon, dev: &str| d.get(&format!("/api/devices/{dev}/subscriptions")).unwrap();
+    let sub = |v: &Value, event: &str| {
+        v["subscriptions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["event"] == event)
+            .cloned()
+            .unwrap_or_default()
+    };
+    // All three granted 4 s and refreshed in their dialogs.
+    d.wait_until(Duration::from_secs(20), "subscriptions refreshed", |d| {
+        let v = subs(d, MOBILE);
+        ["catalog", "alarm", "mobile_position"].iter().all(|e| {
+            let s = sub(&v, e);
+            s["state"] == "active" && s["expires"] == 4 && s["refreshes"].as_u64() >= Some(1)
+        })
+    })
+    .unwrap();
+    // gb-sim writes its report every second.
+    d.wait_until(Duration::from_secs(5), "gb-sim's report", |_| {
+        let rep = &sim::report(&status)["devices"][0]["subscriptions"];
+        ["Catalog", "Alarm", "MobilePosition"]
+            .iter()
+            .all(|k| rep[k]["refreshes"].as_u64() >= Some(1))
+    })
+    .unwrap();
+    let rep = &sim::report(&status)["devices"][0]["subscriptions"];
+    for kind in ["Catalog", "Alarm", "MobilePosition"] {
+        assert_eq!(rep[kind]["subscribes"], 1, "one dialog each: {rep}");
+        assert!(rep[kind]["refreshes"].as_u64() >= Some(1), "{rep}");
+        assert_eq!(rep[kind]["expired"], 0, "refreshed in time: {rep}");
+    }
+    // The catalog change (channel 1 OFF), the alarm and the positions
+    // came as NOTIFYs and were applied.
+    let ch1 = sim::channel(MOBILE, 1);
+    d.wait_until(Duration::from_secs(15), "catalog change applied", |d| {
+        d.get(&format!("/api/devices/{MOBILE}/channels"))
+            .is_ok_and(|v| {
+                v["channels"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["device_id"] == ch1.as_str() && c["status"] == "OFF")
+            })
+    })
+    .unwrap();
+    d.wait_until(Duration::from_secs(15), "alarm kept", |d| {
+        d.get(&format!("/api/alarms?device={MOBILE}"))
+            .is_ok_and(|v| v["count"] == 1)
+    })
+    .unwrap();
+    let v = subs(&d, MOBILE);
+    let lon = v["position"]["longitude"].as_f64().unwrap();
+    assert!(lon > 116.3 && lon < 116.4, "{v}");
+    assert_eq!(v["position"]["latitude"], 39.9, "{v}");
+    let off = v["time_offset_secs"].as_i64().unwrap();
+    assert!((-122..=-118).contains(&off), "clock 120 s behind: {v}");
+    let stat = |d: &Daemon, f: &str, l: &str| d.stat(f, l);
+    assert!(
+        stat(
+            &d,
+            "gateway_notifies_total",
+            "event=mobile_position,result=subscribed"
+        ) >= 2
+    );
+    assert!(
+        stat(
+            &d,
+            "gateway_notifies_total",
+            "event=catalog,result=subscribed"
+        ) >= 2
+    );
+    assert_eq!(
+        stat(
+            &d,
+            "gateway_notifies_total",
+            "event=alarm,result=subscribed"
+        ),
+        1
+    );
+    assert!(
+        stat(
+            &d,
+            "gateway_subscriptions_total",
+            "event=catalog,result=refreshed"
+        ) >= 1
+    );
+    assert!(stat(&d, "gateway_mobile_positions_total", "") >= 2);
+    // DeviceStatus's DeviceTime tells the same offset.
+    let (code, st) = d
+        .request("GET", &format!("/api/devices/{MOBILE}/status"), None)
+        .unwrap();
+    assert_eq!(code, 200, "{st}");
+    let dev = d.device(MOBILE).unwrap();
+    assert!(
+        (-122..=-118).contains(&dev["time_offset_secs"].as_i64().unwrap()),
+        "{dev}"
+    );
+
+    // The refusing device: failed with why, and retried.
+    d.wait_until(Duration::from_secs(15), "refusals retried", |_| {
+        sim::report(&nosub_status)["devices"][0]["subscriptions"]["Catalog"]["refused"].as_u64()
+            >= Some(2)
+    })
+    .unwrap();
+    let s = sub(&subs(&d, NOSUB), "catalog");
+    assert_eq!(s["state"], "failed", "{s}");
+    assert!(s["error"].as_str().unwrap().contains("489"), "{s}");
+    assert!(
+        stat(
+            &d,
+            "gateway_subscriptions_total",
+            "event=catalog,result=refused"
+        ) >= 2
+    );
+
+    // The API and the CLI.
+    let put = |d: &Daemon, dev: &str, event: &str| {
+        d.request(
+            "PUT",
+            &format!("/api/devices/{dev}/subscriptions/{event}"),
+            None,
+        )
+        .unwrap()
+    };
+    let (code, v) = put(&d, NOSUB, "alarm");
+    assert_eq!(code, 502, "{v}");
+    let (code, v) = put(&d, MOBILE, "weather");
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = put(&d, "34020000001320009999", "alarm");
+    assert_eq!(code, 404, "{v}");
+    let api_addr = d.api.to_string();
+    let o = gateway(&[
+        "subscribe",
+        MOBILE,
+        "mobile-position",
+        "--cancel",
+        "--api",
+        &api_addr,
+    ]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("mobile_position unsubscribed"),
+        "{}",
+        o.stdout
+    );
+    d.wait_until(
+        Duration::from_secs(10),
+        "unsubscribed at the device",
+        |_| {
+            let r = &sim::report(&status)["devices"][0]["subscriptions"]["MobilePosition"];
+            r["unsubscribes"] == 1 && r["active"] == false
+        },
+    )
+    .unwrap();
+    let o = gateway(&["subscribe", MOBILE, "--api", &api_addr]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("catalog") && !o.stdout.contains("mobile_position"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("clock offset: -1"), "{}", o.stdout);
+    // Kept in the device's record: not subscribed again.
+    assert_eq!(
+        d.device(MOBILE).unwrap()["subscribe"],
+        json!(["catalog", "alarm"])
+    );
+    let (code, v) = put(&d, MOBILE, "mobile_position");
+    assert_eq!((code, &v["state"]), (200, &json!("active")), "{v}");
+    d.wait_until(
+        Duration::from_secs(5),
+        "subscribed again at the device",
+        |_| {
+            sim::report(&status)["devices"][0]["subscriptions"]["MobilePosition"]["subscribes"] == 2
+        },
+    )
+    .unwrap();
+    for c in [&mut mobile, &mut nosub] {
+        let _ = Command::new("kill").arg(c.id().to_string()).status();
+        let _ = c.wait();
+    }
     assert!(d.stop(), "daemon did not stop cleanly:\n{}", d.log_tail(30));
 }
