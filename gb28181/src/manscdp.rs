@@ -1365,6 +1365,58 @@ pub fn mobile_position_notify(
     doc.finish(charset)
 }
 
+/// A preset of a PTZ camera (PresetQuery answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preset {
+    pub id: String,
+    pub name: Option<String>,
+}
+
+/// A PresetQuery `<Response>`: `<PresetList Num="N">` of `<Item>`s with
+/// `<PresetID>` and `<PresetName>`.
+pub fn preset_query_response(
+    sn: u32,
+    target: &str,
+    presets: &[Preset],
+    charset: Charset,
+) -> Vec<u8> {
+    let mut doc = Doc::new(charset, "Response", "PresetQuery", sn, target);
+    doc.open("PresetList", Some(presets.len()));
+    for p in presets {
+        doc.open("Item", None);
+        doc.leaf("PresetID", &p.id);
+        doc.opt("PresetName", &p.name);
+        doc.close("Item");
+    }
+    doc.close("PresetList");
+    doc.finish(charset)
+}
+
+/// The presets of a PresetQuery `<Response>` body, in document order
+/// (items without a PresetID are left out).
+pub fn preset_list(body: &[u8]) -> Result<Vec<Preset>, Error> {
+    let mut out: Vec<Preset> = Vec::new();
+    for (path, text) in leaf_paths(body)? {
+        let mut parts = path.rsplit('/');
+        let (leaf, item) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if !item.eq_ignore_ascii_case("Item") {
+            continue;
+        }
+        if leaf.eq_ignore_ascii_case("PresetID") {
+            out.push(Preset {
+                id: text,
+                name: None,
+            });
+        } else if leaf.eq_ignore_ascii_case("PresetName") {
+            if let Some(p) = out.last_mut().filter(|p| p.name.is_none()) {
+                p.name = Some(text);
+            }
+        }
+    }
+    out.retain(|p| !p.id.is_empty());
+    Ok(out)
+}
+
 /// The `<Query>` of a SUBSCRIBE: `Catalog`, `Alarm` (all priorities and
 /// methods: `StartAlarmPriority` 0, `EndAlarmPriority` 0, `AlarmMethod`
 /// 0) or `MobilePosition` (with `<Interval>` seconds).
@@ -2673,6 +2725,32 @@ mod subscription_tests {
             bad("<Longitude>1</Longitude><Latitude>1</Latitude>"),
             Err(Error::Missing("Time"))
         ));
+    }
+
+    #[test]
+    fn preset_lists_round_trip() {
+        let presets = vec![
+            Preset {
+                id: "1".into(),
+                name: Some("门口".into()),
+            },
+            Preset {
+                id: "5".into(),
+                name: None,
+            },
+        ];
+        let body = preset_query_response(9, "34020000001310000001", &presets, Charset::Gb2312);
+        let m = parse(&body).unwrap();
+        assert_eq!(
+            (m.kind, m.cmd_type.as_str(), m.sn),
+            (Kind::Response, "PresetQuery", 9)
+        );
+        assert_eq!(preset_list(&body).unwrap(), presets);
+        let empty = preset_query_response(1, "x", &[], Charset::Utf8);
+        assert!(String::from_utf8(empty.clone())
+            .unwrap()
+            .contains("<PresetList Num=\"0\">"));
+        assert!(preset_list(&empty).unwrap().is_empty());
     }
 
     #[test]

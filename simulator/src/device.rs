@@ -1071,6 +1071,26 @@ impl Device {
                 };
                 vec![manscdp::device_status_response(msg.sn, &self.id, &st, cs)]
             }
+            "presetquery" => {
+                // The presets set through DeviceControl on that target.
+                let target = msg.device_id.clone();
+                let set = self.shared.device(self.index, |d| {
+                    d.control_state
+                        .get(&target)
+                        .map(|c| c.presets.clone())
+                        .unwrap_or_default()
+                });
+                let presets: Vec<manscdp::Preset> = set
+                    .iter()
+                    .map(|p| manscdp::Preset {
+                        id: p.to_string(),
+                        name: Some(format!("预置位{p}")),
+                    })
+                    .collect();
+                vec![manscdp::preset_query_response(
+                    msg.sn, &target, &presets, cs,
+                )]
+            }
             "recordinfo" => {
                 let leaf = |n: &str| match &msg.body {
                     manscdp::Body::Other(l) => l

@@ -158,6 +158,31 @@ pub(super) async fn query(s: ApiState, id: String, kind: QueryKind) -> ApiResult
     Ok(Json(v))
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PresetsQuery {
+    channel: Option<String>,
+}
+
+/// `GET /api/devices/{id}/presets?channel=ID`: PresetQuery, answered when
+/// the device has.
+pub(super) async fn presets(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    q: Result<Query<PresetsQuery>, QueryRejection>,
+) -> ApiResult {
+    check_id(&id)?;
+    let Query(q) = q.map_err(|e| err(400, e.body_text()))?;
+    if let Some(c) = &q.channel {
+        check_id(c)?;
+    }
+    let v = s
+        .ask(|tx| Command::Presets(id, q.channel, tx))
+        .await?
+        .map_err(Error::from)?;
+    Ok(Json(v))
+}
+
 pub(super) async fn info_(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
     query(s, id, QueryKind::Info).await
 }

@@ -144,6 +144,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/devices/{id}/status", get(devices::status))
         .route("/api/devices/{id}/control", post(devices::control))
         .route("/api/devices/{id}/records", get(devices::records))
+        .route("/api/devices/{id}/presets", get(devices::presets))
         .route(
             "/api/devices/{id}/subscriptions",
             get(devices::subscriptions),

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 
 use super::{
     output::print_json, ApiArgs, ControlArgs, DevicesArgs, HangupArgs, PlayArgs, PlaybackArgs,
-    RecordsArgs, SessionsArgs, SubscribeArgs,
+    PresetsArgs, RecordsArgs, SessionsArgs, SubscribeArgs,
 };
 
 /// GET on the daemon's API; a non-2xx answer becomes an error carrying
@@ -213,6 +213,32 @@ pub(super) fn playback(a: &PlaybackArgs) -> Result<()> {
         p["scale"].as_f64().map_or("?".into(), |x| x.to_string()),
         p["position_secs"]
     );
+    Ok(())
+}
+
+pub(super) fn presets(a: &PresetsArgs) -> Result<()> {
+    let (base, token) = a.api.resolve()?;
+    let mut path = format!("/api/devices/{}/presets", a.device);
+    if let Some(c) = &a.channel {
+        path.push_str(&format!("?channel={c}"));
+    }
+    let v = api_get(&base, &path, token.as_deref())?;
+    if a.json {
+        return print_json(&v);
+    }
+    let list = v["presets"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{}: {} preset(s)",
+        v["target"].as_str().unwrap_or(&a.device),
+        list.len()
+    );
+    for p in list {
+        println!(
+            "{:>4}  {}",
+            p["id"].as_str().unwrap_or("?"),
+            p["name"].as_str().unwrap_or("")
+        );
+    }
     Ok(())
 }
 

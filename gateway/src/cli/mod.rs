@@ -69,6 +69,8 @@ pub enum Command {
     /// Subscribe to a device's catalog changes, alarms or positions (or
     /// cancel, or list), through the daemon.
     Subscribe(SubscribeArgs),
+    /// The presets a PTZ camera has (PresetQuery through the daemon).
+    Presets(PresetsArgs),
     /// Live streams of the daemon (sessions and their media).
     Sessions(SessionsArgs),
     /// End a live stream (BYE).
@@ -141,6 +143,20 @@ pub struct PlaybackArgs {
     /// The action and its argument (see below).
     #[arg(required = true, num_args = 1..=2)]
     pub action: Vec<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gateway presets DEVICE [--channel ID]`.
+#[derive(Args, Debug)]
+pub struct PresetsArgs {
+    /// Device ID.
+    pub device: String,
+    /// Channel ID (default: the device itself).
+    #[arg(long)]
+    pub channel: Option<String>,
     #[command(flatten)]
     pub api: ApiArgs,
     #[arg(long)]
@@ -452,6 +468,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Hangup(a) => client::hangup(a)?,
         Command::Playback(a) => client::playback(a)?,
         Command::Subscribe(a) => client::subscribe(a)?,
+        Command::Presets(a) => client::presets(a)?,
         Command::Control(a) => client::control(a)?,
         Command::Records(a) => client::records(a)?,
         Command::Check(a) => check::run(a, cli.netns.as_deref(), &cli.bpffs)?,

@@ -25,10 +25,20 @@ impl Core {
 
     /// Sends a MANSCDP query to a device; returns its SN.
     pub(super) fn send_query(&mut self, device: &str, cmd: &'static str) -> Result<u32, Error> {
+        self.send_query_to(device, device, cmd)
+    }
+
+    /// The same about `target` (the device or one of its channels).
+    pub(super) fn send_query_to(
+        &mut self,
+        device: &str,
+        target: &str,
+        cmd: &'static str,
+    ) -> Result<u32, Error> {
         let sn = self.next_sn();
         self.send_manscdp(
             device,
-            |cs| manscdp::query(cmd, sn, device, cs),
+            |cs| manscdp::query(cmd, sn, target, cs),
             Some(Purpose::Query {
                 device: device.to_string(),
                 cmd,
@@ -231,6 +241,22 @@ impl Core {
                 }
                 self.save(&id);
                 self.resolve(&id, msg.sn, QueryKind::Info, v);
+            }
+            (Kind::Response, Body::Other(_))
+                if msg.cmd_type.eq_ignore_ascii_case("PresetQuery") =>
+            {
+                match manscdp::preset_list(&m.head.body) {
+                    Ok(p) => {
+                        let v = serde_json::json!({
+                            "device": id,
+                            "target": msg.device_id,
+                            "count": p.len(),
+                            "presets": p,
+                        });
+                        self.resolve(&id, msg.sn, QueryKind::Presets, v);
+                    }
+                    Err(e) => debug!(device = %id, error = %e, "unreadable preset list"),
+                }
             }
             (Kind::Response, Body::Other(leaves))
                 if msg.cmd_type.eq_ignore_ascii_case("DeviceControl") =>

@@ -50,6 +50,12 @@ pub enum Command {
         QueryKind,
         oneshot::Sender<Result<serde_json::Value, Error>>,
     ),
+    /// PresetQuery of the device or one of its channels.
+    Presets(
+        String,
+        Option<String>,
+        oneshot::Sender<Result<serde_json::Value, Error>>,
+    ),
     Delete(String, oneshot::Sender<bool>),
     /// Persist everything now (shutdown).
     Flush(oneshot::Sender<()>),
@@ -100,6 +106,8 @@ pub enum Command {
 pub enum QueryKind {
     Info,
     Status,
+    /// PresetQuery (of the device or one of its channels).
+    Presets,
 }
 
 impl QueryKind {
@@ -107,6 +115,7 @@ impl QueryKind {
         match self {
             QueryKind::Info => "DeviceInfo",
             QueryKind::Status => "DeviceStatus",
+            QueryKind::Presets => "PresetQuery",
         }
     }
 }
@@ -878,6 +887,28 @@ impl Core {
             }
             Command::RefreshCatalog(id, tx) => {
                 let _ = tx.send(self.start_catalog(&id, false));
+            }
+            Command::Presets(id, channel, tx) => {
+                let sent = self
+                    .request_target(&id, channel.as_deref())
+                    .and_then(|t| self.send_query_to(&id, &t, "PresetQuery"));
+                match sent {
+                    Ok(sn) => {
+                        let deadline =
+                            Instant::now() + Duration::from_secs(self.cfg.query_timeout_secs);
+                        self.waiters.insert(
+                            (id, sn),
+                            Waiter {
+                                kind: QueryKind::Presets,
+                                reply: tx,
+                                deadline,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
             }
             Command::Query(id, kind, tx) => match self.send_query(&id, kind.cmd()) {
                 Ok(sn) => {

@@ -144,6 +144,27 @@ fn ptz_presets_and_answered_controls_reach_the_camera() {
         "{st}"
     );
     assert_eq!(st["ptz_errors"], json!([]), "{st}");
+    // PresetQuery: the camera's list, as set.
+    let v = d
+        .get(&format!("/api/devices/{CAM}/presets?channel={ch}"))
+        .unwrap();
+    assert_eq!(v["target"], ch.as_str(), "{v}");
+    assert_eq!(v["presets"], json!([{"id": "3", "name": "预置位3"}]), "{v}");
+    let o = gateway(&["presets", CAM, "--channel", &ch, "--api", &api_addr]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("1 preset(s)") && o.stdout.contains("   3  预置位3"),
+        "{}",
+        o.stdout
+    );
+    let (code, v) = d
+        .request(
+            "GET",
+            &format!("/api/devices/{CAM}/presets?channel=34020000001310009999"),
+            None,
+        )
+        .unwrap();
+    assert_eq!(code, 404, "{v}");
 
     // Guard and record: the camera answers with a Response (Result OK).
     let (code, v) = control(&d, CAM, json!({"cmd": "guard", "set": true}));
@@ -697,7 +718,14 @@ fn playback_and_download_end_at_the_end_of_the_file() {
     );
     online(&mut d, &[PLAYER]);
     let ch = sim::channel(PLAYER, 1);
-    for (mode, extra) in [("playback", ""), ("download", r#","download_speed":4"#)] {
+    // The download over TCP (the gateway listens), as live streams can be.
+    for (mode, extra) in [
+        ("playback", ""),
+        (
+            "download",
+            r#","download_speed":4,"transport":"tcp-passive""#,
+        ),
+    ] {
         let (code, v) = d
             .post_json(
                 "/api/streams",
@@ -716,6 +744,9 @@ fn playback_and_download_end_at_the_end_of_the_file() {
         .unwrap();
         let v = d.get(&format!("/api/streams/{id}")).unwrap();
         assert_eq!(v["reason"], "end of file (MediaStatus 121)", "{v}");
+        let tcp = mode == "download";
+        assert_eq!(v["transport"] == "tcp-passive", tcp, "{v}");
+        assert_eq!(v["playback"]["mode"], mode, "{v}");
         // gb-sim writes its report every second.
         d.wait_until(Duration::from_secs(10), "gb-sim's report", |_| {
             sim::stream(&status, &id)["frames_sent"] == 50
