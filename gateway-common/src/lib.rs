@@ -28,6 +28,10 @@ pub mod map_names {
     pub const TC_JUMP: &str = "TC_JUMP";
     pub const PORT_ANY_FLOW: &str = "PORT_ANY_FLOW";
     pub const FLOW_SLOTS: &str = "FLOW_SLOTS";
+    pub const SIP_GUARD: &str = "SIP_GUARD";
+    pub const SIP_ALLOW: &str = "SIP_ALLOW";
+    pub const SIP_BUCKETS: &str = "SIP_BUCKETS";
+    pub const SIP_GLOBAL: &str = "SIP_GLOBAL";
 }
 
 /// Program names in the object file.
@@ -203,8 +207,17 @@ pub mod counter {
     pub const RELAY_PASS_FAMILY: u32 = 25;
     /// Relay (TC): a copy could not be made (clone or redirect failed).
     pub const RELAY_CLONE_FAILED: u32 = 26;
+    /// SIP flood guard: UDP to a SIP port from an allowed (registered)
+    /// address, passed without a limit.
+    pub const SIP_ALLOWED: u32 = 27;
+    /// From another address, within its own and the global rate: passed.
+    pub const SIP_PASSED: u32 = 28;
+    /// Dropped: the source went over its rate.
+    pub const SIP_DROPPED_SOURCE: u32 = 29;
+    /// Dropped: unknown sources together went over the global rate.
+    pub const SIP_DROPPED_GLOBAL: u32 = 30;
     /// Number of counters (array size).
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 31;
 
     /// Names for display and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -235,8 +248,46 @@ pub mod counter {
         "relay_pass_vlan",
         "relay_pass_family",
         "relay_clone_failed",
+        "sip_allowed",
+        "sip_passed",
+        "sip_dropped_source",
+        "sip_dropped_global",
     ];
 }
+
+/// SIP flood guard settings, the one element of `SIP_GUARD`. Rates are
+/// GCRA parameters: a source may send a packet every `interval_ns` with
+/// `tolerance_ns` of burst ((burst - 1) x interval); the global budget of
+/// unknown sources is kept per CPU (its interval is ncpus / rate).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SipGuard {
+    /// UDP ports the guard watches (0: unused).
+    pub ports: [u16; SIP_GUARD_PORTS],
+    /// 0: off (SIP passes untouched).
+    pub enabled: u32,
+    pub _pad: u32,
+    pub src_interval_ns: u64,
+    pub src_tolerance_ns: u64,
+    pub global_interval_ns: u64,
+    pub global_tolerance_ns: u64,
+}
+pub const SIP_GUARD_PORTS: usize = 4;
+const _: () = assert!(core::mem::size_of::<SipGuard>() == 48);
+
+/// A source address of SIP (key of `SIP_ALLOW` and `SIP_BUCKETS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SipSource {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<SipSource>() == 20);
+/// Capacity of the allow list (registered devices' addresses) and of the
+/// per-source buckets (least recently used evicted).
+pub const SIP_ALLOW_ENTRIES: u32 = 131_072;
+pub const SIP_BUCKET_ENTRIES: u32 = 32_768;
 
 /// Key of the egress per-destination table.
 #[repr(C)]
@@ -365,4 +416,6 @@ mod pod {
     unsafe impl aya::Pod for super::RelayValue {}
     unsafe impl aya::Pod for super::RelayStats {}
     unsafe impl aya::Pod for super::VlanDev {}
+    unsafe impl aya::Pod for super::SipGuard {}
+    unsafe impl aya::Pod for super::SipSource {}
 }

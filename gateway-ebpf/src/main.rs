@@ -33,16 +33,16 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{Array, DevMapHash, HashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
 use gateway_common::{
     counter, rtp::RtpHeader, stats, Config, EgressKey, EgressStats, FlowKey, FlowValue, RelayStats,
-    RelayValue, StreamStats, VlanDev, DSCP_OFF, EGRESS_MAX_ENTRIES, FAMILY_ANY, FAMILY_V4,
-    FLOW_EXPECT_SSRC, FLOW_RELAY, FLOW_RELAY_TC, POLICY_DROP, PORT_ANY, PORT_ANY_SSRC, PORT_EXACT,
-    PORT_EXACT_SSRC, PORT_FLAGS_ENTRIES, PORT_TC_RELAY, RELAY_MAX_OUT, RELAY_TC_COPY,
-    RELAY_TC_ONLY, RELAY_XDP,
+    RelayValue, SipGuard, SipSource, StreamStats, VlanDev, DSCP_OFF, EGRESS_MAX_ENTRIES,
+    FAMILY_ANY, FAMILY_V4, FLOW_EXPECT_SSRC, FLOW_RELAY, FLOW_RELAY_TC, POLICY_DROP, PORT_ANY,
+    PORT_ANY_SSRC, PORT_EXACT, PORT_EXACT_SSRC, PORT_FLAGS_ENTRIES, PORT_TC_RELAY, RELAY_MAX_OUT,
+    RELAY_TC_COPY, RELAY_TC_ONLY, RELAY_XDP, SIP_ALLOW_ENTRIES, SIP_BUCKET_ENTRIES,
 };
 use parse::{Packet, Udp};
 
@@ -112,7 +112,26 @@ static TC_SCRATCH: PerCpuArray<TcJob> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static VLAN_DEVS: HashMap<u32, VlanDev> = HashMap::with_max_entries(256, 0);
 
+/// SIP flood guard: settings (ports, rates).
+#[map]
+static SIP_GUARD: Array<SipGuard> = Array::with_max_entries(1, 0);
+
+/// Addresses of registered devices (fed by the daemon): never limited.
+#[map]
+static SIP_ALLOW: HashMap<SipSource, u32> =
+    HashMap::with_max_entries(SIP_ALLOW_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Per-source GCRA state (theoretical arrival time, ns).
+#[map]
+static SIP_BUCKETS: LruHashMap<SipSource, u64> =
+    LruHashMap::with_max_entries(SIP_BUCKET_ENTRIES, 0);
+
+/// The unknown sources' global budget, per CPU (theoretical arrival time).
+#[map]
+static SIP_GLOBAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 const BPF_F_MMAPABLE: u32 = 1 << 10;
+const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_NOEXIST: u64 = 1;
 
 /// Number of possible CPUs, set by the loader.
@@ -250,6 +269,11 @@ fn classify(ctx: &XdpContext) -> u32 {
     let in_range =
         cfg.media_port_min != 0 && u.dport >= cfg.media_port_min && u.dport <= cfg.media_port_max;
     if pflags == 0 && !in_range {
+        // Not media: the SIP ports go through the flood guard, the rest
+        // passes. (Media never pays for the guard.)
+        if let Some(g) = sip_guard_of(u.dport) {
+            return sip_guard(&u, &g);
+        }
         count(counter::UDP_OTHER, 1);
         return xdp_action::XDP_PASS;
     }
@@ -322,6 +346,72 @@ fn classify(ctx: &XdpContext) -> u32 {
             return relay_xdp(ctx, &p, &u, &h, r, flow.slot, now);
         }
     }
+    xdp_action::XDP_PASS
+}
+
+/// The guard's settings when `port` is one of its SIP ports and it is on.
+#[inline(always)]
+fn sip_guard_of(port: u16) -> Option<SipGuard> {
+    let g = SIP_GUARD.get(0)?;
+    if g.enabled == 0 || port == 0 {
+        return None;
+    }
+    let p = g.ports;
+    (p[0] == port || p[1] == port || p[2] == port || p[3] == port).then_some(*g)
+}
+
+/// GCRA: true when a packet at `now` conforms (and is accounted).
+#[inline(always)]
+fn gcra(tat: *mut u64, now: u64, interval: u64, tolerance: u64) -> bool {
+    // SAFETY: a map value pointer from a successful lookup; races between
+    // CPUs on a shared bucket only make the limit approximate.
+    let t = unsafe { *tat };
+    let t = if t > now { t } else { now };
+    if t - now > tolerance {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { *tat = t + interval };
+    true
+}
+
+/// SIP flood guard (UDP to a SIP port): registered devices' addresses
+/// pass; others within their own rate and the global one pass; the rest
+/// is dropped here, counted by reason.
+#[inline(always)]
+fn sip_guard(u: &Udp, g: &SipGuard) -> u32 {
+    let key = SipSource {
+        addr: u.src,
+        family: u.family,
+        _pad: [0; 3],
+    };
+    // SAFETY: a read-only lookup of a hash map element.
+    if unsafe { SIP_ALLOW.get(&key) }.is_some() {
+        count(counter::SIP_ALLOWED, 1);
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match SIP_BUCKETS.get_ptr_mut(&key) {
+        Some(tat) => {
+            if !gcra(tat, now, g.src_interval_ns, g.src_tolerance_ns) {
+                count(counter::SIP_DROPPED_SOURCE, 1);
+                return xdp_action::XDP_DROP;
+            }
+        }
+        None => {
+            // A new source starts with its burst; if the insert fails
+            // (a race), the packet is judged by the global budget alone.
+            let _ = SIP_BUCKETS.insert(&key, &(now + g.src_interval_ns), 0);
+        }
+    }
+    if let Some(tat) = SIP_GLOBAL.get_ptr_mut(0) {
+        if !gcra(tat, now, g.global_interval_ns, g.global_tolerance_ns) {
+            count(counter::SIP_DROPPED_GLOBAL, 1);
+            return xdp_action::XDP_DROP;
+        }
+    }
+    count(counter::SIP_PASSED, 1);
     xdp_action::XDP_PASS
 }
 

@@ -637,6 +637,38 @@ pub struct DataplaneConfig {
     /// accept XDP frames); the attached one is always allowed.
     #[serde(default)]
     pub relay_to: Vec<String>,
+    /// The SIP flood guard in XDP on the `[sip]` UDP ports (off without
+    /// this section).
+    pub sip_guard: Option<SipGuardConfig>,
+}
+
+/// `[dataplane.sip_guard]`: UDP to the SIP ports from addresses that are
+/// not a registered device's is limited per source and in total; the rest
+/// is dropped in XDP. Registered devices are never limited.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipGuardConfig {
+    /// Packets per second one unknown source may send.
+    #[serde(default = "default_guard_rate")]
+    pub rate: u32,
+    /// Packets it may send at once above that.
+    #[serde(default = "default_guard_burst")]
+    pub burst: u32,
+    /// Packets per second all unknown sources together may send.
+    #[serde(default = "default_guard_global")]
+    pub global_rate: u32,
+}
+
+fn default_guard_rate() -> u32 {
+    20
+}
+
+fn default_guard_burst() -> u32 {
+    40
+}
+
+fn default_guard_global() -> u32 {
+    2000
 }
 
 #[derive(Debug, Deserialize)]

@@ -66,9 +66,47 @@ pub fn run(config: &Path, netns: Option<&str>, bpffs: &Path) -> Result<()> {
     result
 }
 
+/// The SIP flood guard on the `[sip]` UDP ports as `[dataplane.sip_guard]`
+/// says, or off; the allow list of a previous daemon is emptied (the
+/// signalling core fills it with its online devices). True when on.
+fn configure_sip_guard(cfg: &Config, maps: &mut crate::dataplane::maps::Maps) -> Result<bool> {
+    use crate::dataplane::sip_guard::GuardSettings;
+    let g = cfg.dataplane.as_ref().and_then(|d| d.sip_guard);
+    let sip = cfg.sip.as_ref().filter(|s| s.udp);
+    let (Some(g), Some(sc)) = (g, sip) else {
+        if maps.sip_guard()?.is_some() {
+            maps.set_sip_guard(&gateway_common::SipGuard::default())?;
+            info!("SIP flood guard switched off");
+        }
+        return Ok(false);
+    };
+    let mut ports: Vec<u16> = sc.listen.iter().map(|a| a.port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let k = GuardSettings {
+        rate: g.rate,
+        burst: g.burst,
+        global_rate: g.global_rate,
+    }
+    .to_kernel(&ports, maps.ncpus())?;
+    for ip in maps.sip_allowed()? {
+        maps.sip_allow(ip, false)?;
+    }
+    maps.set_sip_guard(&k)?;
+    info!(
+        ?ports,
+        rate = g.rate,
+        burst = g.burst,
+        global_rate = g.global_rate,
+        "SIP flood guard on"
+    );
+    Ok(true)
+}
+
 fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
     // The daemon's one handle on the maps (sessions, exporter, poll loop).
     let maps = target.map(|t| t.open()).transpose()?.map(Shared::new);
+    let mut guard_on = false;
     if let (Some(target), Some(maps)) = (target, &maps) {
         let _lock = target.lock()?;
         let mut maps = maps.lock();
@@ -81,6 +119,7 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
                 "removed kernel relays left by the previous daemon"
             );
         }
+        guard_on = configure_sip_guard(cfg, &mut maps)?;
         for spec in cfg.flows.iter().map(FlowSpec::from) {
             match maps.add_flow(&spec) {
                 Ok((k, v)) => info!(flow = %describe(&k), slot = v.slot, "flow added"),
@@ -114,11 +153,12 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
                 keys = Some(ks.clone());
                 let mut sessions = Sessions::new(cfg.media.clone(), ks, sip_metrics.clone());
                 if let (Some(t), Some(m)) = (&target, &maps) {
-                    sessions.set_kernel(Kernel::new(
+                    let k = Kernel::new(
                         t.clone(),
                         m.clone(),
                         cfg.dataplane.as_ref().is_none_or(|d| d.kernel_relay),
-                    ));
+                    );
+                    sessions.set_kernel(if guard_on { k.with_sip_guard() } else { k });
                 }
                 sessions.start_static();
                 Some(

@@ -831,6 +831,7 @@ mod tests {
                 "GatewayDecryptFailures",
                 "GatewayDeviceAlarm",
                 "GatewayKernelRelayFallbacks",
+                "GatewaySipFlood",
             ]
         );
         for (k, e) in all_exprs() {
@@ -878,7 +879,7 @@ mod tests {
     fn alert_rules_pass_promtool() {
         let out = promtool_check_rules(&dashboards_dir().join("alerts.yml"))
             .unwrap_or_else(|e| panic!("{e:#}"));
-        assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+        assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
     }
 
     #[test]
@@ -960,6 +961,7 @@ mod tests {
                 // No threshold at the end: the whole expression.
                 "(increase(gateway_alarms_total[10m]) > 0) or (gateway_alarms_total unless gateway_alarms_total offset 10m)",
                 r#"sum by (job, instance) ( rate(gateway_kernel_packets_total{reason=~"relay_pass_.*|relay_clone_failed"}[5m]) )"#,
+                r#"sum by (job, instance) ( rate(gateway_kernel_packets_total{reason=~"sip_dropped_.*"}[5m]) )"#,
             ]
         );
         // Nothing to strip: unchanged; inner comparisons stay.

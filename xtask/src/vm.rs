@@ -110,6 +110,11 @@ pub const VM_SKIPPED: &[(&str, &str)] = &[
         "userspace relay between two daemons on loopback; ffprobe not in the VM",
     ),
     (
+        "sip_guard",
+        "200 simulated devices and two 10 s floods: too slow under emulation; the guard's \
+         verdicts run in the VM in xdp_prog_test_run",
+    ),
+    (
         "dashboards",
         "needs Prometheus and promtool (not in the VM); no kernel part",
     ),

@@ -57,8 +57,81 @@ pub(super) fn set(t: &Target, a: &SetArgs) -> Result<()> {
     let mut s = Settings::from_config(&current);
     a.settings.apply(&mut s);
     attach::set(t, &s)?;
+    if let Some(g) = &a.sip_guard {
+        set_sip_guard(t, g)?;
+    }
     println!("updated {}", a.iface);
     Ok(())
+}
+
+/// `--sip-guard off|on|RATE/BURST/GLOBAL` on the guard the daemon set up
+/// (its SIP ports come from there).
+fn set_sip_guard(t: &Target, arg: &str) -> Result<()> {
+    use crate::dataplane::sip_guard::GuardSettings;
+    let _lock = t.lock()?;
+    let maps = t.open()?;
+    let Some(mut g) = maps.sip_guard_raw()? else {
+        bail!(
+            "{} was attached by a version without the SIP flood guard; detach and attach again",
+            t.iface
+        );
+    };
+    let ports: Vec<u16> = g.ports.iter().copied().filter(|p| *p != 0).collect();
+    match arg {
+        "off" => g.enabled = 0,
+        "on" if g.src_interval_ns != 0 && !ports.is_empty() => g.enabled = 1,
+        "on" => bail!("the SIP flood guard was never set up here: the daemon's [dataplane.sip_guard] does it (or give RATE/BURST/GLOBAL once it has)"),
+        limits => {
+            let n: Vec<u32> = limits
+                .split('/')
+                .map(|x| x.trim().parse::<u32>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| anyhow::anyhow!("--sip-guard takes off, on or RATE/BURST/GLOBAL (numbers), not {limits:?}"))?;
+            let [rate, burst, global_rate] = n[..] else {
+                bail!("--sip-guard takes off, on or RATE/BURST/GLOBAL, not {limits:?}");
+            };
+            if ports.is_empty() {
+                bail!("the SIP flood guard has no SIP ports here: the daemon's [dataplane.sip_guard] sets them");
+            }
+            g = GuardSettings {
+                rate,
+                burst,
+                global_rate,
+            }
+            .to_kernel(&ports, maps.ncpus())?;
+        }
+    }
+    maps.set_sip_guard(&g)?;
+    Ok(())
+}
+
+/// The guard as `status` shows it.
+#[derive(Serialize)]
+struct SipGuardJson {
+    enabled: bool,
+    ports: Vec<u16>,
+    rate: u64,
+    burst: u64,
+    global_rate: u64,
+    allowed: usize,
+}
+
+fn sip_guard_json(maps: &crate::dataplane::maps::Maps) -> Result<Option<SipGuardJson>> {
+    let Some(g) = maps.sip_guard_raw()? else {
+        return Ok(None);
+    };
+    if g.src_interval_ns == 0 {
+        return Ok(None);
+    }
+    let ncpus = maps.ncpus().max(1) as u64;
+    Ok(Some(SipGuardJson {
+        enabled: g.enabled != 0,
+        ports: g.ports.iter().copied().filter(|p| *p != 0).collect(),
+        rate: 1_000_000_000 / g.src_interval_ns,
+        burst: g.src_tolerance_ns / g.src_interval_ns + 1,
+        global_rate: (1_000_000_000 * ncpus) / g.global_interval_ns.max(1),
+        allowed: maps.sip_allowed()?.len(),
+    }))
 }
 
 pub(super) fn flow_add(t: &Target, a: &FlowAddArgs) -> Result<()> {
@@ -250,6 +323,9 @@ struct StatusJson {
     dscp: Option<u8>,
     counters: std::collections::BTreeMap<&'static str, u64>,
     egress: Vec<EgressJson>,
+    /// The SIP flood guard (absent when never set up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sip_guard: Option<SipGuardJson>,
 }
 
 #[derive(Serialize)]
@@ -266,6 +342,7 @@ pub(super) fn status(t: &Target, json: bool) -> Result<()> {
     let counters = maps.counters()?;
     let flows = maps.flows()?.len();
     let egress = maps.egress()?;
+    let sip_guard = sip_guard_json(&maps)?;
     let st = StatusJson {
         iface: t.iface.clone(),
         netns: t.netns.clone(),
@@ -298,6 +375,7 @@ pub(super) fn status(t: &Target, json: bool) -> Result<()> {
                 bytes: e.bytes,
             })
             .collect(),
+        sip_guard,
     };
     if json {
         return print_json(&st);
@@ -327,6 +405,17 @@ pub(super) fn status(t: &Target, json: bool) -> Result<()> {
             .map(|d| d.to_string())
             .unwrap_or_else(|| "off".into())
     );
+    if let Some(g) = &st.sip_guard {
+        println!(
+            "sip guard     {} on UDP {:?}: {}/s per source (burst {}), {}/s in all; {} registered address(es) allowed",
+            if g.enabled { "on" } else { "OFF" },
+            g.ports,
+            g.rate,
+            g.burst,
+            g.global_rate,
+            g.allowed
+        );
+    }
     println!("counters:");
     for (n, v) in &st.counters {
         println!("  {n:<20} {v}");

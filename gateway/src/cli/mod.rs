@@ -344,6 +344,11 @@ pub struct SetArgs {
     pub iface: String,
     #[command(flatten)]
     pub settings: SettingsArgs,
+    /// The SIP flood guard the daemon configured: off, on, or new limits
+    /// RATE/BURST/GLOBAL (packets per second per unknown source, its
+    /// burst, per second of all unknown sources).
+    #[arg(long, value_name = "off|on|RATE/BURST/GLOBAL")]
+    pub sip_guard: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

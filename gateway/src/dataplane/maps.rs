@@ -66,6 +66,8 @@ pub struct Maps {
     /// The port-level any-address fast path (`None`: pinned by a version
     /// without it; the hash lookup serves).
     pub(crate) fast: Option<FastMaps>,
+    /// The SIP flood guard (`None`: pinned by a version without it).
+    pub(crate) sip: Option<super::sip_guard::SipMaps>,
     mmap: MmapArray,
     ncpus: u32,
     max_streams: u32,
@@ -79,6 +81,7 @@ pub struct Maps {
 struct OptionalMaps {
     relay: Option<RelayMaps>,
     fast: Option<FastMaps>,
+    sip: Option<super::sip_guard::SipMaps>,
 }
 
 /// `PORT_ANY_FLOW` and `FLOW_SLOTS`.
@@ -138,6 +141,11 @@ impl Maps {
             port_any_flow: take(map_names::PORT_ANY_FLOW)?,
             flow_slots: take(map_names::FLOW_SLOTS)?,
         };
+        let sip = super::sip_guard::SipMaps {
+            guard: take(map_names::SIP_GUARD)?,
+            allow: take(map_names::SIP_ALLOW)?,
+        };
+        // SIP_BUCKETS and SIP_GLOBAL are the kernel's alone.
         Self::new(
             flows,
             stream_stats,
@@ -148,6 +156,7 @@ impl Maps {
             OptionalMaps {
                 relay: Some(relay),
                 fast: Some(fast),
+                sip: Some(sip),
             },
         )
     }
@@ -173,6 +182,12 @@ impl Maps {
                 flow_slots: open(map_names::FLOW_SLOTS).ok()?,
             })
         })();
+        let sip = (|| {
+            Some(super::sip_guard::SipMaps {
+                guard: open(map_names::SIP_GUARD).ok()?,
+                allow: open(map_names::SIP_ALLOW).ok()?,
+            })
+        })();
         Self::new(
             open(map_names::FLOWS)?,
             open(map_names::STREAM_STATS)?,
@@ -180,7 +195,7 @@ impl Maps {
             open(map_names::CONFIG)?,
             open(map_names::COUNTERS)?,
             open(map_names::EGRESS)?,
-            OptionalMaps { relay, fast },
+            OptionalMaps { relay, fast, sip },
         )
     }
 
@@ -193,7 +208,7 @@ impl Maps {
         egress: MapData,
         optional: OptionalMaps,
     ) -> Result<Self> {
-        let OptionalMaps { relay, fast } = optional;
+        let OptionalMaps { relay, fast, sip } = optional;
         let ncpus = possible_cpus()?;
         let info = stream_stats.info().map_err(|e| Error::bpf("map info", e))?;
         let slots = info.max_entries();
@@ -227,6 +242,7 @@ impl Maps {
             egress,
             relay,
             fast,
+            sip,
             mmap,
             ncpus,
             max_streams,

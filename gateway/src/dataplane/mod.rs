@@ -12,6 +12,7 @@ pub mod flows;
 pub mod maps;
 pub mod probe;
 pub mod relay;
+pub mod sip_guard;
 
 pub use maps::{Maps, Shared, StreamRow};
 

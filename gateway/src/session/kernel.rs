@@ -4,7 +4,10 @@
 //! from the shared maps. Nothing else of the session or signalling layers
 //! touches the data plane.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+};
 
 use gb28181::sdp::MediaTransport;
 use serde::Serialize;
@@ -44,6 +47,9 @@ pub struct Kernel {
     maps: Shared,
     /// Relay legs in the kernel where they allow it.
     relay: bool,
+    /// The SIP flood guard is on: its allow list follows the online
+    /// devices' addresses (as last written).
+    sip_allowed: Option<HashSet<IpAddr>>,
 }
 
 impl Kernel {
@@ -52,6 +58,38 @@ impl Kernel {
             target,
             maps,
             relay,
+            sip_allowed: None,
+        }
+    }
+
+    /// The SIP flood guard is on (its allow list starts empty).
+    pub fn with_sip_guard(mut self) -> Kernel {
+        self.sip_allowed = Some(HashSet::new());
+        self
+    }
+
+    /// Makes the guard's allow list `want`: only the differences are
+    /// written.
+    fn sip_allow_sync(&mut self, want: &HashSet<IpAddr>) {
+        let Some(have) = self.sip_allowed.as_mut() else {
+            return;
+        };
+        let maps = self.maps.lock();
+        for ip in have.difference(want) {
+            if let Err(e) = maps.sip_allow(*ip, false) {
+                warn!(%ip, error = %e, "cannot remove an address from the SIP allow list");
+            }
+        }
+        let mut failed = Vec::new();
+        for ip in want.difference(have) {
+            if let Err(e) = maps.sip_allow(*ip, true) {
+                warn!(%ip, error = %e, "cannot add an address to the SIP allow list");
+                failed.push(*ip);
+            }
+        }
+        *have = want.clone();
+        for ip in failed {
+            have.remove(&ip);
         }
     }
 
@@ -159,6 +197,21 @@ impl Kernel {
 }
 
 impl Sessions {
+    /// The SIP flood guard's allow list becomes `want` (the addresses of
+    /// the online devices); nothing without the guard.
+    pub fn sip_allow_sync(&mut self, want: &HashSet<IpAddr>) {
+        if let Some(k) = self.kernel.as_mut() {
+            k.sip_allow_sync(want);
+        }
+    }
+
+    /// Whether the guard is on (the core then keeps the allow list).
+    pub fn sip_guard_on(&self) -> bool {
+        self.kernel
+            .as_ref()
+            .is_some_and(|k| k.sip_allowed.is_some())
+    }
+
     /// Puts the session's flow in the XDP table (UDP only: XDP classifies
     /// UDP; RTP over TCP is accounted by the receiver).
     pub(super) fn add_kernel_flow(&mut self, id: &str) {

@@ -412,6 +412,7 @@ impl Core {
             }
         }
         core.update_gauges();
+        core.sync_sip_allow();
         core.publish_view();
         core
     }
@@ -434,6 +435,22 @@ impl Core {
             })
             .collect();
         self.view.set_devices(devices);
+    }
+
+    /// The SIP flood guard's allow list: the addresses of the online
+    /// devices (only the changes reach the kernel).
+    pub(super) fn sync_sip_allow(&mut self) {
+        if !self.sessions.sip_guard_on() {
+            return;
+        }
+        let want: HashSet<std::net::IpAddr> = self
+            .reg
+            .devices
+            .values()
+            .filter(|d| d.online)
+            .map(|d| d.addr.ip())
+            .collect();
+        self.sessions.sip_allow_sync(&want);
     }
 
     pub(super) fn secs(&self) -> u64 {
@@ -781,6 +798,7 @@ impl Core {
         if now.duration_since(self.last_media_check) >= Duration::from_secs(1) {
             self.last_media_check = now;
             self.media_timers();
+            self.sync_sip_allow();
             self.publish_view();
             for k in self.sessions.keys().purge_expired(now_wall) {
                 info!(device = %k.device, channel = %k.channel, profile = k.profile.as_str(), version = k.version, "media key retired after rotation");

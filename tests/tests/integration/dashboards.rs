@@ -24,7 +24,7 @@ const DASHBOARDS: [&str; 4] = [
     "gateway-sip.json",
 ];
 
-const ALERTS: [&str; 9] = [
+const ALERTS: [&str; 10] = [
     "GatewayDown",
     "GatewayDeviceOffline",
     "GatewayStreamLoss",
@@ -34,6 +34,7 @@ const ALERTS: [&str; 9] = [
     "GatewayDecryptFailures",
     "GatewayDeviceAlarm",
     "GatewayKernelRelayFallbacks",
+    "GatewaySipFlood",
 ];
 
 fn ok(r: anyhow::Result<String>) -> String {

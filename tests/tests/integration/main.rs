@@ -47,6 +47,7 @@ mod netns_attach;
 mod relay_test_run;
 mod sim_netns;
 mod sip_bad_input;
+mod sip_guard;
 mod sip_sessions;
 mod sip_sipp;
 mod sm4_media;

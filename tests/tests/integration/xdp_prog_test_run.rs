@@ -531,3 +531,113 @@ fn ssrc_split_and_mismatch() {
         "the new flow counts its own port"
     );
 }
+
+/// The SIP flood guard's verdicts: a source gets its burst, then is held
+/// to its rate; the unknown sources together to the global rate; an
+/// allowed (registered) address always passes; other ports, media and a
+/// switched-off guard are untouched.
+#[test]
+fn sip_flood_guard_verdicts() {
+    if !require_root("sip_flood_guard_verdicts") {
+        return;
+    }
+    use gateway::dataplane::sip_guard::GuardSettings;
+    let mut h = Harness::new(true);
+    // 1 packet/s per source with a burst of 3; 1 packet/s in all with a
+    // burst of 5 (one CPU here): far slower than this test runs.
+    let mut g = GuardSettings {
+        rate: 1,
+        burst: 3,
+        global_rate: 1,
+    }
+    .to_kernel(&[5060], 1)
+    .unwrap();
+    g.global_tolerance_ns = 4 * g.global_interval_ns;
+    h.maps.set_sip_guard(&g).unwrap();
+    let register = b"REGISTER sip:x SIP/2.0\r\n\r\n".to_vec();
+    let from = |src: &str| {
+        let mut f = Frame::udp(GW, 5060, register.clone());
+        f.src = src.parse().unwrap();
+        f.bytes()
+    };
+    for i in 0..3 {
+        check(
+            &mut h,
+            &format!("burst {i}"),
+            &from("198.18.0.2"),
+            XDP_PASS,
+            &[(counter::SIP_PASSED, 1)],
+        );
+    }
+    check(
+        &mut h,
+        "over its rate",
+        &from("198.18.0.2"),
+        XDP_DROP,
+        &[(counter::SIP_DROPPED_SOURCE, 1)],
+    );
+    // Two more sources fit the global burst of 5; the next does not.
+    for src in ["198.18.0.3", "198.18.0.4"] {
+        check(
+            &mut h,
+            src,
+            &from(src),
+            XDP_PASS,
+            &[(counter::SIP_PASSED, 1)],
+        );
+    }
+    check(
+        &mut h,
+        "over the global rate",
+        &from("198.18.0.5"),
+        XDP_DROP,
+        &[(counter::SIP_DROPPED_GLOBAL, 1)],
+    );
+    // A registered device's address passes whatever the budgets say.
+    h.maps
+        .sip_allow("198.18.0.2".parse().unwrap(), true)
+        .unwrap();
+    for i in 0..10 {
+        check(
+            &mut h,
+            &format!("allowed {i}"),
+            &from("198.18.0.2"),
+            XDP_PASS,
+            &[(counter::SIP_ALLOWED, 1)],
+        );
+    }
+    assert_eq!(
+        h.maps.sip_allowed().unwrap(),
+        vec!["198.18.0.2".parse::<std::net::IpAddr>().unwrap()]
+    );
+    h.maps
+        .sip_allow("198.18.0.2".parse().unwrap(), false)
+        .unwrap();
+    check(
+        &mut h,
+        "no longer allowed",
+        &from("198.18.0.2"),
+        XDP_DROP,
+        &[(counter::SIP_DROPPED_SOURCE, 1)],
+    );
+    // Another port is not SIP.
+    let mut f = Frame::udp(GW, 5070, register.clone());
+    f.src = "198.18.0.9".parse().unwrap();
+    check(
+        &mut h,
+        "port 5070",
+        &f.bytes(),
+        XDP_PASS,
+        &[(counter::UDP_OTHER, 1)],
+    );
+    // Switched off: SIP passes untouched.
+    g.enabled = 0;
+    h.maps.set_sip_guard(&g).unwrap();
+    check(
+        &mut h,
+        "guard off",
+        &from("198.18.0.2"),
+        XDP_PASS,
+        &[(counter::UDP_OTHER, 1)],
+    );
+}
