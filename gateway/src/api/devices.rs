@@ -79,29 +79,25 @@ fn sub_kind(event: &str) -> Result<SubKind, Error> {
 
 /// `PUT /api/devices/{id}/subscriptions/{event}`: subscribe (answered
 /// when the device has; kept for the device across restarts).
-pub(super) async fn subscribe(
-    State(s): State<ApiState>,
-    Path((id, event)): Path<(String, String)>,
-) -> ApiResult {
-    check_id(&id)?;
-    let kind = sub_kind(&event)?;
-    let v = s
-        .ask(|tx| Command::Subscribe(id, kind, true, tx))
-        .await?
-        .map_err(Error::from)?;
-    Ok(Json(v))
+pub(super) async fn subscribe(s: State<ApiState>, p: Path<(String, String)>) -> ApiResult {
+    set_subscription(s, p, true).await
 }
 
 /// `DELETE /api/devices/{id}/subscriptions/{event}`: unsubscribe
 /// (`Expires: 0`) and stop subscribing to it.
-pub(super) async fn unsubscribe(
+pub(super) async fn unsubscribe(s: State<ApiState>, p: Path<(String, String)>) -> ApiResult {
+    set_subscription(s, p, false).await
+}
+
+async fn set_subscription(
     State(s): State<ApiState>,
     Path((id, event)): Path<(String, String)>,
+    on: bool,
 ) -> ApiResult {
     check_id(&id)?;
     let kind = sub_kind(&event)?;
     let v = s
-        .ask(|tx| Command::Subscribe(id, kind, false, tx))
+        .ask(|tx| Command::Subscribe(id, kind, on, tx))
         .await?
         .map_err(Error::from)?;
     Ok(Json(v))

@@ -910,41 +910,12 @@ impl Core {
                 let sent = self
                     .request_target(&id, channel.as_deref())
                     .and_then(|t| self.send_query_to(&id, &t, "PresetQuery"));
-                match sent {
-                    Ok(sn) => {
-                        let deadline =
-                            Instant::now() + Duration::from_secs(self.cfg.query_timeout_secs);
-                        self.waiters.insert(
-                            (id, sn),
-                            Waiter {
-                                kind: QueryKind::Presets,
-                                reply: tx,
-                                deadline,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                }
+                self.await_answer(id, QueryKind::Presets, sent, tx);
             }
-            Command::Query(id, kind, tx) => match self.send_query(&id, kind.cmd()) {
-                Ok(sn) => {
-                    let deadline =
-                        Instant::now() + Duration::from_secs(self.cfg.query_timeout_secs);
-                    self.waiters.insert(
-                        (id, sn),
-                        Waiter {
-                            kind,
-                            reply: tx,
-                            deadline,
-                        },
-                    );
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            },
+            Command::Query(id, kind, tx) => {
+                let sent = self.send_query(&id, kind.cmd());
+                self.await_answer(id, kind, sent, tx);
+            }
             Command::Delete(id, tx) => {
                 self.drop_subscriptions(&id);
                 let existed = self.reg.devices.remove(&id).is_some();
@@ -991,6 +962,33 @@ impl Core {
                     return;
                 }
                 self.finish_flush(tx);
+            }
+        }
+    }
+
+    /// A query sent (its SN) waits for the device's answer until
+    /// `query_timeout_secs`; one not sent is answered with why.
+    fn await_answer(
+        &mut self,
+        id: String,
+        kind: QueryKind,
+        sent: Result<u32, Error>,
+        reply: oneshot::Sender<Result<serde_json::Value, Error>>,
+    ) {
+        match sent {
+            Ok(sn) => {
+                let deadline = Instant::now() + Duration::from_secs(self.cfg.query_timeout_secs);
+                self.waiters.insert(
+                    (id, sn),
+                    Waiter {
+                        kind,
+                        reply,
+                        deadline,
+                    },
+                );
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
             }
         }
     }
