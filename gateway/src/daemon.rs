@@ -80,6 +80,11 @@ fn configure_sip_guard(cfg: &Config, maps: &mut crate::dataplane::maps::Maps) ->
         }
         return Ok(false);
     };
+    if maps.sip_guard_raw()?.is_none() {
+        // Kept attached by a version without the guard: go on without it.
+        warn!("[dataplane.sip_guard] is configured but the attached programs have no SIP flood guard (attached by an older version); detach and attach again to use it");
+        return Ok(false);
+    }
     let mut ports: Vec<u16> = sc.listen.iter().map(|a| a.port()).collect();
     ports.sort_unstable();
     ports.dedup();

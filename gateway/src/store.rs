@@ -6,7 +6,9 @@
 //! Tables: `devices` (device ID -> JSON of [`crate::registry::Device`]) and
 //! `channels` ((device ID, channel ID) -> JSON of a catalog item) and
 //! `keys` (media keys and VKEKs provisioned through the API, by name ->
-//! JSON; the file is created mode 0600 because of them).
+//! JSON; the file is created mode 0600 because of them) and `sessions`
+//! (established media sessions by stream ID -> JSON of their dialog and
+//! media, so that a restarted daemon carries them on).
 
 use std::{
     path::{Path, PathBuf},
@@ -22,6 +24,7 @@ const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const CHANNELS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("channels");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 
 /// How long the writer gathers changes before committing them together.
 const GROUP: std::time::Duration = std::time::Duration::from_millis(20);
@@ -37,6 +40,8 @@ pub enum Op {
     UpsertChannels(String, Vec<(String, Vec<u8>)>),
     PutKey(String, Vec<u8>),
     DeleteKey(String),
+    PutSession(String, Vec<u8>),
+    DeleteSession(String),
     /// Reply when everything queued before has been committed.
     Sync(mpsc::Sender<()>),
 }
@@ -46,6 +51,7 @@ pub struct Loaded {
     pub devices: Vec<(String, Vec<u8>)>,
     pub channels: Vec<(String, String, Vec<u8>)>,
     pub keys: Vec<(String, Vec<u8>)>,
+    pub sessions: Vec<(String, Vec<u8>)>,
 }
 
 /// Handle to the writer thread.
@@ -82,6 +88,7 @@ impl Store {
             w.open_table(DEVICES)?;
             w.open_table(CHANNELS)?;
             w.open_table(KEYS)?;
+            w.open_table(SESSIONS)?;
             let mut meta = w.open_table(META)?;
             meta.insert("schema", &b"1"[..])?;
             drop(meta);
@@ -92,6 +99,7 @@ impl Store {
             devices: Vec::new(),
             channels: Vec::new(),
             keys: Vec::new(),
+            sessions: Vec::new(),
         };
         for row in r.open_table(DEVICES)?.iter()? {
             let (k, v) = row?;
@@ -110,6 +118,12 @@ impl Store {
             let (k, v) = row?;
             loaded
                 .keys
+                .push((k.value().to_string(), v.value().to_vec()));
+        }
+        for row in r.open_table(SESSIONS)?.iter()? {
+            let (k, v) = row?;
+            loaded
+                .sessions
                 .push((k.value().to_string(), v.value().to_vec()));
         }
         drop(r);
@@ -147,6 +161,7 @@ fn apply(db: &Database, ops: &[Op]) -> Result<(), redb::Error> {
         let mut devices = w.open_table(DEVICES)?;
         let mut channels = w.open_table(CHANNELS)?;
         let mut keys = w.open_table(KEYS)?;
+        let mut sessions = w.open_table(SESSIONS)?;
         for op in ops {
             match op {
                 Op::PutDevice(id, v) => {
@@ -172,6 +187,12 @@ fn apply(db: &Database, ops: &[Op]) -> Result<(), redb::Error> {
                 }
                 Op::DeleteKey(name) => {
                     keys.remove(name.as_str())?;
+                }
+                Op::PutSession(id, v) => {
+                    sessions.insert(id.as_str(), v.as_slice())?;
+                }
+                Op::DeleteSession(id) => {
+                    sessions.remove(id.as_str())?;
                 }
                 Op::Sync(_) => {}
             }
@@ -249,6 +270,9 @@ mod tests {
                 vec![("c4".into(), b"v".to_vec())],
             ));
             s.send(Op::PutDevice("a".into(), b"3".to_vec()));
+            s.send(Op::PutSession("0000000001".into(), b"s1".to_vec()));
+            s.send(Op::PutSession("0000000002".into(), b"s2".to_vec()));
+            s.send(Op::DeleteSession("0000000001".into()));
             s.sync();
         }
         // The writer thread still holds the database until its channel
@@ -276,6 +300,10 @@ mod tests {
             .map(|(d, c, _)| format!("{d}/{c}"))
             .collect();
         assert_eq!(ch, vec!["a/c3", "a/c4", "b/c9"]);
+        assert_eq!(
+            loaded.sessions,
+            vec![("0000000002".to_string(), b"s2".to_vec())]
+        );
         s.send(Op::DeleteDevice("a".into()));
         s.sync();
         drop(s);

@@ -351,6 +351,14 @@ impl Daemon {
         }
     }
 
+    /// SIGKILL (a crash, an OOM kill) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -697,4 +705,92 @@ fn invite_xml(invite: Invite) -> String {
         ),
     }
     x
+}
+
+/// What one [`drive`] run did: sipp's successful and failed calls, its
+/// wall time, and the server's CPU seconds meanwhile.
+pub struct Step {
+    pub ok: u64,
+    pub failed: u64,
+    pub secs: f64,
+    pub cpu: f64,
+}
+
+/// Reads sipp's own counters from its -stf statistics file.
+pub fn sipp_counts(stat: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let (Some(header), Some(last)) = (lines.first(), lines.get(1..).and_then(|l| l.last())) else {
+        return (0, 0);
+    };
+    let cols: Vec<&str> = header.split(';').collect();
+    let vals: Vec<&str> = last.split(';').collect();
+    let get = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .and_then(|i| vals.get(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
+}
+
+/// Runs sipp as the client of `scenario` at `rate` calls/s for `calls`
+/// calls (one per CSV line) against `target`, answering the server's
+/// out-of-call requests with `ooc`, while measuring the CPU of
+/// `server_pid`.
+#[allow(clippy::too_many_arguments)]
+pub fn drive(
+    dir: &Path,
+    target: SocketAddr,
+    scenario: &str,
+    csv: &Path,
+    rate: u32,
+    calls: u32,
+    server_pid: u32,
+    ooc: Option<&Path>,
+) -> Result<Step> {
+    let stat = dir.join(format!("stat-{scenario}-{rate}-{}.csv", free_port()));
+    let mut s = Sipp::new(dir, target, &scenarios().join(scenario), free_port(), "u1").args(&[
+        "-inf",
+        csv.to_str().unwrap_or_default(),
+        "-r",
+        &rate.to_string(),
+        "-m",
+        &calls.to_string(),
+        "-l",
+        "20000",
+        "-timeout",
+        "120s",
+        "-trace_stat",
+        "-stf",
+        stat.to_str().unwrap_or_default(),
+        "-fd",
+        "1",
+    ]);
+    if let Some(o) = ooc {
+        s = s.args(&["-oocsf", o.to_str().unwrap_or_default()]);
+    }
+    let c0 = crate::cpu_secs(server_pid);
+    let t0 = Instant::now();
+    let r = s.run()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = crate::cpu_secs(server_pid) - c0;
+    let (ok, failed) = sipp_counts(&stat);
+    if ok == 0 {
+        bail!("sipp made no successful call: {}\n{}", r.errors, r.stdout);
+    }
+    Ok(Step {
+        ok,
+        failed,
+        secs,
+        cpu,
+    })
+}
+
+/// `n` device IDs from number `from` on, each with password `pw`.
+pub fn device_ids(from: usize, n: usize, pw: &str) -> Vec<(String, String)> {
+    (from..from + n)
+        .map(|i| (format!("3402000000132{:07}", i + 1), pw.to_string()))
+        .collect()
 }

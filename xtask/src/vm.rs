@@ -110,6 +110,15 @@ pub const VM_SKIPPED: &[(&str, &str)] = &[
         "userspace relay between two daemons on loopback; ffprobe not in the VM",
     ),
     (
+        "restart",
+        "20 recorded streams for 24 s across two daemon restarts, checked with ffprobe: \
+         too slow under emulation; the flow adoption it relies on is the same map code",
+    ),
+    (
+        "storm",
+        "needs sipp (not in the VM); userspace signalling, no kernel part",
+    ),
+    (
         "sip_guard",
         "200 simulated devices and two 10 s floods: too slow under emulation; the guard's \
          verdicts run in the VM in xdp_prog_test_run",

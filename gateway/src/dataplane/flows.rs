@@ -205,6 +205,11 @@ impl Maps {
         Ok((key, value))
     }
 
+    /// The flow of `key`, if the table has it.
+    pub fn get_flow(&self, key: &FlowKey) -> Result<Option<FlowValue>> {
+        get(&self.flows, key).map_err(|e| Error::io("reading the flow table", e))
+    }
+
     /// Removes a flow and recomputes its port's flags.
     pub fn del_flow(&mut self, key: &FlowKey) -> Result<FlowValue> {
         let value: FlowValue = get(&self.flows, key)

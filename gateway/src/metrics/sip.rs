@@ -35,6 +35,9 @@ pub struct SipMetrics {
     /// Live-view sessions by event (invited, established, failed, closed,
     /// ssrc_mismatch).
     pub sessions: IntCounterVec,
+    /// Sessions a restarted daemon found saved, by what became of them
+    /// (restored, ended with a BYE, unreadable).
+    pub session_restores: IntCounterVec,
     /// Unusable SDP answers by reason.
     pub sdp_errors: IntCounterVec,
     pub devices: IntGauge,
@@ -182,6 +185,12 @@ impl SipMetrics {
                 "Live-view sessions by event",
                 &["event"],
             ),
+            session_restores: vec(
+                reg,
+                "gateway_session_restores_total",
+                "Sessions of a previous daemon taken back at start, by result (restored, ended, unreadable)",
+                &["result"],
+            ),
             sdp_errors: vec(
                 reg,
                 "gateway_sdp_errors_total",
@@ -318,6 +327,9 @@ impl SipMetrics {
             "ssrc_mismatch",
         ] {
             m.sessions.with_label_values(&[e]);
+        }
+        for r in ["restored", "ended", "unreadable"] {
+            m.session_restores.with_label_values(&[r]);
         }
         m
     }

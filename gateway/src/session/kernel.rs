@@ -17,7 +17,8 @@ use super::Sessions;
 use crate::{
     dataplane::{
         attach::Target,
-        flows::{describe, FlowSpec},
+        flows::{describe, flow_name, FlowSpec},
+        make_key,
         relay::OutputStats,
         Shared,
     },
@@ -146,8 +147,24 @@ impl Kernel {
     }
 
     /// Puts a flow (any local address, `port`, expecting `ssrc`) in the
-    /// table.
+    /// table. A flow of the same stream already there (a previous daemon's,
+    /// kept attached) is adopted: its slot and counters go on.
     fn add(&self, id: &str, port: u16, ssrc: u32) -> Option<KernelView> {
+        let key = make_key(SocketAddr::new(IpAddr::from([0u8; 4]), port), None);
+        let _lock = self.target.lock();
+        match self.maps.lock().get_flow(&key) {
+            Ok(Some(v)) if flow_name(&v) == id && v.expected_ssrc == ssrc => {
+                let flow = describe(&key);
+                info!(stream = %id, %flow, slot = v.slot, "flow adopted from the kernel table (its counters go on)");
+                return Some(KernelView {
+                    flow,
+                    slot: v.slot,
+                    key: Some(key),
+                    ..KernelView::default()
+                });
+            }
+            _ => {}
+        }
         let spec = FlowSpec {
             local: Some(SocketAddr::new(IpAddr::from([0u8; 4]), port)),
             ssrc: None,
@@ -155,7 +172,6 @@ impl Kernel {
             name: id.to_string(),
             clock_rate: 90_000,
         };
-        let _lock = self.target.lock();
         match self.maps.lock().add_flow(&spec) {
             Ok((k, v)) => {
                 let flow = describe(&k);
@@ -182,6 +198,44 @@ impl Kernel {
         }
     }
 
+    /// Removes the session flows (a stream ID's name, any address, a port
+    /// of `ports`) a previous daemon left that no session has now, with
+    /// their relays. Returns how many.
+    fn prune(&self, ports: (u16, u16), keep: &HashSet<gateway_common::FlowKey>) -> usize {
+        let _lock = self.target.lock();
+        let mut maps = self.maps.lock();
+        let stale: Vec<_> = match maps.flows() {
+            Ok(f) => f
+                .into_iter()
+                .filter(|(k, v)| {
+                    k.family == gateway_common::FAMILY_ANY
+                        && k.by_ssrc == 0
+                        && (ports.0..=ports.1).contains(&k.port)
+                        && !keep.contains(k)
+                        && is_stream_id(&flow_name(v))
+                })
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot read the flow table to remove stale session flows");
+                return 0;
+            }
+        };
+        let mut n = 0;
+        for (k, v) in stale {
+            let _ = maps.clear_relay(&k);
+            match maps.del_flow(&k) {
+                Ok(_) => {
+                    n += 1;
+                    info!(flow = %describe(&k), stream = %flow_name(&v), "stale session flow removed from the kernel table");
+                }
+                Err(e) => {
+                    warn!(flow = %describe(&k), error = %e, "cannot remove a stale session flow")
+                }
+            }
+        }
+        n
+    }
+
     /// Reads the flow's counters into `v`.
     pub(super) fn refresh(&self, v: &mut KernelView) {
         let sum = self.maps.lock().stream_summary(v.slot);
@@ -196,7 +250,26 @@ impl Kernel {
     }
 }
 
+/// A session's stream ID: the 10 digits of its y= value.
+fn is_stream_id(s: &str) -> bool {
+    s.len() == 10 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
 impl Sessions {
+    /// Takes out of the kernel table the session flows of a previous
+    /// daemon that no session carries on (run once the saved sessions are
+    /// back): nothing would ever remove them, and their ports would stay
+    /// unusable for new sessions' flows.
+    pub fn prune_kernel_flows(&mut self) -> usize {
+        let Some(k) = &self.kernel else { return 0 };
+        let keep: HashSet<_> = self
+            .active
+            .values()
+            .filter_map(|s| s.kernel.as_ref().and_then(|v| v.key))
+            .collect();
+        k.prune(self.ports, &keep)
+    }
+
     /// The SIP flood guard's allow list becomes `want` (the addresses of
     /// the online devices); nothing without the guard.
     pub fn sip_allow_sync(&mut self, want: &HashSet<IpAddr>) {

@@ -132,6 +132,7 @@ impl Sessions {
             created_ms: wall_ms(),
             established_ms: Some(wall_ms()),
             closed_ms: None,
+            restored_ms: None,
             record,
             srtp: srtp.then_some(SrtpView {
                 key_source: "configured",

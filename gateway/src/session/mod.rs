@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod media;
 mod offload;
 pub mod playback;
+mod restore;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -40,6 +41,7 @@ use crate::{
 pub use kernel::KernelView;
 pub use offload::{LegKernel, LegPath};
 pub use playback::PlaybackView;
+pub use restore::Saved;
 
 /// How many ended sessions are kept for the API.
 const KEEP_CLOSED: usize = 200;
@@ -142,6 +144,9 @@ pub struct Session {
     pub created_ms: i64,
     pub established_ms: Option<i64>,
     pub closed_ms: Option<i64>,
+    /// When a restarted daemon took the session back (wall clock, ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_ms: Option<i64>,
     /// Whether the media is recorded.
     pub record: bool,
     /// srtp-sm4 session: where its key came from ("configured": the
@@ -224,6 +229,7 @@ impl Session {
             created_ms: wall_ms(),
             established_ms: None,
             closed_ms: None,
+            restored_ms: None,
             record,
             srtp: session_key.as_ref().map(|k| SrtpView {
                 key_source: "offered",
@@ -779,10 +785,10 @@ impl Sessions {
                     .and_then(|m| m.lock().ok().and_then(|m| m.last_packet_ms))
                     .map(|l| (now_wall - l) as f64 / 1000.0),
             };
-            // Never a packet: count from the moment it was established.
-            let mut idle = idle.unwrap_or_else(|| {
-                (now_wall - s.established_ms.unwrap_or(now_wall)) as f64 / 1000.0
-            });
+            // Never a packet: count from the moment it was established
+            // (or taken back by this daemon).
+            let since = s.restored_ms.or(s.established_ms).unwrap_or(now_wall);
+            let mut idle = idle.unwrap_or_else(|| (now_wall - since) as f64 / 1000.0);
             // A paused playback sends nothing; after a control, count
             // from the control.
             if let Some(p) = &s.playback {

@@ -50,6 +50,30 @@ impl PlaybackView {
         }
     }
 
+    /// A playback carried over a daemon restart: where it was at
+    /// `saved_ms` (wall clock), moved on at its rate to now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn carried(
+        download: bool,
+        start: u64,
+        end: u64,
+        download_speed: Option<u32>,
+        scale: f32,
+        paused: bool,
+        position_secs: f64,
+        controls: u32,
+        away_secs: f64,
+        now: Instant,
+    ) -> Self {
+        let mut p = PlaybackView::new(download, start, end, download_speed);
+        p.scale = scale;
+        p.paused = paused;
+        p.controls = controls;
+        p.position_secs = (position_secs + away_secs.max(0.0) * p.rate()).min(p.length());
+        p.anchor = Some(now);
+        p
+    }
+
     /// Length of the range in seconds.
     pub fn length(&self) -> f64 {
         self.end.saturating_sub(self.start) as f64
@@ -179,6 +203,20 @@ mod tests {
         // A seek past the end is the end.
         p.seek(500, s(110.0));
         assert_eq!(p.position(s(110.0)), 60.0);
+    }
+
+    #[test]
+    fn a_carried_playback_moved_on_while_away() {
+        let now = Instant::now();
+        let p = PlaybackView::carried(false, 0, 100, None, 2.0, false, 10.0, 3, 5.0, now);
+        assert_eq!(p.position(now), 20.0);
+        assert_eq!(p.position(now + Duration::from_secs(1)), 22.0);
+        assert_eq!(p.controls, 3);
+        let p = PlaybackView::carried(false, 0, 100, None, 1.0, true, 10.0, 1, 50.0, now);
+        assert_eq!(p.position(now + Duration::from_secs(9)), 10.0, "paused");
+        let p = PlaybackView::carried(true, 0, 100, Some(4), 1.0, false, 90.0, 0, 50.0, now);
+        assert_eq!(p.position(now), 100.0, "capped at the end");
+        assert!(p.overrun_secs(now + Duration::from_secs(3)) >= 3.0);
     }
 
     #[test]

@@ -321,7 +321,9 @@ impl Core {
         }
         let mut reg = Registry::default();
         let (now, now_wall) = (Instant::now(), wall_ms());
+        let mut saved_sessions = Vec::new();
         let store = store.map(|(s, loaded)| {
+            saved_sessions = loaded.sessions;
             for (id, json) in loaded.devices {
                 match serde_json::from_slice::<Device>(&json) {
                     Ok(mut d) => {
@@ -411,6 +413,8 @@ impl Core {
                 }
             }
         }
+        // Sessions of the previous daemon go on, in their dialogs.
+        core.restore_sessions(saved_sessions);
         core.update_gauges();
         core.sync_sip_allow();
         core.publish_view();
@@ -994,18 +998,23 @@ impl Core {
     }
 
     /// Persists everything, then answers the shutdown's Flush.
+    /// The sessions are saved for the next daemon and their receivers
+    /// stopped (recordings flushed and closed), without BYE.
     pub(super) fn finish_flush(&mut self, tx: oneshot::Sender<()>) {
         self.persist_dirty();
-        if let Some(s) = self.store.clone() {
-            // The writer replies on a std channel; don't block the
-            // runtime waiting for it.
-            std::thread::spawn(move || {
-                s.sync();
-                let _ = tx.send(());
-            });
-        } else {
+        let receivers = self.suspend_sessions();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            for r in receivers {
+                let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+            }
+            if let Some(s) = store {
+                // The writer replies on a std channel; don't block the
+                // runtime waiting for it.
+                let _ = tokio::task::spawn_blocking(move || s.sync()).await;
+            }
             let _ = tx.send(());
-        }
+        });
     }
 }
 

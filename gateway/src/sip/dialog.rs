@@ -383,6 +383,7 @@ impl Core {
             Ok(a) => {
                 let view = self.sessions.establish(id, a);
                 if view.is_some() {
+                    self.save_session(id);
                     self.relay_session_ready(id);
                 }
                 if let Some(dest) = d2.dest {
@@ -427,6 +428,7 @@ impl Core {
         if let Some(d) = self.dialogs.active.remove(id) {
             self.dialogs.by_call.remove(&d.call_id);
         }
+        self.forget_session(id);
         self.playback_session_ended(id, why);
         if self.sessions.fail(id, why).is_some() {
             if let Some(w) = self.dialogs.waiters.remove(id) {
@@ -444,19 +446,15 @@ impl Core {
         bye: bool,
         state: State,
     ) -> Option<Session> {
-        self.sessions.get(id)?;
+        let device = self.sessions.get(id)?.device.clone();
         self.playback_session_ended(id, reason);
         if let Some(d) = self.dialogs.active.remove(id) {
             self.dialogs.by_call.remove(&d.call_id);
             if bye && d.ack.is_some() {
-                let branch = gsip::branch();
-                let cseq = d.last_cseq + 1;
-                let msg = self.in_dialog(&d, "BYE", cseq, &branch, d.remote_tag.as_deref());
-                if let Some(dest) = d.dest {
-                    self.start_request(dest, &branch, "BYE", msg, Some(Purpose::Bye));
-                }
+                self.bye_dialog(&d, &device);
             }
         }
+        self.forget_session(id);
         let s = self.sessions.close(id, reason, state)?;
         if let Some(w) = self.dialogs.waiters.remove(id) {
             let _ = w.send(Err(Error::Upstream(format!("stream {id}: {reason}"))));

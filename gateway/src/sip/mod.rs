@@ -3,7 +3,9 @@
 //! `registrar` (REGISTER), `catalog` (MANSCDP queries and answers),
 //! `alarms` (alarm notifications),
 //! `control` (DeviceControl), `records` (RecordInfo), `dialog` (INVITE
-//! dialogs) and `playback` (MANSRTSP controls, ends of playbacks); the device records are in `registry`. What a dialog carries
+//! dialogs), `persist` (dialogs carried over a restart) and `playback`
+//! (MANSRTSP controls, ends of playbacks); the device records are in
+//! `registry`. What a dialog carries
 //! is `crate::session`'s. See docs/architecture.md ("Signalling").
 
 pub mod alarms;
@@ -12,6 +14,7 @@ pub mod catalog;
 pub mod control;
 pub mod core;
 pub mod dialog;
+mod persist;
 pub mod playback;
 pub mod records;
 pub mod registrar;

@@ -231,8 +231,8 @@ impl Core {
             d.remote_tag.as_deref(),
             Some(("Application/MANSRTSP", body.as_bytes())),
         );
-        let dest = d
-            .dest
+        let dest = self
+            .dialog_dest(id, &d)
             .ok_or_else(|| unavailable(Error::Conflict(format!("stream {id} has no route"))))?;
         self.start_request(
             dest,
@@ -293,6 +293,8 @@ impl Core {
             }
             Some(p.at(now))
         });
+        // The dialog's CSeqs and the playback's state moved on.
+        self.save_session(id);
         let v = json!({
             "stream": id,
             "action": action.name(),

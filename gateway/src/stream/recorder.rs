@@ -89,6 +89,13 @@ impl Recorder {
                 self.rotate_pending = true;
             }
         }
+        if f.keyframe {
+            // Whole groups of pictures on disk: a crash (kill -9) loses at
+            // most the one being written, and the file stays decodable.
+            if let Some(o) = &mut self.es {
+                o.w.flush()?;
+            }
+        }
         if self.rotate_pending && f.keyframe {
             if let Some(mut o) = self.es.take() {
                 o.w.flush()?;
@@ -110,6 +117,11 @@ impl Recorder {
         if let Some(o) = &mut self.es {
             o.w.write_all(&f.data)?;
             o.bytes += f.data.len() as u64;
+            if o.bytes == f.data.len() as u64 {
+                // The file's first key frame goes to disk at once: no
+                // recording a crash leaves behind is empty.
+                o.w.flush()?;
+            }
         }
         Ok(())
     }

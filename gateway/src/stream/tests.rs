@@ -472,3 +472,46 @@ fn leg_sequence_mapping_and_kernel_hand_over() {
     f.send(96, 0, false, b"p", &mut buf, None);
     assert!(sh.remuxed());
 }
+
+/// What a crash (no close, no flush) leaves on disk: the file's first key
+/// frame at once, then whole groups of pictures up to the last key frame.
+#[test]
+fn recorder_leaves_whole_gops_on_disk_without_close() {
+    let dir = std::env::temp_dir().join(format!("gw-rec-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut r = Recorder::new(
+        RecordConfig {
+            dir: dir.clone(),
+            ..RecordConfig::default()
+        },
+        "crash",
+    )
+    .unwrap();
+    let frame = |key: bool, seed: u8| media::Frame {
+        kind: media::FrameKind::Video,
+        codec: Codec::H264,
+        pts: None,
+        dts: None,
+        rtp_timestamp: 0,
+        keyframe: key,
+        data: au(key, 300, seed),
+    };
+    let on_disk = |r: &Recorder| std::fs::read(&r.files[0]).unwrap();
+    // A non-key frame first is not recorded (a file starts at a key frame).
+    r.frame(&frame(false, 1)).unwrap();
+    assert!(r.files.is_empty());
+    let k1 = frame(true, 2);
+    r.frame(&k1).unwrap();
+    assert_eq!(on_disk(&r), k1.data, "the first key frame is on disk");
+    let p1 = frame(false, 3);
+    r.frame(&p1).unwrap();
+    assert_eq!(on_disk(&r), k1.data, "buffered");
+    r.frame(&frame(true, 4)).unwrap();
+    assert_eq!(
+        on_disk(&r),
+        [k1.data.clone(), p1.data.clone()].concat(),
+        "the group of pictures before the key frame is on disk"
+    );
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,98 +7,15 @@
 //!
 //! `sip-bench [--quick]`. Needs sipp; no root.
 
-use std::{
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use gateway_tests::sipp::{
-    free_port, scenarios, write_answer_scenario, write_csv, Daemon, Sipp, TempDir,
+    drive, free_port, scenarios, write_answer_scenario, write_csv, Daemon, TempDir,
 };
 
-struct Step {
-    ok: u64,
-    failed: u64,
-    secs: f64,
-    cpu: f64,
-}
-
-/// Reads sipp's own counters from its -stf statistics file.
-fn sipp_counts(stat: &Path) -> (u64, u64) {
-    let text = std::fs::read_to_string(stat).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let (Some(header), Some(last)) = (lines.first(), lines.get(1..).and_then(|l| l.last())) else {
-        return (0, 0);
-    };
-    let cols: Vec<&str> = header.split(';').collect();
-    let vals: Vec<&str> = last.split(';').collect();
-    let get = |name: &str| {
-        cols.iter()
-            .position(|c| *c == name)
-            .and_then(|i| vals.get(i))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (get("SuccessfulCall(C)"), get("FailedCall(C)"))
-}
-
-/// Runs sipp as the client at `rate` for `calls` calls against `target`
-/// while measuring the CPU of `server_pid`.
-#[allow(clippy::too_many_arguments)]
-fn drive(
-    dir: &Path,
-    target: std::net::SocketAddr,
-    scenario: &str,
-    csv: &Path,
-    rate: u32,
-    calls: u32,
-    server_pid: u32,
-    ooc: Option<&Path>,
-) -> Result<Step> {
-    let stat = dir.join(format!("stat-{scenario}-{rate}-{}.csv", free_port()));
-    let mut s = Sipp::new(dir, target, &scenarios().join(scenario), free_port(), "u1").args(&[
-        "-inf",
-        csv.to_str().unwrap_or_default(),
-        "-r",
-        &rate.to_string(),
-        "-m",
-        &calls.to_string(),
-        "-l",
-        "20000",
-        "-timeout",
-        "120s",
-        "-trace_stat",
-        "-stf",
-        stat.to_str().unwrap_or_default(),
-        "-fd",
-        "1",
-    ]);
-    if let Some(o) = ooc {
-        s = s.args(&["-oocsf", o.to_str().unwrap_or_default()]);
-    }
-    let c0 = gateway_tests::cpu_secs(server_pid);
-    let t0 = Instant::now();
-    let r = s.run()?;
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu = gateway_tests::cpu_secs(server_pid) - c0;
-    let (ok, failed) = sipp_counts(&stat);
-    if ok == 0 {
-        bail!("sipp made no successful call: {}\n{}", r.errors, r.stdout);
-    }
-    Ok(Step {
-        ok,
-        failed,
-        secs,
-        cpu,
-    })
-}
-
 fn ids(from: usize, n: usize, pw: &str) -> Vec<(String, String)> {
-    (from..from + n)
-        .map(|i| (format!("3402000000132{:07}", i + 1), pw.to_string()))
-        .collect()
+    gateway_tests::sipp::device_ids(from, n, pw)
 }
 
 fn main() -> Result<()> {
