@@ -294,8 +294,8 @@ fn main() -> Result<()> {
 }
 
 /// Each fuzz target for `seconds`, starting from the seeds (fuzz/seeds)
-/// and the inputs that once crashed it (fuzz/regressions); what it learns
-/// goes to fuzz/corpus (not committed). cargo-fuzz needs
+/// and the inputs that once crashed it (fuzz/regressions), after the
+/// committed corpus (fuzz/corpus), where what it learns goes. cargo-fuzz needs
 /// unstable flags: RUSTC_BOOTSTRAP=1 for this process tree only.
 fn fuzz(seconds: u32) -> Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
