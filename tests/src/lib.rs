@@ -10,6 +10,7 @@
 pub mod benchmedia;
 pub mod chain;
 pub mod cli;
+pub mod flood;
 pub mod frames;
 pub mod netns;
 pub mod prom;
@@ -84,6 +85,19 @@ pub fn cpu_secs(pid: u32) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of stat: 11 and 12 after ") ".
     (ticks(11) + ticks(12)) / tck
+}
+
+/// Resident memory (KiB) and open file descriptors of a process, from
+/// /proc (the soak test and benchmarks).
+pub fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    (rss, fds)
 }
 
 /// The CPU model as /proc/cpuinfo names it (`model name`; on arm64, which

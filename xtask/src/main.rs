@@ -12,6 +12,8 @@
 //! - bench: the benchmarks (release build): data plane, signalling, media
 //!   (with the userspace relay), crypto, metrics, cascade; see
 //!   docs/benchmarks.md.
+//! - soak: the soak test alone for longer (default 600 s; CI runs it
+//!   for 120 s within test).
 //! - dist: static musl release binaries and a tarball per edge target
 //!   (x86_64, aarch64, loongarch64); see dist.rs.
 //! - cross-test: those binaries and the pure-logic crates' unit tests
@@ -59,6 +61,13 @@ enum Cmd {
         /// Fewer repetitions (CI).
         #[arg(long)]
         quick: bool,
+    },
+    /// The soak test alone, for longer than CI's 2 minutes (root): 2 000
+    /// devices, 300 streams, RSS and descriptors sampled.
+    Soak {
+        /// Seconds of streaming.
+        #[arg(long, default_value_t = 600)]
+        seconds: u32,
     },
     /// Run every cargo-fuzz target for a while (corpus + past crashes).
     Fuzz {
@@ -265,6 +274,7 @@ fn main() -> Result<()> {
                 "metrics-bench",
                 "cascade-bench",
                 "relay-bench",
+                "flood-bench",
             ] {
                 let mut c = Command::new(target_dir().join("release").join(b));
                 if quick {
@@ -273,6 +283,19 @@ fn main() -> Result<()> {
                 if !c.status()?.success() {
                     bail!("{b} failed");
                 }
+            }
+            Ok(())
+        }
+        Cmd::Soak { seconds } => {
+            cargo(&["build", "-p", "gateway", "-p", "gb-sim", "--bins"])?;
+            let st = Command::new(env!("CARGO"))
+                .args(["test", "-p", "gateway-tests", "--test", "integration"])
+                .args(["soak::", "--", "--nocapture"])
+                .env("GATEWAY_SOAK_SECS", seconds.clamp(30, 3600).to_string())
+                .status()
+                .context("running cargo test")?;
+            if !st.success() {
+                bail!("the soak test failed");
             }
             Ok(())
         }

@@ -115,6 +115,10 @@ pub const VM_SKIPPED: &[(&str, &str)] = &[
          too slow under emulation; the flow adoption it relies on is the same map code",
     ),
     (
+        "soak",
+        "2 000 simulated devices and 300 streams for 2 minutes: too slow under emulation",
+    ),
+    (
         "storm",
         "needs sipp (not in the VM); userspace signalling, no kernel part",
     ),

@@ -105,8 +105,11 @@ fn main() -> Result<()> {
     let _ = base.kill();
     let _ = base.wait();
 
-    // Fill up to 20 000 registered devices, then keepalives.
-    let target = 20_000usize;
+    // Fill up to 100 000 registered devices (20 000 with --quick), then
+    // keepalives at the rate they make with 60 s intervals.
+    let target = if quick { 20_000usize } else { 100_000 };
+    let (rss_before, _) = gateway_tests::rss_and_fds(gw_pid);
+    let before = next_id;
     if next_id < target {
         let n = (target - next_id) as u32;
         let csv = dir.path().join("fill.csv");
@@ -133,13 +136,16 @@ fn main() -> Result<()> {
     let registered = gw.get("/api/devices?limit=0")?["online"]
         .as_u64()
         .unwrap_or(0);
+    let (rss_after, _) = gateway_tests::rss_and_fds(gw_pid);
+    let per_device = (rss_after.saturating_sub(rss_before)) as f64 * 1024.0
+        / (registered as usize - before).max(1) as f64;
     // Idle: the liveness sweep and timers over all devices, no traffic.
     let idle_secs = if quick { 3.0 } else { 5.0 };
     let c0 = gateway_tests::cpu_secs(gw_pid);
     std::thread::sleep(Duration::from_secs_f64(idle_secs));
     let idle = (gateway_tests::cpu_secs(gw_pid) - c0) / idle_secs;
 
-    let ka_rate = 1000u32;
+    let ka_rate = (target / 60) as u32;
     let ka_n = ka_rate * if quick { 4 } else { 10 };
     let csv = dir.path().join("ka.csv");
     write_csv(&csv, &ids(0, next_id.min(target), "bench"));
@@ -184,15 +190,61 @@ fn main() -> Result<()> {
     let per_1000 = gms / 1000.0;
     let need = target as f64 / 60.0;
     let share = idle + per_1000 * need / 1000.0;
+    let measured = g.cpu / g.secs;
     println!(
-        "gateway: {registered} devices registered; idle {:.2}% of a core; {:.1}% of a core per 1000 keepalives/s",
+        "gateway: {registered} devices registered, {:.0} bytes of RSS per device ({:.1} -> {:.1} MiB); \
+         idle {:.2}% of a core; {:.1}% of a core per 1000 keepalives/s",
+        per_device,
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
         idle * 100.0,
         per_1000 * 100.0
     );
     println!(
-        "goal: 20000 devices, 60 s keepalives ({need:.0}/s) under 10% of one core: {:.2}% ({})",
+        "goal: {target} devices, 60 s keepalives ({need:.0}/s) under 15% of one core: \
+         {:.2}% measured at that rate, {:.2}% from idle + per-keepalive cost ({})",
+        measured * 100.0,
         share * 100.0,
-        if share < 0.10 { "met" } else { "NOT met" }
+        if measured < 0.15 { "met" } else { "NOT met" }
+    );
+
+    // The storm: a kill -9, the daemon back with every device in its
+    // store, and 20 000 of them registering again as fast as sipp sends.
+    std::thread::sleep(Duration::from_millis(500));
+    gw.kill9();
+    let t0 = std::time::Instant::now();
+    let mut gw = Daemon::start(&cfg, sip_port, api_port).context("restarting the gateway")?;
+    let restart = t0.elapsed().as_secs_f64();
+    let gw_pid = gw.pid().context("gateway pid")?;
+    let storm_n = 20_000usize;
+    let csv = dir.path().join("storm.csv");
+    write_csv(&csv, &ids(0, storm_n, "bench"));
+    let t0 = std::time::Instant::now();
+    let s = drive(
+        dir.path(),
+        gw.sip,
+        "register_bench.xml",
+        &csv,
+        if quick { 2000 } else { 4000 },
+        storm_n as u32,
+        gw_pid,
+        Some(&answer),
+    )?;
+    gw.wait_until(Duration::from_secs(120), "storm registered", |d| {
+        d.get("/api/stats").is_ok_and(|v| {
+            v["gateway_sip_registrations_total"]["result=ok"].as_u64() >= Some(storm_n as u64)
+        })
+    })?;
+    let all = t0.elapsed().as_secs_f64();
+    println!(
+        "storm after kill -9: restart with {registered} devices in the store {restart:.2} s to API up; \
+         {storm_n} re-registrations: {} ok, {} failed, sipp {:.2} s ({:.0}/s), all registered after \
+         {all:.2} s (goal 30 s), daemon CPU {:.3} ms per registration",
+        s.ok,
+        s.failed,
+        s.secs,
+        s.ok as f64 / s.secs,
+        s.cpu * 1000.0 / s.ok.max(1) as f64
     );
     if !gw.stop() {
         bail!("gateway did not stop cleanly");

@@ -52,5 +52,6 @@ mod sip_guard;
 mod sip_sessions;
 mod sip_sipp;
 mod sm4_media;
+mod soak;
 mod storm;
 mod xdp_prog_test_run;
