@@ -496,12 +496,20 @@ impl Default for MetricsConfig {
 pub struct StoreConfig {
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// Memory the database may use to cache its pages (MiB).
+    #[serde(default = "default_store_cache_mib")]
+    pub cache_mib: u32,
+}
+
+fn default_store_cache_mib() -> u32 {
+    64
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: default_store_path(),
+            cache_mib: default_store_cache_mib(),
         }
     }
 }

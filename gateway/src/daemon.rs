@@ -146,7 +146,10 @@ fn serve(cfg: &Config, target: Option<&Target>) -> Result<()> {
         let mut keys = None;
         let service = match &cfg.sip {
             Some(sc) => {
-                let st = store::Store::open(&cfg.store.path)?;
+                let st = store::Store::open_with_cache(
+                    &cfg.store.path,
+                    (cfg.store.cache_mib.clamp(1, 4096) as usize) << 20,
+                )?;
                 // The configuration's keys, then those provisioned through
                 // the API earlier (the configuration wins on a clash).
                 let ks = KeyStore::new(Some(st.0.clone()));

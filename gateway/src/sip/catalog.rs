@@ -229,6 +229,7 @@ impl Core {
                     self.update_gauges();
                 } else {
                     self.dirty.insert(id);
+                    self.view_dirty = true;
                 }
             }
             (Kind::Response, Body::Catalog(c)) => self.on_catalog_part(&id, msg.sn, c),
@@ -299,6 +300,7 @@ impl Core {
                     d.position_ms = Some(now_wall);
                 }
                 self.dirty.insert(id.clone());
+                self.view_dirty = true;
             }
             (Kind::Notify, Body::Alarm(a)) => {
                 self.on_alarm(&id, &msg.device_id, msg.sn, a);
@@ -359,6 +361,7 @@ impl Core {
             d.time_offset_ms = Some(now_wall);
         }
         self.dirty.insert(id.to_string());
+        self.view_dirty = true;
     }
 
     /// A Catalog `<Notify>` from a device or lower platform: each item's

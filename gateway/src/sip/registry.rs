@@ -218,8 +218,12 @@ pub struct Registry {
 
 impl Registry {
     /// Devices whose deadline passed, turned offline; returns their IDs and reasons.
-    pub fn sweep(&mut self, now: Instant, now_wall: i64) -> Vec<(String, OfflineReason)> {
+    /// The devices whose keepalives or registration ran out go offline
+    /// (returned with why); also counts those still online (one pass over
+    /// the registry, once a second).
+    pub fn sweep(&mut self, now: Instant, now_wall: i64) -> (Vec<(String, OfflineReason)>, usize) {
         let mut out = Vec::new();
+        let mut online = 0;
         for d in self.devices.values_mut() {
             if !d.online {
                 // A registration may still expire while offline.
@@ -236,9 +240,11 @@ impl Registry {
                 };
                 d.go_offline(reason, now_wall);
                 out.push((d.id.clone(), reason));
+            } else {
+                online += 1;
             }
         }
-        out
+        (out, online)
     }
 
     pub fn online(&self) -> usize {
@@ -318,16 +324,19 @@ mod tests {
         short.id = "b".into();
         short.expires_at = t0 + Duration::from_secs(100);
         r.devices.insert("b".into(), short);
-        assert!(r.sweep(t0 + Duration::from_secs(99), 0).is_empty());
+        assert_eq!(r.sweep(t0 + Duration::from_secs(99), 0), (vec![], 2));
         assert_eq!(
             r.sweep(t0 + Duration::from_secs(100), 0),
-            vec![("b".to_string(), OfflineReason::RegistrationExpired)]
+            (
+                vec![("b".to_string(), OfflineReason::RegistrationExpired)],
+                1
+            )
         );
         assert!(!r.devices["b"].registered);
-        assert!(r.sweep(t0 + Duration::from_secs(179), 0).is_empty());
+        assert_eq!(r.sweep(t0 + Duration::from_secs(179), 0), (vec![], 1));
         assert_eq!(
             r.sweep(t0 + Duration::from_secs(180), 0),
-            vec![("a".to_string(), OfflineReason::KeepaliveTimeout)]
+            (vec![("a".to_string(), OfflineReason::KeepaliveTimeout)], 0)
         );
         assert!(r.devices["a"].registered);
         assert_eq!(r.online(), 0);
