@@ -818,7 +818,11 @@ impl Core {
         if now.duration_since(self.last_media_check) >= Duration::from_secs(1) {
             self.last_media_check = now;
             self.media_timers();
-            self.sync_sip_allow();
+            // The allow list follows the devices only when one changed
+            // (a pass over all of them otherwise, every second).
+            if self.view_dirty {
+                self.sync_sip_allow();
+            }
             self.publish_view();
             for k in self.sessions.keys().purge_expired(now_wall) {
                 info!(device = %k.device, channel = %k.channel, profile = k.profile.as_str(), version = k.version, "media key retired after rotation");

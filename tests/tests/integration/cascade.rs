@@ -149,7 +149,10 @@ fn second_gateway_is_the_superior() {
     let dir = TempDir::new("cascade-gw");
     let cdir = dir.path().join("central");
     std::fs::create_dir_all(&cdir).unwrap();
-    let (c_sip, c_api) = (free_port(), free_port());
+    // The central comes back on the same ports after a minute away: fixed
+    // ports below the ephemeral range, which no client socket of this
+    // process can take meanwhile (one did, once: EADDRINUSE at restart).
+    let (c_sip, c_api) = (31100, 31101);
     let central_cfg = cdir.join("central.toml");
     std::fs::write(
         &central_cfg,

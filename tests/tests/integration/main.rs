@@ -14,7 +14,9 @@
 //! - ports: loopback ports come from `sipp::free_port`; the fixed media
 //!   port ranges of daemons on loopback are disjoint and below the
 //!   kernel's ephemeral range (32768-60999), so `free_port` never hands
-//!   them out: `sip_sessions` 31000-31009, `cascade_invite` 31200-31399 (one
+//!   them out: `sip_sessions` 31000-31009, `cascade` 31100-31101 (the
+//!   central platform, restarted on its ports), `storm` 31110-31111 (the
+//!   same), `cascade_invite` 31200-31399 (one
 //!   range per test), `media_sessions` 32000-32019,
 //!   `media_bad_input` 32100-32119, `sm4_media` 32200-32299, `device_control` 32300-32339 (and the
 //!   default 30000-30999 of daemons that configure none). Daemons in
