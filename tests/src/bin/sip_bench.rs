@@ -210,6 +210,13 @@ fn main() -> Result<()> {
 
     // The storm: a kill -9, the daemon back with every device in its
     // store, and 20 000 of them registering again as fast as sipp sends.
+    // Not with --quick: CI's storm test does the same.
+    if quick {
+        if !gw.stop() {
+            bail!("gateway did not stop cleanly");
+        }
+        return Ok(());
+    }
     std::thread::sleep(Duration::from_millis(500));
     gw.kill9();
     let t0 = std::time::Instant::now();
@@ -225,7 +232,7 @@ fn main() -> Result<()> {
         gw.sip,
         "register_bench.xml",
         &csv,
-        if quick { 2000 } else { 4000 },
+        4000,
         storm_n as u32,
         gw_pid,
         Some(&answer),
