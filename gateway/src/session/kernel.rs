@@ -150,7 +150,8 @@ impl Kernel {
     /// table. A flow of the same stream already there (a previous daemon's,
     /// kept attached) is adopted: its slot and counters go on.
     fn add(&self, id: &str, port: u16, ssrc: u32) -> Option<KernelView> {
-        let key = make_key(SocketAddr::new(IpAddr::from([0u8; 4]), port), None);
+        let local = SocketAddr::new(IpAddr::from([0u8; 4]), port);
+        let key = make_key(local, None);
         let _lock = self.target.lock();
         match self.maps.lock().get_flow(&key) {
             Ok(Some(v)) if flow_name(&v) == id && v.expected_ssrc == ssrc => {
@@ -166,7 +167,7 @@ impl Kernel {
             _ => {}
         }
         let spec = FlowSpec {
-            local: Some(SocketAddr::new(IpAddr::from([0u8; 4]), port)),
+            local: Some(local),
             ssrc: None,
             expect_ssrc: Some(ssrc),
             name: id.to_string(),

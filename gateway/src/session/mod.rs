@@ -286,6 +286,15 @@ pub struct Answer {
     pub key: Option<MasterKey>,
 }
 
+/// The unspecified address (any) of IPv4 or IPv6.
+fn unspecified(v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::from([0u8; 4])
+    } else {
+        IpAddr::from([0u16; 8])
+    }
+}
+
 /// How long a TCP relay leg waits for its viewer's connection.
 const TCP_LEG_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
@@ -322,14 +331,7 @@ fn tcp_leg_connect(port: u16, dest: SocketAddr, legs: stream::Legs, leg: String,
             } else {
                 tokio::net::TcpSocket::new_v6()
             };
-            let local = SocketAddr::new(
-                if dest.is_ipv4() {
-                    IpAddr::from([0u8; 4])
-                } else {
-                    IpAddr::from([0u16; 8])
-                },
-                port,
-            );
+            let local = SocketAddr::new(unspecified(dest.is_ipv4()), port);
             let conn = match sock.and_then(|s| {
                 s.set_reuseaddr(true)?;
                 s.bind(local)?;
@@ -466,11 +468,7 @@ impl Sessions {
         peer: IpAddr,
         transport: MediaTransport,
     ) -> Result<(u16, Bound), Error> {
-        let any: IpAddr = if peer.is_ipv4() {
-            IpAddr::from([0u8; 4])
-        } else {
-            IpAddr::from([0u16; 8])
-        };
+        let any = unspecified(peer.is_ipv4());
         for _ in 0..64 {
             let Some(p) = self.alloc_port() else { break };
             match stream::bind(any, p, transport) {

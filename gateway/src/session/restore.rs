@@ -6,10 +6,7 @@
 //! frame), and its flow adopted in the kernel table when the attachment
 //! was kept, so the kernel's counters go on through the gap.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Instant,
-};
+use std::{net::SocketAddr, time::Instant};
 
 use gb28181::sdp::MediaTransport;
 use gb35114::srtp::MasterKey;
@@ -173,11 +170,7 @@ impl Sessions {
                 srtp: f.srtp.as_deref().map(key_from).transpose()?,
             });
         }
-        let any: IpAddr = if v.local.is_ipv4() {
-            IpAddr::from([0u8; 4])
-        } else {
-            IpAddr::from([0u16; 8])
-        };
+        let any = super::unspecified(v.local.is_ipv4());
         let bound = stream::bind(any, v.local.port(), v.transport).map_err(|e| {
             Error::Unavailable(format!(
                 "media port {} cannot be bound: {e}",

@@ -15,10 +15,7 @@ use super::{
     dialog::Dialog,
     transport::Dest,
 };
-use crate::{
-    session::{self, State},
-    store::Op,
-};
+use crate::{session, store::Op};
 use gb28181::sip as gsip;
 
 /// What is written per session (JSON in the store's `sessions` table).
@@ -216,19 +213,10 @@ impl Core {
         }
     }
 
-    /// SIGTERM: the receivers stop (recordings flushed), the sessions stay
-    /// saved for the next daemon. Returns the receiver tasks.
+    /// SIGTERM: the receivers stop (recordings flushed); the sessions stay
+    /// saved (as written at each change) for the next daemon. Returns the
+    /// receiver tasks.
     pub(super) fn suspend_sessions(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
-        let ids: Vec<String> = self.dialogs.active.keys().cloned().collect();
-        for id in &ids {
-            if self
-                .sessions
-                .get(id)
-                .is_some_and(|s| s.state == State::Established)
-            {
-                self.save_session(id);
-            }
-        }
         self.sessions.suspend()
     }
 }
